@@ -1,0 +1,53 @@
+import subprocess
+import sys
+
+import pytest
+
+from config import Config, ConfigError, parse_args
+from conftest import ROOT
+
+
+def test_defaults_are_the_official_facades_recipe():
+    cfg = parse_args([])
+    assert (cfg.direction, cfg.load_size, cfg.image_size, cfg.batch_size) == ("BtoA", 286, 256, 1)
+    assert (cfg.lr, cfg.beta1, cfg.beta2, cfg.lambda_l1) == (2e-4, 0.5, 0.999, 100.0)
+    assert (cfg.epochs, cfg.lr_decay_epochs, cfg.ngf, cfg.ndf, cfg.n_layers_D) == (200, 100, 64, 64, 3)
+    assert cfg.flip and cfg.dropout == 0.5 and cfg.norm == "batch" and cfg.init_gain == 0.02
+
+
+def test_every_field_is_overridable():
+    cfg = parse_args(["--epochs", "3", "--data_root", "x/facades", "--flip", "false", "--lr", "1e-3",
+                      "--direction", "AtoB", "--image_size", "128", "--load_size", "142"])
+    assert cfg == Config(epochs=3, data_root="x/facades", flip=False, lr=1e-3, direction="AtoB",
+                         image_size=128, load_size=142)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--epoch", "3"], "--epoch: unknown setting"),
+    (["--epochs", "three"], "--epochs: expected int, got 'three'"),
+    (["--lr", "fast"], "--lr: expected float"),
+    (["--flip", "maybe"], "--flip: expected true or false"),
+    (["--lr", "0"], "--lr: must be > 0"),
+    (["--lr", "nan"], "--lr: expected a finite number"),
+    (["--direction", "AtoC"], "--direction: must be AtoB or BtoA"),
+    (["--image_size", "100", "--load_size", "100"], "--image_size: must be a multiple of 32"),
+    (["--load_size", "200"], "--load_size: must be >= image_size"),
+    (["--epochs", "0"], "--epochs: must be >= 1"),
+    (["--norm", "group"], "--norm: must be batch or instance"),
+    (["--precision", "fp8"], "--precision: must be auto"),
+    (["--epochs"], "--epochs: expected one argument"),
+])
+def test_bad_settings_name_the_field(argv, message):
+    with pytest.raises(ConfigError) as err:
+        parse_args(argv)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("argv", [["--batchsize", "4"], ["--lr", "-1"], ["--image_size", "250"]])
+def test_train_py_exits_2_with_one_line(argv, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --"), result.stderr
+    assert not any(tmp_path.iterdir()), "nothing may be written before the config is valid"
