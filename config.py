@@ -27,6 +27,7 @@ class Config:
     # --- data ---
     data_root: str = "data/facades"  # folder holding train/ val/ test/; downloaded if it is missing
     download_url: str = FACADES_URL  # where a missing facades set is fetched from
+    download_sha256: str = ""  # if set, the archive's SHA-256 must match
     direction: str = "BtoA"  # facades files are photo|labels, so BtoA = labels -> photo
     load_size: int = 286  # both halves are resized to this square size ...
     image_size: int = 256  # ... then randomly cropped to this size (evaluation: resized to it)
@@ -61,6 +62,8 @@ class Config:
     save_every: int = 5  # also keep checkpoints/<name>/epoch_NNN.pt every N epochs (0 = never)
     log_every: int = 10  # progress bar and per-iteration loss curve every N iterations
     resume: bool = True  # continue checkpoints/<name>/latest.pt if it exists; false starts over
+    resume_from: str = ""  # continue from this checkpoint file instead
+    checkpoint_every: int = 0  # also write latest.pt every N iterations, mid-epoch (0 = per epoch only)
     seed: int = 0
     device: str = "auto"  # "auto" (cuda if present, else cpu), "cpu", "cuda", "cuda:1", ...
     precision: str = "auto"  # "auto", "fp32", "bf16" or "fp16" (fp16 on CUDA only)
@@ -131,6 +134,7 @@ def validate(cfg: Config) -> None:
          "must be a plain folder name"),
         ("save_every", cfg.save_every >= 0, "must be >= 0"),
         ("log_every", cfg.log_every >= 1, "must be >= 1"),
+        ("checkpoint_every", cfg.checkpoint_every >= 0, "must be >= 0"),
         ("device", cfg.device in ("auto", "cpu") or cfg.device.startswith("cuda"),
          "must be auto, cpu or cuda[:N]"),
         ("precision", cfg.precision in ("auto", "fp32", "bf16", "fp16"), "must be auto, fp32, bf16 or fp16"),

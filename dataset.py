@@ -12,8 +12,10 @@ before: a resumed or distributed run sees exactly the same augmentations.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -80,6 +82,11 @@ class AlignedDataset(Dataset):
     def __init__(self, folder: str | Path, direction: str, load_size: int, image_size: int,
                  train: bool, flip: bool = True, seed: int = 0, max_images: int = 0) -> None:
         self.files = list_images(folder)
+        ignored = [p.name for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() not in IMAGE_EXTENSIONS]
+        if ignored:
+            print(f"warning: {folder}: ignored {len(ignored)} files that are not images "
+                  f"(e.g. {sorted(ignored)[0]})", file=sys.stderr)
         if max_images:
             self.files = self.files[:max_images]
         if not self.files:
@@ -149,11 +156,23 @@ def _verify_counts(root: Path, counts: dict[str, int]) -> None:
             raise DatasetError(f"{root / split}: expected {expected} images after download, found {found}")
 
 
-def ensure_facades(root: str | Path, url: str) -> Path:
+def _verify_sha256(archive: Path, expected: str) -> None:
+    digest = hashlib.sha256()
+    with open(archive, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != expected.lower():
+        raise DatasetError(f"{archive.name}: SHA-256 {digest.hexdigest()} does not match the expected {expected}")
+
+
+def ensure_facades(root: str | Path, url: str, sha256: str = "",
+                   counts: dict[str, int] = FACADES_COUNTS) -> Path:
     """Return `root`, first downloading and unpacking the facades archive there if it is missing.
 
     Only a root whose folder name is "facades" is downloaded; for any other missing folder the
-    error says where to put the data.
+    error says where to put the data. The archive is checked (SHA-256 when given, then the image
+    count of every split) before it is moved into place, so a failed or interrupted download
+    leaves nothing behind but a temporary folder that the next try removes.
     """
     root = Path(root)
     if root.exists():
@@ -161,6 +180,8 @@ def ensure_facades(root: str | Path, url: str) -> Path:
     if root.name != "facades":
         raise DatasetError(f"{root}: no such folder (put the train/ val/ test/ image folders there)")
     root.parent.mkdir(parents=True, exist_ok=True)
+    for stale in root.parent.glob(".facades-download-*"):  # left by a download that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=root.parent, prefix=".facades-download-") as tmp:
         archive = Path(tmp) / "facades.tar.gz"
         try:
@@ -171,8 +192,10 @@ def ensure_facades(root: str | Path, url: str) -> Path:
                 f"{root}: data missing and the download from {url} failed ({reason}); download and "
                 f"unpack facades.tar.gz by hand so that {root}/train holds the images, or pass "
                 f"--data_root") from None
+        if sha256:
+            _verify_sha256(archive, sha256)
         _extract(archive, Path(tmp))
-        _verify_counts(Path(tmp) / "facades", FACADES_COUNTS)
+        _verify_counts(Path(tmp) / "facades", counts)
         # Moved into place only once complete and verified: a failed download leaves no root behind.
         shutil.move(str(Path(tmp) / "facades"), str(root))
     return root

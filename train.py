@@ -14,11 +14,16 @@ holds everything needed to continue the run or to rebuild the generator.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import json
+import math
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +35,10 @@ from config import Config, ConfigError, parse_or_exit
 from dataset import AlignedDataset, DatasetError, ensure_facades
 from discriminator import PatchDiscriminator
 from generator import UNetGenerator, unet_depth
-from utils import (atomic_write, autocast, frozen_norm_stats, init_weights, load_checkpoint,
-                   plot_losses, resolve_device, resolve_precision, save_checkpoint, save_sample_grid,
-                   seed_everything, set_requires_grad, write_csv)
+from utils import (CheckpointError, OutputError, atomic_write, autocast, check_state_dict,
+                   frozen_norm_stats, init_weights, load_checkpoint, plot_losses, resolve_device,
+                   resolve_precision, rng_state, save_checkpoint, save_sample_grid, seed_everything,
+                   set_requires_grad, set_rng_state, write_csv)
 
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
 # Fields that fix the shape of the networks or the meaning of the data: a run cannot continue
@@ -78,7 +84,7 @@ def data_split(root: Path, preferred: str) -> Path:
 
 def build_data(cfg: Config) -> tuple[AlignedDataset, AlignedDataset]:
     """The training set (random jitter) and the fixed validation images of the sample grids."""
-    root = ensure_facades(cfg.data_root, cfg.download_url)
+    root = ensure_facades(cfg.data_root, cfg.download_url, cfg.download_sha256)
     if not (root / "train").is_dir():
         raise DatasetError(f"{root / 'train'}: no such folder (data_root must hold train/ and val/)")
     train_set = AlignedDataset(root / "train", cfg.direction, cfg.load_size, cfg.image_size,
@@ -145,35 +151,77 @@ def train_step(G, D, opt_G, opt_D, real_A, real_B, lambda_l1, amp, scaler) -> to
 # Epochs
 # ---------------------------------------------------------------------------------------------
 
-def train_one_epoch(state: dict, loader: DataLoader, epoch: int) -> dict[str, float]:
-    """Run one epoch; append a point to the step curves every log_every iterations.
+class TrainingError(RuntimeError):
+    """Training cannot go on (a loss became NaN or infinite); the message says where."""
 
-    Losses stay on the device and are read back (one host sync) only every log_every iterations.
+
+def new_progress(device: torch.device) -> dict:
+    """Where the current epoch stands: iterations done and loss sums, kept on the device."""
+    zeros = torch.zeros(len(LOSS_NAMES), device=device)
+    return {"iteration": 0, "total": zeros, "window": zeros.clone(), "in_window": 0}
+
+
+def check_finite(sums: torch.Tensor, where: str) -> None:
+    """Stop on the first loss whose sum is NaN or infinite (one bad step poisons the sum)."""
+    for name, value in zip(LOSS_NAMES, sums.tolist()):
+        if not math.isfinite(value):
+            raise TrainingError(f"loss {name} became {value} {where}; stopped before saving it, the last "
+                                f"checkpoint holds the last good state")
+
+
+def log_window(state: dict, epoch: int, n_batches: int, bar: tqdm) -> None:
+    """Read back the mean losses of the last few iterations (one host sync) and record a point."""
+    p, steps = state["progress"], state["history"]["steps"]
+    first = p["iteration"] - p["in_window"] + 1
+    check_finite(p["window"], f"in epoch {epoch + 1}, iterations {first}-{p['iteration']}")
+    means = (p["window"] / p["in_window"]).tolist()
+    steps["epoch"].append(epoch + p["iteration"] / n_batches)
+    for name, value in zip(LOSS_NAMES, means):
+        steps[name].append(value)
+    bar.set_postfix({name: f"{value:.3f}" for name, value in zip(LOSS_NAMES, means)})
+    p["window"].zero_()
+    p["in_window"] = 0
+
+
+def train_one_epoch(state: dict, loader: DataLoader, epoch: int, run_dirs: dict) -> dict[str, float] | None:
+    """Run (the rest of) one epoch; returns its loss means, or None when stopped by a signal.
+
+    Losses stay on the device and are read back only every log_every iterations. With
+    checkpoint_every, and when SIGINT/SIGTERM arrives, latest.pt is written mid-epoch.
     """
-    cfg, G, D = state["cfg"], state["G"], state["D"]
+    cfg, G, D, p = state["cfg"], state["G"], state["D"], state["progress"]
     G.train()
     D.train()
-    total = torch.zeros(len(LOSS_NAMES), device=state["device"])
-    window, in_window = torch.zeros_like(total), 0
-    steps = state["history"]["steps"]
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
-    for i, (real_A, real_B) in enumerate(bar):
+    n_batches = len(loader)
+    bar = tqdm(total=n_batches, initial=p["iteration"], desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               dynamic_ncols=True)
+    # A resumed epoch skips the batches it already trained on (the order is fixed per epoch).
+    for real_A, real_B in itertools.islice(loader, p["iteration"], None):
         real_A = real_A.to(state["device"], non_blocking=True)  # (N, 3, H, W) in [-1, 1]
         real_B = real_B.to(state["device"], non_blocking=True)
         losses = train_step(G, D, state["opt_G"], state["opt_D"], real_A, real_B, cfg.lambda_l1,
                             state["amp"], state["scaler"])
-        total += losses
-        window += losses
-        in_window += 1
-        if in_window == cfg.log_every or i + 1 == len(loader):
-            means = (window / in_window).tolist()
-            steps["epoch"].append(epoch + (i + 1) / len(loader))
-            for name, value in zip(LOSS_NAMES, means):
-                steps[name].append(value)
-            bar.set_postfix({name: f"{value:.3f}" for name, value in zip(LOSS_NAMES, means)})
-            window.zero_()
-            in_window = 0
-    return dict(zip(LOSS_NAMES, (total / len(loader)).tolist()))
+        p["total"] += losses
+        p["window"] += losses
+        p["in_window"] += 1
+        p["iteration"] += 1
+        bar.update()
+        if p["in_window"] == cfg.log_every or p["iteration"] == n_batches:
+            log_window(state, epoch, n_batches, bar)
+        if p["iteration"] == n_batches:
+            break
+        done = epoch * n_batches + p["iteration"]
+        if state["stop"] or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+            check_finite(p["total"], f"in epoch {epoch + 1}")
+            save_checkpoint(checkpoint_dict(state, epoch), run_dirs["checkpoints"] / "latest.pt")
+            if state["stop"]:
+                bar.close()
+                return None
+    bar.close()
+    check_finite(p["total"], f"in epoch {epoch + 1}")
+    means = dict(zip(LOSS_NAMES, (p["total"] / n_batches).tolist()))
+    state["progress"] = new_progress(state["device"])
+    return means
 
 
 @torch.no_grad()
@@ -209,7 +257,11 @@ def save_samples(state: dict, sample_set: AlignedDataset, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def checkpoint_dict(state: dict, epoch: int) -> dict:
-    """Everything needed to continue the run, or to rebuild the generator from the file alone."""
+    """Everything needed to continue the run exactly, or to rebuild the generator from the file alone.
+
+    Only tensors and plain data, so that it loads with torch.load(..., weights_only=True).
+    """
+    p = state["progress"]
     return {
         "generator": state["G"].state_dict(),
         "discriminator": state["D"].state_dict(),
@@ -219,9 +271,11 @@ def checkpoint_dict(state: dict, epoch: int) -> dict:
         "sched_D": state["sched_D"].state_dict(),
         "scaler": state["scaler"].state_dict(),
         "epoch": epoch,  # epochs completed
+        "progress": {"iteration": p["iteration"], "total": p["total"].tolist(),  # within the next epoch
+                     "window": p["window"].tolist(), "in_window": p["in_window"]},
         "config": dataclasses.asdict(state["cfg"]),
         "history": state["history"],
-        "torch_rng": torch.get_rng_state(),
+        "rng": rng_state(),
     }
 
 
@@ -233,12 +287,17 @@ def restore(state: dict, checkpoint: dict, path: Path) -> int:
         detail = ", ".join(f"{f}={saved.get(f)!r} there, {getattr(state['cfg'], f)!r} now" for f in changed)
         raise ConfigError(f"{path} cannot continue with this config ({detail}); use another --name or "
                           f"--resume false to start over")
+    check_state_dict(state["G"], checkpoint["generator"], "generator", path)
+    check_state_dict(state["D"], checkpoint["discriminator"], "discriminator", path)
     for key, module in (("generator", "G"), ("discriminator", "D"), ("opt_G", "opt_G"),
                         ("opt_D", "opt_D"), ("sched_G", "sched_G"), ("sched_D", "sched_D"),
                         ("scaler", "scaler")):
         state[module].load_state_dict(checkpoint[key])
     state["history"] = checkpoint["history"]
-    torch.set_rng_state(checkpoint["torch_rng"])
+    p, device = checkpoint["progress"], state["device"]
+    state["progress"] = {"iteration": p["iteration"], "total": torch.tensor(p["total"], device=device),
+                         "window": torch.tensor(p["window"], device=device), "in_window": p["in_window"]}
+    set_rng_state(checkpoint["rng"])
     return int(checkpoint["epoch"])
 
 
@@ -267,7 +326,7 @@ def setup(cfg: Config) -> dict:
     return {"cfg": cfg, "device": device, "dtype": dtype, "amp": autocast(device, dtype),
             "scaler": torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
             "G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D, "sched_G": sched_G, "sched_D": sched_D,
-            "history": history}
+            "history": history, "progress": new_progress(device), "stop": False}
 
 
 def write_epoch_outputs(state: dict, sample_set: AlignedDataset, epoch: int, run_dirs: dict) -> None:
@@ -282,34 +341,65 @@ def write_epoch_outputs(state: dict, sample_set: AlignedDataset, epoch: int, run
         save_checkpoint(checkpoint, run_dirs["checkpoints"] / f"epoch_{epoch:03d}.pt")
 
 
+def resume_point(state: dict, run_dirs: dict) -> int:
+    """Continue resume_from, or latest.pt of this run when it exists; returns epochs already done."""
+    cfg = state["cfg"]
+    path = Path(cfg.resume_from) if cfg.resume_from else run_dirs["checkpoints"] / "latest.pt"
+    if not cfg.resume_from and not (cfg.resume and path.exists()):
+        return 0
+    epoch = restore(state, load_checkpoint(path, state["device"]), path)
+    print(f"resuming {path}: epoch {epoch + 1}, iteration {state['progress']['iteration']}")
+    return epoch
+
+
+@contextlib.contextmanager
+def stop_on_signals(state: dict) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM ask to stop after the current iteration, with a checkpoint."""
+    def ask_to_stop(signum, frame) -> None:
+        tqdm.write(f"{signal.Signals(signum).name}: stopping after this iteration (again to abort)")
+        state["stop"] = True
+        signal.signal(signum, previous[signum])  # a second signal acts at once
+
+    previous = {s: signal.signal(s, ask_to_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def train(cfg: Config) -> None:
     train_set, sample_set = build_data(cfg)  # first, so that missing data fails before any work
     state = setup(cfg)
     run_dirs = {"results": Path(cfg.results_dir) / cfg.name, "checkpoints": Path(cfg.checkpoint_dir) / cfg.name}
-    start_epoch = 0
-    latest = run_dirs["checkpoints"] / "latest.pt"
-    if cfg.resume and latest.exists():
-        start_epoch = restore(state, load_checkpoint(latest, state["device"]), latest)
-        print(f"resuming {latest} after epoch {start_epoch}")
+    start_epoch = resume_point(state, run_dirs)
     atomic_write(run_dirs["results"] / "config.json",
                  lambda tmp: Path(tmp).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"))
     loader = make_loader(train_set, cfg, state["device"])
     print(f"training {cfg.name}: {len(train_set)} pairs, {cfg.direction}, {cfg.image_size} px, "
           f"batch {cfg.batch_size}, on {state['device']} in {str(state['dtype']).removeprefix('torch.')}")
-    for epoch in range(start_epoch, cfg.epochs):
-        loader.sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
-        started = time.perf_counter()
-        lr = state["opt_G"].param_groups[0]["lr"]
-        means = train_one_epoch(state, loader, epoch)
-        state["sched_G"].step()
-        state["sched_D"].step()
-        row = {"epoch": epoch + 1, **means, "lr": lr, "seconds": round(time.perf_counter() - started, 2)}
-        state["history"]["epochs"].append(row)
-        write_epoch_outputs(state, sample_set, epoch + 1, run_dirs)
-        summary = "  ".join(f"{name} {means[name]:.4f}" for name in LOSS_NAMES)
-        tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  {summary}  lr {lr:.2e}  {row['seconds']:.1f}s")
-    print(f"done: {run_dirs['results']} and {run_dirs['checkpoints']}")
+    with stop_on_signals(state):
+        for epoch in range(start_epoch, cfg.epochs):
+            loader.sampler.set_epoch(epoch)
+            train_set.set_epoch(epoch)
+            started = time.perf_counter()
+            lr = state["opt_G"].param_groups[0]["lr"]
+            means = train_one_epoch(state, loader, epoch, run_dirs)
+            if means is None:
+                break
+            state["sched_G"].step()
+            state["sched_D"].step()
+            row = {"epoch": epoch + 1, **means, "lr": lr, "seconds": round(time.perf_counter() - started, 2)}
+            state["history"]["epochs"].append(row)
+            write_epoch_outputs(state, sample_set, epoch + 1, run_dirs)
+            summary = "  ".join(f"{name} {means[name]:.4f}" for name in LOSS_NAMES)
+            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  {summary}  lr {lr:.2e}  {row['seconds']:.1f}s")
+            if state["stop"]:
+                break
+    if state["stop"]:
+        print(f"stopped; {run_dirs['checkpoints'] / 'latest.pt'} is saved: run the same command to resume")
+    else:
+        print(f"done: {run_dirs['results']} and {run_dirs['checkpoints']}")
 
 
 def main() -> None:
@@ -319,7 +409,7 @@ def main() -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    except DatasetError as err:
+    except (DatasetError, CheckpointError, OutputError, TrainingError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
 

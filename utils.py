@@ -128,6 +128,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict:
+    """The state of every random-number generator, as tensors and plain data (weights_only-safe)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    version, keys, gauss = state["python"]
+    random.setstate((version, tuple(keys), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def resolve_device(name: str) -> torch.device:
     """"auto" picks the first GPU when there is one, else the CPU."""
     if name == "auto":
@@ -168,19 +186,32 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 # Writing outputs atomically
 # ---------------------------------------------------------------------------------------------
 
+class OutputError(RuntimeError):
+    """An output file could not be written (disk full, no permission); the message names it."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, not a checkpoint, or does not fit; the message names it."""
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call write(tmp_path) for a temporary file beside `path`, then move it onto `path`."""
+    """Call write(tmp_path) for a temporary file beside `path`, then move it onto `path`.
+
+    A failure leaves the previous `path` as it was and raises OutputError naming it.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
+    except (OSError, RuntimeError) as err:
+        raise OutputError(f"cannot write {path}: {err}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-        raise
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -189,7 +220,29 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with weights_only=True: tensors and plain data only, never code."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many kinds for a file that is not a safe checkpoint
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})") from None
+    if not isinstance(checkpoint, dict) or "generator" not in checkpoint:
+        raise CheckpointError(f"{path}: not a pix2pix checkpoint (no generator weights)")
+    return checkpoint
+
+
+def check_state_dict(module: nn.Module, saved: dict, what: str, path: str | Path) -> None:
+    """Raise CheckpointError naming the first parameter whose name or shape does not match."""
+    expected = module.state_dict()
+    for key in sorted(set(expected) | set(saved)):
+        if key not in saved or key not in expected:
+            where = "missing from the checkpoint" if key not in saved else "not in the configured network"
+            raise CheckpointError(f"{path}: {what} parameter {key} is {where}")
+        if tuple(saved[key].shape) != tuple(expected[key].shape):
+            raise CheckpointError(f"{path}: {what} parameter {key} has shape {tuple(saved[key].shape)} in the "
+                                  f"checkpoint but {tuple(expected[key].shape)} in the configured network")
 
 
 def write_csv(rows: Sequence[dict], path: str | Path) -> None:

@@ -86,3 +86,19 @@ def test_real_facades_pair(facades):
     real_A, real_B = data[0]
     assert real_A.shape == real_B.shape == (3, 256, 256)
     assert -1 <= real_A.min() and real_A.max() <= 1
+
+
+def test_non_image_files_are_ignored_with_one_warning(synthetic_split, capsys):
+    folder = synthetic_split(n=2)
+    (folder / "notes.txt").write_text("x")
+    (folder / "Thumbs.db").write_bytes(b"x")
+    data = AlignedDataset(folder, "BtoA", 40, 32, train=True)
+    assert len(data) == 2
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 1 and "ignored 2 files that are not images" in warnings[0]
+
+
+def test_image_smaller_than_the_crop_is_resized_up(tmp_path):
+    Image.new("RGB", (20, 10), (10, 200, 30)).save(tmp_path / "1.png")
+    real_A, real_B = AlignedDataset(tmp_path, "BtoA", 36, 32, train=True)[0]
+    assert real_A.shape == (3, 32, 32)

@@ -83,3 +83,22 @@ def test_train_py_without_data_exits_with_one_line(server, tmp_path):
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "facades: data missing" in errors[0], result.stderr
+
+
+def test_archive_escaping_the_folder_is_refused(server, tmp_path):
+    www, url = server
+    with tarfile.open(www / "facades.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("facades/../../escaped.txt")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    with pytest.raises(DatasetError, match="cannot extract safely"):
+        ensure_facades(tmp_path / "data" / "facades", f"{url}/facades.tar.gz")
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_wrong_sha256_is_refused(server, tmp_path):
+    www, url = server
+    build_archive(www / "facades.tar.gz", FACADES_COUNTS)
+    with pytest.raises(DatasetError, match="SHA-256 .* does not match"):
+        ensure_facades(tmp_path / "facades", f"{url}/facades.tar.gz", sha256="0" * 64)
+    assert not (tmp_path / "facades").exists()
