@@ -102,3 +102,15 @@ def test_wrong_sha256_is_refused(server, tmp_path):
     with pytest.raises(DatasetError, match="SHA-256 .* does not match"):
         ensure_facades(tmp_path / "facades", f"{url}/facades.tar.gz", sha256="0" * 64)
     assert not (tmp_path / "facades").exists()
+
+
+def test_interrupted_download_is_retried_cleanly(server, tmp_path):
+    """A killed download leaves a temporary folder with a .part file; the next run starts clean."""
+    www, url = server
+    stale = tmp_path / "data" / ".facades-download-killed"
+    stale.mkdir(parents=True)
+    (stale / "facades.tar.gz.part").write_bytes(b"half an archive")
+    build_archive(www / "facades.tar.gz", FACADES_COUNTS)
+    root = ensure_facades(tmp_path / "data" / "facades", f"{url}/facades.tar.gz")
+    assert len(list((root / "train").glob("*.jpg"))) == 400
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["facades"]
