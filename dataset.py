@@ -39,14 +39,23 @@ class DatasetError(RuntimeError):
     """A problem with the data on disk; the message names the file or folder."""
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """The image files directly in `folder`, sorted by name (numerically where names are numbers)."""
+def scan_folder(folder: str | Path) -> tuple[list[Path], list[str]]:
+    """The image files directly in `folder`, sorted by name (numerically where names are numbers),
+    and the names of the other, non-hidden files, which are skipped."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such folder")
-    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    files = [p for p in folder.iterdir() if p.is_file()]
+    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    others = sorted(p.name for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS
+                    and not p.name.startswith("."))
     # "10.jpg" after "9.jpg", as a person would order the facades files.
-    return sorted(files, key=lambda p: (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.name))
+    return sorted(images, key=lambda p: (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.name)), others
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """The image files directly in `folder`, sorted as scan_folder sorts them."""
+    return scan_folder(folder)[0]
 
 
 def read_pair(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,12 +90,10 @@ class AlignedDataset(Dataset):
 
     def __init__(self, folder: str | Path, direction: str, load_size: int, image_size: int,
                  train: bool, flip: bool = True, seed: int = 0, max_images: int = 0) -> None:
-        self.files = list_images(folder)
-        ignored = [p.name for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")
-                   and p.suffix.lower() not in IMAGE_EXTENSIONS]
+        self.files, ignored = scan_folder(folder)
         if ignored:
             print(f"warning: {folder}: ignored {len(ignored)} files that are not images "
-                  f"(e.g. {sorted(ignored)[0]})", file=sys.stderr)
+                  f"(e.g. {ignored[0]})", file=sys.stderr)
         if max_images:
             self.files = self.files[:max_images]
         if not self.files:
