@@ -52,8 +52,12 @@ class Config:
     lr_decay_epochs: int = 100  # ... of which the last ones decay the lr linearly towards 0
 
     # --- evaluation ---
-    eval_mode: bool = False  # False (paper): batch statistics and dropout also when generating
+    # False (paper, official code): batch statistics and dropout also when generating, in sample
+    # grids, validation and predict.py; True: running averages and no dropout (deterministic).
+    eval_mode: bool = False
     num_samples: int = 4  # validation images shown in each epoch's sample grid
+    val_every: int = 1  # L1 / PSNR / SSIM on the whole val split every N epochs (0 = never)
+    val_fid: bool = False  # validation also computes FID and KID (needs requirements-eval.txt)
 
     # --- run ---
     name: str = "facades"  # run name: outputs go to checkpoints/<name>/ and results/<name>/
@@ -130,6 +134,7 @@ def validate(cfg: Config) -> None:
         ("epochs", cfg.epochs >= 1, "must be >= 1"),
         ("lr_decay_epochs", cfg.lr_decay_epochs >= 0, "must be >= 0"),
         ("num_samples", cfg.num_samples >= 1, "must be >= 1"),
+        ("val_every", cfg.val_every >= 0, "must be >= 0"),
         ("name", bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."),
          "must be a plain folder name"),
         ("save_every", cfg.save_every >= 0, "must be >= 0"),

@@ -58,6 +58,16 @@ def list_images(folder: str | Path) -> list[Path]:
     return scan_folder(folder)[0]
 
 
+def read_image(path: Path, channels: int = 3) -> torch.Tensor:
+    """Decode one image file as uint8 of shape (channels, H, W): 3 = RGB, 1 = grayscale."""
+    try:
+        with Image.open(path) as file:
+            pixels = np.array(file.convert("RGB" if channels == 3 else "L"))  # (H, W[, 3]) uint8
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DatasetError(f"{path}: cannot decode image ({err})") from None
+    return torch.from_numpy(pixels).reshape(*pixels.shape[:2], channels).permute(2, 0, 1)
+
+
 def read_pair(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode one aligned file into its halves (A = left, B = right), each uint8 of shape (3, H, W/2)."""
     try:

@@ -14,10 +14,13 @@ The layer order and bias choices follow the authors' PyTorch code, so their reci
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from utils import Conv2d, ConvTranspose2d, norm_layer
+from utils import Conv2d, ConvTranspose2d, frozen_norm_stats, norm_layer
 
 
 def unet_depth(image_size: int, max_depth: int = 8) -> int:
@@ -41,6 +44,7 @@ class UNetGenerator(nn.Module):
         if num_downs < 5:
             raise ValueError(f"num_downs must be >= 5, got {num_downs}")
         self.num_downs = num_downs
+        self.size_multiple = 2**num_downs  # H and W must be multiples of this
         # Channels after each encoder level: ngf, 2 ngf, 4 ngf, then 8 ngf down to the bottleneck.
         width = [ngf * min(2**i, 8) for i in range(num_downs)]
         # With BatchNorm right after a convolution its bias is redundant (the norm's shift replaces it).
@@ -76,3 +80,28 @@ class UNetGenerator(nn.Module):
             x = torch.cat([skip, up(x)], dim=1)  # doubles size; channels: skip + decoder output
         return self.final(x)  # (N, out_channels, H, W)
 
+
+
+@torch.no_grad()
+def translate(G: UNetGenerator, real_A: torch.Tensor, eval_mode: bool, seed: int,
+              amp: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
+    """G(real_A) for evaluation, of any size, without changing G or the caller's RNG streams.
+
+    real_A: (N, C, H, W) in [-1, 1]; H and W need not be multiples of G.size_multiple: the
+    image is padded at the bottom and right by repeating its border, translated, and cropped
+    back, so the output is (N, out_channels, H, W), aligned pixel for pixel with the input.
+
+    eval_mode False is the paper's choice: batch statistics and dropout at test time too. The
+    running BatchNorm averages are left untouched and dropout draws from its own fixed seed.
+    """
+    h, w = real_A.shape[-2:]
+    pad_h, pad_w = -h % G.size_multiple, -w % G.size_multiple
+    padded = F.pad(real_A, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else real_A
+    was_training = G.training
+    G.train(not eval_mode)
+    devices = [real_A.device] if real_A.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), frozen_norm_stats(G), amp or contextlib.nullcontext():
+        torch.manual_seed(seed)
+        fake_B = G(padded).float()  # (N, out_channels, H + pad_h, W + pad_w)
+    G.train(was_training)
+    return fake_B[..., :h, :w]

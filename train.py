@@ -34,13 +34,16 @@ from tqdm import tqdm
 from config import Config, ConfigError, parse_or_exit
 from dataset import AlignedDataset, DatasetError, ensure_facades
 from discriminator import PatchDiscriminator
-from generator import UNetGenerator, unet_depth
-from utils import (CheckpointError, OutputError, atomic_write, autocast, check_state_dict,
-                   frozen_norm_stats, init_weights, load_checkpoint, plot_losses, resolve_device,
-                   resolve_precision, rng_state, save_checkpoint, save_sample_grid, seed_everything,
-                   set_requires_grad, set_rng_state, write_csv)
+from generator import UNetGenerator, translate, unet_depth
+from metrics import MissingPackageError, fid_kid, image_metrics, inception_weights_path
+from utils import (CheckpointError, OutputError, atomic_write, autocast, check_state_dict, init_weights,
+                   load_checkpoint, plot_curves, resolve_device, resolve_precision, rng_state,
+                   save_checkpoint, save_sample_grid, seed_everything, set_requires_grad, set_rng_state,
+                   write_csv, write_gallery)
 
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
+VAL_NAMES = ("val_L1", "val_PSNR", "val_SSIM")  # history columns of the validation pass
+FID_NAMES = ("val_FID", "val_KID")
 # Fields that fix the shape of the networks or the meaning of the data: a run cannot continue
 # from a checkpoint made with other values.
 ARCHITECTURE_FIELDS = ("direction", "image_size", "ngf", "ndf", "n_layers_D", "norm")
@@ -83,15 +86,18 @@ def data_split(root: Path, preferred: str) -> Path:
 
 
 def build_data(cfg: Config) -> tuple[AlignedDataset, AlignedDataset]:
-    """The training set (random jitter) and the fixed validation images of the sample grids."""
+    """The training set (random jitter) and the validation set (evaluation preprocessing).
+
+    The first num_samples validation images are also the fixed rows of every sample grid.
+    """
     root = ensure_facades(cfg.data_root, cfg.download_url, cfg.download_sha256)
     if not (root / "train").is_dir():
         raise DatasetError(f"{root / 'train'}: no such folder (data_root must hold train/ and val/)")
     train_set = AlignedDataset(root / "train", cfg.direction, cfg.load_size, cfg.image_size,
                                train=True, flip=cfg.flip, seed=cfg.seed, max_images=cfg.max_images)
-    sample_set = AlignedDataset(data_split(root, "val"), cfg.direction, cfg.load_size, cfg.image_size,
-                                train=False, max_images=cfg.num_samples)
-    return train_set, sample_set
+    val_set = AlignedDataset(data_split(root, "val"), cfg.direction, cfg.load_size, cfg.image_size,
+                             train=False, max_images=cfg.max_images)
+    return train_set, val_set
 
 
 def make_loader(train_set: AlignedDataset, cfg: Config, device: torch.device) -> DataLoader:
@@ -224,32 +230,42 @@ def train_one_epoch(state: dict, loader: DataLoader, epoch: int, run_dirs: dict)
     return means
 
 
-@torch.no_grad()
-def generate(G: nn.Module, real_A: torch.Tensor, eval_mode: bool, seed: int, amp) -> torch.Tensor:
-    """Translate real_A without changing G or the training RNG streams.
+# ---------------------------------------------------------------------------------------------
+# Looking at the generator: sample grids and validation
+# ---------------------------------------------------------------------------------------------
 
-    eval_mode False is the paper's choice: batch statistics and dropout at test time too. The
-    running BatchNorm averages are left untouched and dropout uses its own fixed seed.
-    """
-    was_training = G.training
-    G.train(not eval_mode)
-    devices = [real_A.device] if real_A.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), frozen_norm_stats(G), amp:
-        torch.manual_seed(seed)
-        fake_B = G(real_A).float()
-    G.train(was_training)
-    return fake_B
+def generate(state: dict, real_A: torch.Tensor) -> torch.Tensor:
+    """fake_B for one (C, H, W) validation input, on the CPU, as configured (eval_mode, seed)."""
+    cfg = state["cfg"]
+    return translate(state["G"], real_A[None].to(state["device"]), cfg.eval_mode, cfg.seed, state["amp"])[0].cpu()
 
 
-def save_samples(state: dict, sample_set: AlignedDataset, path: Path) -> None:
-    """A grid of the fixed validation images: one row per example, input | generated | target."""
+def save_samples(state: dict, val_set: AlignedDataset, path: Path) -> None:
+    """A grid of the first num_samples validation images: one row each, input | generated | target."""
     rows = []
-    for index in range(len(sample_set)):
-        real_A, real_B = sample_set[index]
-        fake_B = generate(state["G"], real_A[None].to(state["device"]), state["cfg"].eval_mode,
-                          state["cfg"].seed, state["amp"])[0]
-        rows.append([real_A, fake_B.cpu(), real_B])
+    for index in range(min(state["cfg"].num_samples, len(val_set))):
+        real_A, real_B = val_set[index]
+        rows.append([real_A, generate(state, real_A), real_B])
     save_sample_grid(rows, path)
+
+
+def validate(state: dict, val_set: AlignedDataset) -> dict[str, float]:
+    """Mean L1, PSNR and SSIM of the generator on the whole validation split (and FID/KID).
+
+    One image at a time: with eval_mode false, BatchNorm normalises with the statistics of the
+    batch, so a batch of one is what training and the paper's test use.
+    """
+    fakes, reals = [], []
+    for index in tqdm(range(len(val_set)), desc="validation", leave=False, dynamic_ncols=True):
+        real_A, real_B = val_set[index]
+        fakes.append(generate(state, real_A))  # (C, H, W)
+        reals.append(real_B)
+    fake_B, real_B = torch.stack(fakes), torch.stack(reals)  # (N, C, H, W)
+    means = {f"val_{name}": values.mean().item() for name, values in image_metrics(fake_B, real_B).items()}
+    if state["cfg"].val_fid:
+        scores = fid_kid(real_B, fake_B, state["device"])
+        means.update(val_FID=scores["FID"], val_KID=scores["KID"])
+    return means
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,14 +345,27 @@ def setup(cfg: Config) -> dict:
             "history": history, "progress": new_progress(device), "stop": False}
 
 
-def write_epoch_outputs(state: dict, sample_set: AlignedDataset, epoch: int, run_dirs: dict) -> None:
-    """The per-epoch files: sample grid, history.csv, loss.png, latest.pt and epoch_NNN.pt."""
-    cfg, history = state["cfg"], state["history"]
-    save_samples(state, sample_set, run_dirs["results"] / "samples" / f"epoch_{epoch:03d}.png")
-    write_csv(history["epochs"], run_dirs["results"] / "history.csv")
-    plot_losses(history["epochs"], history["steps"], LOSS_NAMES, run_dirs["results"] / "loss.png")
+def is_best(epochs: list[dict]) -> bool:
+    """Whether the last epoch has the lowest val_L1 of the run so far."""
+    scores = [row["val_L1"] for row in epochs if "val_L1" in row]
+    return "val_L1" in epochs[-1] and epochs[-1]["val_L1"] == min(scores)
+
+
+def write_epoch_outputs(state: dict, val_set: AlignedDataset, epoch: int, run_dirs: dict) -> None:
+    """The per-epoch files: sample grid, history.csv, loss and metric plots, the gallery, and the
+    checkpoints latest.pt, best.pt (lowest val_L1) and epoch_NNN.pt."""
+    cfg, history, results = state["cfg"], state["history"], run_dirs["results"]
+    save_samples(state, val_set, results / "samples" / f"epoch_{epoch:03d}.png")
+    write_csv(history["epochs"], results / "history.csv")
+    plot_curves(history["epochs"], history["steps"], LOSS_NAMES, results / "loss.png")
+    metric_names = VAL_NAMES + (FID_NAMES if cfg.val_fid else ())
+    if any("val_L1" in row for row in history["epochs"]):
+        plot_curves(history["epochs"], {}, metric_names, results / "metrics.png")
+    write_gallery(history["epochs"], LOSS_NAMES, metric_names, results, title=f"Pix2Pix run {cfg.name}")
     checkpoint = checkpoint_dict(state, epoch)
     save_checkpoint(checkpoint, run_dirs["checkpoints"] / "latest.pt")
+    if is_best(history["epochs"]):
+        save_checkpoint(checkpoint, run_dirs["checkpoints"] / "best.pt")
     if cfg.save_every and epoch % cfg.save_every == 0:
         save_checkpoint(checkpoint, run_dirs["checkpoints"] / f"epoch_{epoch:03d}.pt")
 
@@ -369,7 +398,9 @@ def stop_on_signals(state: dict) -> Iterator[None]:
 
 
 def train(cfg: Config) -> None:
-    train_set, sample_set = build_data(cfg)  # first, so that missing data fails before any work
+    if cfg.val_fid:
+        inception_weights_path()  # a missing optional package fails now, not after the first epoch
+    train_set, val_set = build_data(cfg)  # first, so that missing data fails before any work
     state = setup(cfg)
     run_dirs = {"results": Path(cfg.results_dir) / cfg.name, "checkpoints": Path(cfg.checkpoint_dir) / cfg.name}
     start_epoch = resume_point(state, run_dirs)
@@ -390,9 +421,11 @@ def train(cfg: Config) -> None:
             state["sched_G"].step()
             state["sched_D"].step()
             row = {"epoch": epoch + 1, **means, "lr": lr, "seconds": round(time.perf_counter() - started, 2)}
+            if cfg.val_every and (epoch + 1) % cfg.val_every == 0:
+                row.update(validate(state, val_set))
             state["history"]["epochs"].append(row)
-            write_epoch_outputs(state, sample_set, epoch + 1, run_dirs)
-            summary = "  ".join(f"{name} {means[name]:.4f}" for name in LOSS_NAMES)
+            write_epoch_outputs(state, val_set, epoch + 1, run_dirs)
+            summary = "  ".join(f"{name} {row[name]:.4f}" for name in LOSS_NAMES + VAL_NAMES if name in row)
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  {summary}  lr {lr:.2e}  {row['seconds']:.1f}s")
             if state["stop"]:
                 break
@@ -409,7 +442,7 @@ def main() -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (DatasetError, CheckpointError, OutputError, TrainingError) as err:
+    except (DatasetError, CheckpointError, OutputError, TrainingError, MissingPackageError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
 

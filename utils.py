@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import html
 import os
 import random
 import tempfile
@@ -194,6 +195,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, not a checkpoint, or does not fit; the message names it."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call write(tmp_path) for a temporary file beside `path`, then move it onto `path`.
 
@@ -205,6 +212,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the permissions open() would
         write(tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
@@ -269,6 +277,13 @@ def save_sample_grid(rows: Sequence[torch.Tensor], path: str | Path) -> None:
     atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
 
 
+def save_image(image: torch.Tensor, path: str | Path) -> None:
+    """Save one (C, H, W) image in [-1, 1] as an 8-bit PNG (C = 1 gray, C = 3 RGB)."""
+    from torchvision.utils import save_image as save
+
+    atomic_write(path, lambda tmp: save(image.float().cpu(), tmp, format="png", normalize=True, value_range=(-1, 1)))
+
+
 def smooth(values: Sequence[float], window: int) -> np.ndarray:
     """Moving average over `window` points (shorter at the start), for readable loss curves."""
     cumulative = np.concatenate([[0.0], np.cumsum(np.asarray(values, dtype=float))])
@@ -277,12 +292,13 @@ def smooth(values: Sequence[float], window: int) -> np.ndarray:
     return (cumulative[end] - cumulative[start]) / (end - start)
 
 
-def plot_losses(epochs: Sequence[dict], steps: dict[str, list[float]], names: Sequence[str],
+def plot_curves(epochs: Sequence[dict], steps: dict[str, list[float]], names: Sequence[str],
                 path: str | Path) -> None:
-    """One panel per loss: the smoothed per-step curve and the epoch means, against epochs.
+    """One panel per quantity: its epoch values and, when given, a smoothed per-step curve.
 
-    epochs: rows with "epoch" and a mean per loss name; steps: "epoch" (fractional) and a value
-    per loss name, one point every few iterations.
+    epochs: rows with "epoch" and a value per name (rows without a name's value are skipped, e.g.
+    epochs without validation); steps: "epoch" (fractional) and a value per name, one point
+    every few iterations (empty for quantities measured once per epoch).
     """
     import matplotlib
     matplotlib.use("Agg")  # files only, no window
@@ -292,12 +308,51 @@ def plot_losses(epochs: Sequence[dict], steps: dict[str, list[float]], names: Se
     for ax, name in zip(axes[0], names):
         if steps.get(name):
             ax.plot(steps["epoch"], smooth(steps[name], 25), lw=0.8, alpha=0.6, label="smoothed steps")
-        ax.plot([row["epoch"] for row in epochs], [row[name] for row in epochs], "o-", ms=3,
-                label="epoch mean")
+        points = [(row["epoch"], row[name]) for row in epochs if row.get(name) not in (None, "")]
+        ax.plot([x for x, _ in points], [y for _, y in points], "o-", ms=3, label="per epoch")
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    if steps:
+        axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML pages
+# ---------------------------------------------------------------------------------------------
+
+def _cell(value) -> str:
+    """A table cell: numbers with 4 significant digits, anything else as escaped text."""
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"<td>{html.escape(text)}</td>"
+
+
+def html_page(title: str, body: Sequence[str]) -> str:
+    """A small self-contained HTML page (inline style, relative links only)."""
+    style = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n" + "\n".join(body)
+            + "\n</body></html>\n")
+
+
+def write_gallery(epochs: Sequence[dict], loss_names: Sequence[str], metric_names: Sequence[str],
+                  folder: str | Path, title: str) -> None:
+    """folder/index.html: the loss and metric plots, then each epoch's sample grid, newest first,
+    under a table of that epoch's losses and validation metrics. Links are relative to folder."""
+    folder = Path(folder)
+    body = [f'<p><img src="{name}" alt="{name}"></p>' for name in ("loss.png", "metrics.png")
+            if (folder / name).is_file()]
+    columns = ["epoch", *loss_names, *metric_names, "lr", "seconds"]
+    for row in reversed(epochs):
+        grid = f"samples/epoch_{row['epoch']:03d}.png"
+        body.append(f"<h2>Epoch {row['epoch']}</h2>")
+        body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr><tr>"
+                    + "".join(_cell(row.get(c, "")) for c in columns) + "</tr></table>")
+        if (folder / grid).is_file():
+            body.append(f'<p><img src="{grid}" alt="epoch {row["epoch"]}: input | generated | target"></p>')
+    page = html_page(title, body)
+    atomic_write(folder / "index.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +46,44 @@ def synthetic_split(tmp_path: Path):
             write_pair(folder / f"{i + 1}.png", a, 255 - a)
         return folder
     return make
+
+
+def require(module: str):
+    """Import an optional test tool; skipped locally when missing, a failure in CI (which installs it)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail(f"{module} is required in CI (pip install -r requirements-test.txt -r requirements-eval.txt)")
+        pytest.skip(f"{module} not installed")
+
+
+def require_fid() -> None:
+    """The optional FID package (requirements-eval.txt), required in CI like `require`."""
+    import metrics
+    try:
+        metrics.inception_weights_path()  # finds the weights without importing the package
+    except metrics.MissingPackageError as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI installs requirements-eval.txt: {err}")
+        pytest.skip(str(err))
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs) -> None:
+        self.links += [value for name, value in attrs if name in ("src", "href") and value]
+
+
+def html_links(page: Path) -> list[str]:
+    """Parse an HTML page and return its src/href links, checking each is a relative path to an
+    existing file (so the folder can be copied elsewhere)."""
+    parser = _Links()
+    parser.feed(page.read_text(encoding="utf-8"))
+    for link in parser.links:
+        assert "://" not in link and not link.startswith("/"), f"{page}: absolute link {link}"
+        assert (page.parent / link).is_file(), f"{page}: broken link {link}"
+    return parser.links

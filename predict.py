@@ -1,0 +1,195 @@
+"""Translate images with a trained generator, and measure it on a paired split.
+
+    python predict.py --checkpoint checkpoints/facades/latest.pt labels.png more_labels/ --output out/
+    python predict.py --checkpoint checkpoints/facades/best.pt --split test [--data_root DIR] [--fid]
+
+Inputs are images of the input domain (label maps for facades), files or folders of them; each
+gives <output>/<stem>.png of the same size as the input. Images of any size work: by default
+the input is padded (its border repeated) to a multiple of the generator's 2^depth, translated
+and cropped back; with --resize it is instead resized to the training image_size and the output
+resized back.
+
+With --split, the paired images of that split are translated as in validation (resized to
+image_size), and the output folder gets <stem>.png per image, real_A/ and real_B/ (input and
+target), metrics.json (means and per-image L1, PSNR, SSIM; FID and KID with --fid) and
+index.html, a page of input | generated | target with each image's numbers.
+
+The generator is rebuilt from the checkpoint alone. Batch-norm mode and dropout follow the run's
+`eval_mode` (false, the paper's choice: batch statistics and dropout at test time too) unless
+--eval_mode says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from config import Config, ConfigError
+from dataset import AlignedDataset, DatasetError, list_images, read_image
+from generator import UNetGenerator, translate
+from metrics import MissingPackageError, fid_kid, image_metrics, inception_weights_path
+from train import build_generator
+from utils import (CheckpointError, OutputError, atomic_write, autocast, check_state_dict, html_page,
+                   load_checkpoint, resolve_device, resolve_precision, save_image)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="*", type=Path, help="input-domain images or folders of them")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint written by train.py")
+    parser.add_argument("--output", type=Path, help="output folder (default: results/<name>/predict or "
+                        "results/<name>/<split>)")
+    parser.add_argument("--split", help="translate and evaluate this paired split (e.g. test) of data_root")
+    parser.add_argument("--data_root", help="folder of the paired splits (default: the run's data_root)")
+    parser.add_argument("--fid", action="store_true", help="with --split: also FID and KID (needs "
+                        "pip install -r requirements-eval.txt)")
+    parser.add_argument("--resize", action="store_true", help="resize inputs to image_size and outputs back, "
+                        "instead of padding to the generator's multiple")
+    parser.add_argument("--eval_mode", choices=("true", "false"), help="override the run's eval_mode")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    args = parser.parse_args(argv)
+    if bool(args.inputs) == bool(args.split):
+        parser.error("give input images or folders, or --split, but not both")
+    if args.fid and not args.split:
+        parser.error("--fid needs --split (it compares with the real targets of a split)")
+    return args
+
+
+def load_generator(path: Path, device: torch.device) -> tuple[UNetGenerator, Config, int]:
+    """The generator of a checkpoint, its run's config and the epochs it was trained for."""
+    checkpoint = load_checkpoint(path, device)
+    known = {f.name for f in dataclasses.fields(Config)}
+    # Fields that later versions dropped are ignored; fields they added keep their defaults.
+    cfg = Config(**{k: v for k, v in checkpoint.get("config", {}).items() if k in known})
+    G = build_generator(cfg).to(device)
+    check_state_dict(G, checkpoint["generator"], "generator", path)
+    G.load_state_dict(checkpoint["generator"])
+    return G, cfg, int(checkpoint.get("epoch", 0))
+
+
+def collect_inputs(inputs: list[Path]) -> list[Path]:
+    """The image files named, and the images inside the folders named; stems must be unique."""
+    files = []
+    for path in inputs:
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise DatasetError(f"{path}: no images in this folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DatasetError(f"{path}: no such file or folder")
+    stems = [p.stem for p in files]
+    clashes = sorted({s for s in stems if stems.count(s) > 1})
+    if clashes:
+        raise DatasetError(f"two inputs would both be written as {clashes[0]}.png; rename one")
+    return files
+
+
+def translate_file(G: UNetGenerator, cfg: Config, path: Path, device: torch.device, amp,
+                   resize: bool) -> torch.Tensor:
+    """fake_B (C, H, W) in [-1, 1] for one input image file, at the file's size."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    real_A = read_image(path, G.down[0].in_channels)  # (C, H, W) uint8
+    size = list(real_A.shape[-2:])
+    if resize:
+        real_A = TF.resize(real_A, [cfg.image_size] * 2, interpolation=InterpolationMode.BICUBIC, antialias=True)
+    real_A = real_A.float().div(127.5).sub(1.0)[None].to(device)  # (1, C, H', W') in [-1, 1]
+    fake_B = translate(G, real_A, cfg.eval_mode, cfg.seed, amp)[0].cpu()
+    if resize:
+        fake_B = TF.resize(fake_B, size, interpolation=InterpolationMode.BICUBIC, antialias=True).clamp(-1, 1)
+    return fake_B
+
+
+def predict_files(G, cfg: Config, files: list[Path], output: Path, device, amp, resize: bool) -> None:
+    for path in tqdm(files, desc="translating", dynamic_ncols=True):
+        save_image(translate_file(G, cfg, path, device, amp, resize), output / f"{path.stem}.png")
+
+
+def evaluate_split(G, cfg: Config, folder: Path, output: Path, device, amp, with_fid: bool) -> dict:
+    """Translate a paired split, write the images, and return the metrics.json content."""
+    data = AlignedDataset(folder, cfg.direction, cfg.load_size, cfg.image_size, train=False)
+    fakes, reals, names = [], [], [path.stem for path in data.files]
+    for index in tqdm(range(len(data)), desc=f"translating {folder.name}", dynamic_ncols=True):
+        real_A, real_B = data[index]
+        fake_B = translate(G, real_A[None].to(device), cfg.eval_mode, cfg.seed, amp)[0].cpu()
+        for image, where in ((fake_B, output), (real_A, output / "real_A"), (real_B, output / "real_B")):
+            save_image(image, where / f"{names[index]}.png")
+        fakes.append(fake_B)
+        reals.append(real_B)
+    fake_B, real_B = torch.stack(fakes), torch.stack(reals)  # (N, C, H, W)
+    per_image = {name: values.tolist() for name, values in image_metrics(fake_B, real_B).items()}
+    means = {name: sum(values) / len(values) for name, values in per_image.items()}
+    if with_fid:
+        means.update(fid_kid(real_B, fake_B, device))
+    return {"split": str(folder), "images": len(names), "eval_mode": cfg.eval_mode, "mean": means,
+            "per_image": [{"name": name, **{k: v[i] for k, v in per_image.items()}} for i, name in enumerate(names)]}
+
+
+def gallery_page(report: dict, title: str) -> str:
+    """index.html of a split: the mean metrics, then one row per image: input | generated | target."""
+    means = ", ".join(f"{k} {v:.4g}" for k, v in report["mean"].items())
+    rows = ["<tr><th>image</th><th>input</th><th>generated</th><th>target</th><th>L1</th><th>PSNR</th>"
+            "<th>SSIM</th></tr>"]
+    for item in report["per_image"]:
+        png = f"{item['name']}.png"
+        images = "".join(f'<td><img src="{src}" alt="{src}" width="256"></td>'
+                         for src in (f"real_A/{png}", png, f"real_B/{png}"))
+        rows.append(f"<tr><td>{item['name']}</td>{images}<td>{item['L1']:.4f}</td><td>{item['PSNR']:.2f}</td>"
+                    f"<td>{item['SSIM']:.4f}</td></tr>")
+    return html_page(title, [f"<p>{report['images']} images; means: {means}</p>", "<table>", *rows, "</table>"])
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Do what the arguments ask; returns the output folder."""
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        raise ConfigError(f"--device: {err}") from None
+    if args.fid:
+        inception_weights_path()  # a missing optional package fails now, not after translating
+    G, cfg, epoch = load_generator(args.checkpoint, device)
+    if args.eval_mode:
+        cfg = dataclasses.replace(cfg, eval_mode=args.eval_mode == "true")
+    amp = autocast(device, resolve_precision("auto", device))
+    where = args.split or "predict"
+    output = args.output or Path(cfg.results_dir) / cfg.name / where
+    if not args.split:
+        predict_files(G, cfg, collect_inputs(args.inputs), output, device, amp, args.resize)
+        return output
+    folder = Path(args.data_root or cfg.data_root) / args.split
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such split folder (set --data_root)")
+    report = {"checkpoint": str(args.checkpoint), "epoch": epoch,
+              **evaluate_split(G, cfg, folder, output, device, amp, args.fid)}
+    atomic_write(output / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
+    page = gallery_page(report, f"{cfg.name}, epoch {epoch}: {args.split}")
+    atomic_write(output / "index.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    print("  ".join(f"{k} {v:.4g}" for k, v in report["mean"].items() if isinstance(v, float)))
+    return output
+
+
+def main() -> None:
+    args = parse_args(sys.argv[1:])
+    try:
+        output = run(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (CheckpointError, DatasetError, OutputError, MissingPackageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()

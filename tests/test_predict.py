@@ -1,0 +1,137 @@
+"""predict.py on single images, folders and a paired split; its pages and its errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import predict
+import train
+from config import Config
+from conftest import ROOT, html_links, require, require_fid
+from utils import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A freshly initialised tiny run's checkpoint (predict needs weights, not a trained model)."""
+    cfg = Config(image_size=32, load_size=32, ngf=8, ndf=8, precision="fp32", name="tiny")
+    path = tmp_path_factory.mktemp("run") / "latest.pt"
+    save_checkpoint(train.checkpoint_dict(train.setup(cfg), 1), path)
+    return path
+
+
+@pytest.fixture
+def test_split(facades, tmp_path) -> Path:
+    """A 'test' split of three real facades pairs."""
+    split = tmp_path / "data" / "test"
+    split.mkdir(parents=True)
+    for name in ("1.jpg", "2.jpg", "3.jpg"):
+        shutil.copy(facades / "test" / name, split / name)
+    return split
+
+
+def run(*argv) -> Path:
+    return predict.run(predict.parse_args([str(a) for a in argv]))
+
+
+def save_png(path: Path, height: int, width: int, mode: str = "RGB") -> None:
+    rng = np.random.default_rng(height * width)
+    shape = (height, width, 3) if mode == "RGB" else (height, width)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+
+
+def test_single_images_of_any_size_keep_their_size(checkpoint, tmp_path):
+    save_png(tmp_path / "wide.png", 40, 70)  # not multiples of the generator's 32
+    save_png(tmp_path / "gray.png", 33, 32, mode="L")  # grayscale input is converted to RGB
+    out = run("--checkpoint", checkpoint, tmp_path / "wide.png", tmp_path / "gray.png", "--output", tmp_path / "out")
+    with Image.open(out / "wide.png") as wide, Image.open(out / "gray.png") as gray:
+        assert wide.size == (70, 40) and gray.size == (32, 33)
+    resized = run("--checkpoint", checkpoint, tmp_path / "wide.png", "--resize", "--output", tmp_path / "resized")
+    with Image.open(resized / "wide.png") as image:
+        assert image.size == (70, 40)
+
+
+def test_padding_does_not_change_an_image_of_the_right_size(checkpoint, tmp_path):
+    """The pad-and-crop path is the plain generator when nothing needs padding."""
+    G, cfg, _ = predict.load_generator(checkpoint, torch.device("cpu"))
+    x = torch.rand(1, 3, 64, 32) * 2 - 1
+    padded = predict.translate(G, torch.cat([x, x[..., :5, :]], dim=-2), True, 0)  # 69 rows -> pad to 96
+    plain = predict.translate(G, x, True, 0)
+    assert padded.shape == (1, 3, 69, 32) and plain.shape == (1, 3, 64, 32)
+
+
+def test_folder_of_inputs(checkpoint, tmp_path):
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    for name in ("b.png", "a.jpg"):
+        save_png(folder / name, 32, 32)
+    (folder / "notes.txt").write_text("not an image")
+    out = run("--checkpoint", checkpoint, folder, "--output", tmp_path / "out")
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+
+
+def test_split_writes_images_metrics_and_gallery(checkpoint, test_split, tmp_path):
+    skimage_metrics = require("skimage.metrics")
+    require_fid()
+    out = run("--checkpoint", checkpoint, "--split", "test", "--data_root", test_split.parent, "--fid",
+              "--output", tmp_path / "out")
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["images"] == 3 and report["epoch"] == 1 and report["eval_mode"] is False
+    assert [item["name"] for item in report["per_image"]] == ["1", "2", "3"]
+    assert report["mean"]["FID_images"] == 3 and report["mean"]["FID"] > 0
+    # The numbers describe the PNG files as written.
+    for item in report["per_image"]:
+        fake = np.array(Image.open(out / f"{item['name']}.png").convert("RGB"))
+        real = np.array(Image.open(out / "real_B" / f"{item['name']}.png").convert("RGB"))
+        assert fake.shape == (32, 32, 3)
+        assert abs(skimage_metrics.peak_signal_noise_ratio(real, fake, data_range=255) - item["PSNR"]) < 1e-3
+    assert report["mean"]["L1"] == pytest.approx(np.mean([i["L1"] for i in report["per_image"]]))
+    links = html_links(out / "index.html")
+    assert len(links) == 9 and "real_A/1.png" in links and "real_B/3.png" in links
+
+
+def test_eval_mode_is_the_runs_unless_overridden(checkpoint, test_split, tmp_path):
+    out = run("--checkpoint", checkpoint, "--split", "test", "--data_root", test_split.parent,
+              "--eval_mode", "true", "--output", tmp_path / "out")
+    assert json.loads((out / "metrics.json").read_text())["eval_mode"] is True
+
+
+def predict_cli(*argv, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "predict.py"), *map(str, argv)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("case", ["missing checkpoint", "not a checkpoint", "no images", "no such input",
+                                  "no split"])
+def test_errors_are_one_line(case, checkpoint, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk.pt").write_bytes(b"this is not a checkpoint")
+    args = {"missing checkpoint": ["--checkpoint", tmp_path / "nope.pt", tmp_path / "empty"],
+            "not a checkpoint": ["--checkpoint", tmp_path / "junk.pt", tmp_path / "empty"],
+            "no images": ["--checkpoint", checkpoint, tmp_path / "empty"],
+            "no such input": ["--checkpoint", checkpoint, tmp_path / "nothing.png"],
+            "no split": ["--checkpoint", checkpoint, "--split", "test", "--data_root", tmp_path]}[case]
+    expected = {"missing checkpoint": "nope.pt: no such checkpoint file",
+                "not a checkpoint": "junk.pt: not a loadable checkpoint",
+                "no images": "empty: no images in this folder",
+                "no such input": "nothing.png: no such file or folder",
+                "no split": "test: no such split folder"}[case]
+    result = predict_cli(*args, cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert not (tmp_path / "results").exists()  # nothing written
+
+
+def test_inputs_and_split_together_are_refused(checkpoint, tmp_path):
+    result = predict_cli("--checkpoint", checkpoint, "--split", "test", tmp_path, cwd=tmp_path)
+    assert result.returncode == 2 and "not both" in result.stderr
