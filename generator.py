@@ -105,3 +105,34 @@ def translate(G: UNetGenerator, real_A: torch.Tensor, eval_mode: bool, seed: int
         fake_B = G(padded).float()  # (N, out_channels, H + pad_h, W + pad_w)
     G.train(was_training)
     return fake_B[..., :h, :w]
+
+
+class BatchStatsNorm(nn.Module):
+    """A BatchNorm2d frozen in its training behaviour: it normalises with the mean and variance of
+    the batch it is given (the paper's test-time choice) and never updates running averages.
+    Plain tensor operations, so exporters (ONNX, torch.export) need no training-mode BatchNorm."""
+
+    def __init__(self, norm: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.eps = norm.eps
+        self.weight = nn.Parameter(norm.weight.detach().clone())
+        self.bias = nn.Parameter(norm.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)  # (1, C, 1, 1)
+        var = x.var(dim=(0, 2, 3), keepdim=True, unbiased=False)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def deployable(G: UNetGenerator, eval_mode: bool) -> UNetGenerator:
+    """A deterministic copy of G for export: dropout off, and BatchNorm with running averages
+    (eval_mode true) or with the batch's own statistics (eval_mode false, the paper's choice)."""
+    import copy
+
+    G = copy.deepcopy(G).eval()
+    if not eval_mode:
+        for module in G.modules():
+            for name, child in module.named_children():
+                if isinstance(child, nn.BatchNorm2d):
+                    setattr(module, name, BatchStatsNorm(child))
+    return G

@@ -14,6 +14,11 @@ image_size), and the output folder gets <stem>.png per image, real_A/ and real_B
 target), metrics.json (means and per-image L1, PSNR, SSIM; FID and KID with --fid) and
 index.html, a page of input | generated | target with each image's numbers.
 
+With --export model.onnx, the generator is written as ONNX (dynamic batch, height and width:
+multiples of 2^depth) and as a torch.export program (model.pt2 beside it), for deployment
+without this code. The exported graph is deterministic: dropout off, and BatchNorm as the run's
+eval_mode says (false: the statistics of the input batch, as in training).
+
 The generator is rebuilt from the checkpoint alone. Batch-norm mode and dropout follow the run's
 `eval_mode` (false, the paper's choice: batch statistics and dropout at test time too) unless
 --eval_mode says otherwise.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -32,7 +38,7 @@ from tqdm import tqdm
 
 from config import Config, ConfigError
 from dataset import AlignedDataset, DatasetError, list_images, read_image
-from generator import UNetGenerator, translate
+from generator import UNetGenerator, deployable, translate
 from metrics import MissingPackageError, fid_kid, image_metrics, inception_weights_path
 from train import build_generator
 from utils import (CheckpointError, OutputError, atomic_write, autocast, check_state_dict, html_page,
@@ -51,11 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "pip install -r requirements-eval.txt)")
     parser.add_argument("--resize", action="store_true", help="resize inputs to image_size and outputs back, "
                         "instead of padding to the generator's multiple")
+    parser.add_argument("--export", type=Path, metavar="MODEL.onnx", help="write the generator as ONNX and, "
+                        "beside it, as a torch.export .pt2 (needs pip install -r requirements-export.txt)")
     parser.add_argument("--eval_mode", choices=("true", "false"), help="override the run's eval_mode")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
-    if bool(args.inputs) == bool(args.split):
-        parser.error("give input images or folders, or --split, but not both")
+    if sum((bool(args.inputs), bool(args.split), bool(args.export))) != 1:
+        parser.error("give input images or folders, or --split, or --export: one of them")
     if args.fid and not args.split:
         parser.error("--fid needs --split (it compares with the real targets of a split)")
     return args
@@ -149,6 +157,26 @@ def gallery_page(report: dict, title: str) -> str:
     return html_page(title, [f"<p>{report['images']} images; means: {means}</p>", "<table>", *rows, "</table>"])
 
 
+def export_generator(G: UNetGenerator, cfg: Config, path: Path) -> None:
+    """path (.onnx) and path.with_suffix(".pt2"): the deployable generator with dynamic sizes."""
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingPackageError(f"ONNX export needs the optional packages {' and '.join(missing)}: "
+                                  f"pip install -r requirements-export.txt")
+    model = deployable(G, cfg.eval_mode).cpu()
+    m = G.size_multiple
+    example = torch.zeros(2, G.down[0].in_channels, 2 * m, 3 * m)  # (N, C, H, W); 2 and 3 keep dims apart
+    # Height and width: any multiple of the generator's 2^depth; batch: any size.
+    dims = {"x": {0: torch.export.Dim("batch"), 2: m * torch.export.Dim("height_blocks"),
+                  3: m * torch.export.Dim("width_blocks")}}
+    program = torch.export.export(model, (example,), dynamic_shapes=dims)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path.with_suffix(".pt2"), lambda tmp: torch.export.save(program, tmp))
+    onnx_program = torch.onnx.export(model, (example,), dynamic_shapes=dims, dynamo=True, verbose=False,
+                                     input_names=["real_A"], output_names=["fake_B"])
+    atomic_write(path, lambda tmp: onnx_program.save(tmp))
+
+
 def run(args: argparse.Namespace) -> Path:
     """Do what the arguments ask; returns the output folder."""
     try:
@@ -161,6 +189,9 @@ def run(args: argparse.Namespace) -> Path:
     if args.eval_mode:
         cfg = dataclasses.replace(cfg, eval_mode=args.eval_mode == "true")
     amp = autocast(device, resolve_precision("auto", device))
+    if args.export:
+        export_generator(G, cfg, args.export)
+        return args.export.parent
     where = args.split or "predict"
     output = args.output or Path(cfg.results_dir) / cfg.name / where
     if not args.split:

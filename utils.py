@@ -58,6 +58,9 @@ SMALL_MAP_PIXELS = 16 * 16
 
 
 def _small_cpu_map(x: torch.Tensor) -> bool:
+    # Exported graphs (ONNX, TorchScript) get the stock layers: they run elsewhere, at any size.
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return False
     return x.device.type == "cpu" and x.shape[-2] * x.shape[-1] <= SMALL_MAP_PIXELS
 
 
@@ -210,7 +213,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
         os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the permissions open() would
         write(tmp)

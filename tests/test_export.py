@@ -1,0 +1,67 @@
+"""predict.py --export: the ONNX file (run with onnxruntime) and the .pt2 program match PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import predict
+import train
+from config import Config
+from conftest import require
+from dataset import AlignedDataset
+from generator import deployable, translate
+from utils import save_checkpoint
+
+
+def export(tmp_path: Path, **overrides) -> tuple[Path, Config]:
+    for name in ("onnx", "onnxscript"):
+        require(name)
+    cfg = Config(image_size=32, load_size=32, ngf=8, ndf=8, **overrides)
+    checkpoint = tmp_path / "latest.pt"
+    save_checkpoint(train.checkpoint_dict(train.setup(cfg), 1), checkpoint)
+    predict.run(predict.parse_args(["--checkpoint", str(checkpoint), "--export", str(tmp_path / "model.onnx")]))
+    return tmp_path / "model.onnx", cfg
+
+
+def real_label_map(facades, height: int, width: int) -> torch.Tensor:
+    """A real facades label map, resized to (1, 3, height, width) in [-1, 1]."""
+    real_A, _ = AlignedDataset(facades / "test", "BtoA", 256, 256, train=False, max_images=1)[0]
+    return torch.nn.functional.interpolate(real_A[None], size=(height, width), mode="bilinear")
+
+
+def test_onnx_and_pt2_match_pytorch_at_a_new_size(facades, tmp_path):
+    ort = require("onnxruntime")
+    path, cfg = export(tmp_path)
+    G, _, _ = predict.load_generator(tmp_path / "latest.pt", torch.device("cpu"))
+    real_A = real_label_map(facades, 96, 64)  # not the size exported with, not square
+    expected = deployable(G, cfg.eval_mode)(real_A).detach()
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (fake_B,) = session.run(None, {session.get_inputs()[0].name: real_A.numpy()})
+    assert fake_B.shape == (1, 3, 96, 64)
+    assert np.abs(fake_B - expected.numpy()).max() < 1e-3
+
+    program = torch.export.load(str(path.with_suffix(".pt2")))
+    assert (program.module()(real_A) - expected).abs().max() < 1e-3
+
+
+def test_exported_graph_is_the_papers_test_time_generator_without_dropout(facades, tmp_path):
+    """With dropout 0, deployable() (batch statistics) equals translate() in the paper's mode."""
+    _, cfg = export(tmp_path, dropout=0.0)
+    G, _, _ = predict.load_generator(tmp_path / "latest.pt", torch.device("cpu"))
+    real_A = real_label_map(facades, 64, 64)
+    paper = translate(G, real_A, eval_mode=False, seed=0)
+    assert (deployable(G, eval_mode=False)(real_A) - paper).abs().max() < 1e-5
+
+
+def test_missing_export_packages_give_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(predict.importlib.util, "find_spec", lambda name: None)
+    cfg = Config(image_size=32, load_size=32, ngf=8, ndf=8)
+    G = train.build_generator(cfg)
+    with pytest.raises(predict.MissingPackageError, match="pip install -r requirements-export.txt"):
+        predict.export_generator(G, cfg, tmp_path / "model.onnx")
+    assert not list(tmp_path.iterdir())
