@@ -18,18 +18,55 @@ import sys
 from dataclasses import dataclass, fields
 from typing import Sequence
 
-# The official archive of the facades set; the other sets of the family share the URL pattern.
-FACADES_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/facades.tar.gz"
+from dataset import FACADES_COUNTS, LAYOUTS, PREPROCESS_MODES
+from generator import unet_depth
+
+# The official archives of the pix2pix dataset family: one URL pattern, the set's name swapped in.
+PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{name}.tar.gz"
+FACADES_URL = PIX2PIX_URL.format(name="facades")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the project knows about one set of the pix2pix family (see the README's table)."""
+    direction: str  # the official direction: which side of each pair is the generator's input
+    splits: dict[str, int]  # split folders a download must hold -> image count (0 = any, not none)
+    downloadable: bool = True  # False: no official archive may be fetched; `note` says what to do
+    note: str = ""
+
+
+# The file of every set is A|B; A and B as the official archives lay them out.
+DATASETS = {
+    # A = photo, B = label map; the paper and the official scripts train labels -> photo.
+    "facades": DatasetInfo("BtoA", dict(FACADES_COUNTS)),  # 400, 100, 106 in train, val, test
+    # A = street photo, B = label map. Not served any more for license reasons (the official
+    # download script refuses it too); the count is the official one of the training set.
+    "cityscapes": DatasetInfo("BtoA", {"train": 2975}, downloadable=False, note=(
+        "the Cityscapes license forbids redistributing it: download gtFine_trainvaltest.zip and "
+        "leftImg8bit_trainvaltest.zip from https://www.cityscapes-dataset.com, combine them with the "
+        "official datasets/prepare_cityscapes_dataset.py and put the result there, or pass "
+        "--download_url of an archive you may use")),
+    # A = aerial photo, B = map; 1096 training images is the official count.
+    "maps": DatasetInfo("AtoB", {"train": 1096, "val": 0}),
+    # A = edge map, B = photo.
+    "edges2shoes": DatasetInfo("AtoB", {"train": 0, "val": 0}),
+    "edges2handbags": DatasetInfo("AtoB", {"train": 0, "val": 0}),
+    # A = night, B = day of the same webcam view (BtoA is the official day2night model).
+    "night2day": DatasetInfo("AtoB", {"train": 0, "val": 0, "test": 0}),
+    # Your own pairs in data_root: nothing is downloaded; A -> B unless --direction says otherwise.
+    "custom": DatasetInfo("AtoB", {"train": 0}, downloadable=False,
+                          note="put your own train/ and val/ split folders there, or pass --data_root"),
+}
 
 
 @dataclass
 class Config:
     # --- data ---
-    data_root: str = "data/facades"  # folder holding train/ val/ test/; downloaded if it is missing
-    download_url: str = FACADES_URL  # where a missing facades set is fetched from
+    data_root: str = ""  # folder holding train/ val/ test/ ("" = data/<dataset>); downloaded if missing
+    download_url: str = ""  # where a missing set is fetched from ("" = the official archive of <dataset>)
     download_sha256: str = ""  # if set, the archive's SHA-256 must match
-    direction: str = "BtoA"  # facades files are photo|labels, so BtoA = labels -> photo
-    load_size: int = 286  # both halves are resized to this square size ...
+    direction: str = ""  # "" = the dataset's official one; facades: BtoA = labels -> photo
+    load_size: int = 286  # both halves are resized to this square size (scale_width: this width) ...
     image_size: int = 256  # ... then randomly cropped to this size (evaluation: resized to it)
     flip: bool = True  # random horizontal flip, the same for both halves of a pair
     max_images: int = 0  # use only the first N images of each split (0 = all); for quick tries
@@ -60,7 +97,7 @@ class Config:
     val_fid: bool = False  # validation also computes FID and KID (needs requirements-eval.txt)
 
     # --- run ---
-    name: str = "facades"  # run name: outputs go to checkpoints/<name>/ and results/<name>/
+    name: str = ""  # run name ("" = the dataset's): outputs go to checkpoints/<name>/ and results/<name>/
     checkpoint_dir: str = "checkpoints"
     results_dir: str = "results"
     save_every: int = 5  # also keep checkpoints/<name>/epoch_NNN.pt every N epochs (0 = never)
@@ -72,6 +109,28 @@ class Config:
     device: str = "auto"  # "auto" (cuda if present, else cpu), "cpu", "cuda", "cuda:1", ...
     precision: str = "auto"  # "auto", "fp32", "bf16" or "fp16" (fp16 on CUDA only)
     threads: int = 0  # CPU threads for torch (0 = one per physical core)
+
+    # --- datasets, layouts, sizes and channels ---
+    dataset: str = "facades"  # a set of the pix2pix family (downloaded by name) or "custom"; see DATASETS
+    data_layout: str = "aligned"  # "aligned": A|B in one file; "paired_folders": <split>/A/ and <split>/B/
+    preprocess: str = "resize_and_crop"  # resize_and_crop, crop, scale_width or none (README: Your own data)
+    input_nc: int = 3  # channels of the generator's input real_A: 1 (grayscale) or 3 (RGB)
+    output_nc: int = 3  # channels of its output fake_B and of the target real_B: 1 or 3
+    num_downs: int = 0  # U-Net down-sampling levels (0 = derived: halvings of image_size, at most 8)
+
+    def __post_init__(self) -> None:
+        """Fill the fields left empty from the dataset: data/<dataset>, its official archive, its
+        official direction, and the run name. Explicit values win; an unknown dataset is left for
+        validate() to report. (dataclasses.replace keeps filled values: build a new Config to
+        switch datasets.)"""
+        info = DATASETS.get(self.dataset)
+        if info is None:
+            return
+        self.data_root = self.data_root or f"data/{self.dataset}"
+        if not self.download_url and info.downloadable:
+            self.download_url = PIX2PIX_URL.format(name=self.dataset)
+        self.direction = self.direction or info.direction
+        self.name = self.name or self.dataset
 
 
 class ConfigError(ValueError):
@@ -111,17 +170,46 @@ def is_valid_unet_size(image_size: int) -> bool:
     return image_size >= 32 and image_size % 32 == 0
 
 
+def generator_depth(cfg: Config) -> int:
+    """The U-Net's down-sampling levels: num_downs, or as many halvings as image_size allows (<= 8)."""
+    return cfg.num_downs or unet_depth(cfg.image_size)
+
+
+def size_multiple(cfg: Config) -> int:
+    """Height and width of every image the generator sees must be multiples of this."""
+    return 2 ** generator_depth(cfg)
+
+
+def _data_checks(cfg: Config) -> list[tuple[str, bool, str]]:
+    """The rules of the dataset, layout, size and channel fields; impossible combinations included."""
+    depth_ok = cfg.num_downs == 0 or cfg.num_downs >= 5
+    return [
+        ("dataset", cfg.dataset in DATASETS, f"must be one of {', '.join(DATASETS)}"),
+        ("data_layout", cfg.data_layout in LAYOUTS, f"must be {' or '.join(LAYOUTS)}"),
+        ("preprocess", cfg.preprocess in PREPROCESS_MODES, f"must be one of {', '.join(PREPROCESS_MODES)}"),
+        ("input_nc", cfg.input_nc in (1, 3), "must be 1 (grayscale) or 3 (RGB)"),
+        ("output_nc", cfg.output_nc in (1, 3), "must be 1 (grayscale) or 3 (RGB)"),
+        ("num_downs", depth_ok, "must be 0 (derived from image_size) or >= 5 (the U-Net's shortest form)"),
+        ("num_downs", not depth_ok or cfg.num_downs == 0 or cfg.image_size % 2**cfg.num_downs == 0,
+         f"the U-Net halves the image num_downs times, so image_size ({cfg.image_size}) must be a "
+         f"multiple of 2^num_downs = {2**cfg.num_downs if depth_ok else 0}"),
+    ]
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first field whose value cannot work."""
-    checks = [
+    resizes = cfg.preprocess in ("resize_and_crop", "scale_width")  # only these use load_size
+    checks = _data_checks(cfg) + [
+        ("data_root", bool(cfg.data_root), "must name a folder"),
         ("direction", cfg.direction in ("AtoB", "BtoA"), "must be AtoB or BtoA"),
         ("image_size", is_valid_unet_size(cfg.image_size),
          "must be a multiple of 32 (the U-Net halves it at least 5 times)"),
-        ("load_size", cfg.load_size >= cfg.image_size, "must be >= image_size (it is cropped to it)"),
+        ("load_size", not resizes or cfg.load_size >= cfg.image_size,
+         "must be >= image_size (it is cropped to it)"),
         ("max_images", cfg.max_images >= 0, "must be >= 0"),
         ("ngf", cfg.ngf > 0, "must be > 0"),
         ("ndf", cfg.ndf > 0, "must be > 0"),
-        ("n_layers_D", 1 <= cfg.n_layers_D <= int(math.log2(cfg.image_size)) - 2,
+        ("n_layers_D", 1 <= cfg.n_layers_D <= int(math.log2(max(cfg.image_size, 1))) - 2,
          "must be between 1 and log2(image_size) - 2"),
         ("norm", cfg.norm in ("batch", "instance"), "must be batch or instance"),
         ("dropout", 0.0 <= cfg.dropout < 1.0, "must be in [0, 1)"),
@@ -171,7 +259,8 @@ def parse_args(argv: Sequence[str] | None = None, description: str | None = None
         raise ConfigError(f"{option}: unknown setting (see --help for the fields of config.py)")
     overrides = {f.name: _convert(f, getattr(known, f.name)) for f in fields(Config)
                  if getattr(known, f.name) is not None}
-    cfg = dataclasses.replace(defaults, **overrides)
+    # A new Config, not a replace of the defaults: fields left empty follow the chosen dataset.
+    cfg = Config(**overrides)
     validate(cfg)
     return cfg
 

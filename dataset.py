@@ -1,13 +1,23 @@
-"""Paired images for Pix2Pix: the "aligned" format (A|B side by side in one file), and its download.
+"""Paired images for Pix2Pix from two folder layouts, and the download of the pix2pix dataset family.
 
-Speed: every image is decoded (with Pillow, which reads every common format) and resized once, when the dataset is built, into a uint8 tensor
-cache (the 400 facades training pairs at 286 px take about 200 MB). An iteration then only crops
-and flips a slice of that cache, so the DataLoader needs no worker processes fighting the
-training threads for the CPU cores.
+Layouts: "aligned" (A|B side by side in one file, the pix2pix format) and "paired_folders"
+(``<split>/A/`` and ``<split>/B/``, files matched by name without extension).
+
+Speed: every image is decoded (with Pillow, which reads every common format) and preprocessed once,
+when the dataset is built, into a uint8 tensor cache (the 400 facades training pairs at 286 px take
+about 200 MB). An iteration then only crops and flips a slice of that cache, so the DataLoader needs
+no worker processes fighting the training threads for the CPU cores.
 
 Randomness: the crop and flip of item ``i`` in epoch ``e`` come from a generator seeded with
 ``(seed, e, i)``, so they do not depend on the global RNG, on worker processes or on what ran
 before: a resumed or distributed run sees exactly the same augmentations.
+
+Preprocessing (``preprocess``), in training mode, then in evaluation mode (no randomness, no flip):
+
+- ``resize_and_crop``: resize to load_size x load_size, random image_size crop / resize to image_size.
+- ``crop``: random image_size crop of the full-resolution image / the full image.
+- ``scale_width``: width to load_size keeping the aspect, random image_size crop / width image_size.
+- ``none``: the full image (its sides must be multiples of ``multiple``) / the full image.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -33,6 +44,10 @@ from tqdm import tqdm
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Expected number of images per split of the official facades archive, used to verify a download.
 FACADES_COUNTS = {"train": 400, "val": 100, "test": 106}
+PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "none")
+LAYOUTS = ("aligned", "paired_folders")
+# At most this many unmatched file names are spelled out in the one-line error of paired_folders.
+MAX_LISTED = 20
 
 
 class DatasetError(RuntimeError):
@@ -58,91 +73,238 @@ def list_images(folder: str | Path) -> list[Path]:
     return scan_folder(folder)[0]
 
 
+def _warn_ignored(folder: Path, ignored: list[str]) -> None:
+    if ignored:
+        print(f"warning: {folder}: ignored {len(ignored)} files that are not images "
+              f"(e.g. {ignored[0]})", file=sys.stderr)
+
+
+def decode_image(path: Path) -> Image.Image:
+    """Decode a whole image file as RGB; a corrupt or truncated file raises DatasetError naming it."""
+    try:
+        with Image.open(path) as file:
+            # convert("RGB") reads all pixels (so errors surface here) and also turns grayscale,
+            # RGBA and palette images into 3 channels.
+            return file.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DatasetError(f"{path}: cannot decode image ({err})") from None
+
+
+def to_tensor(image: Image.Image, channels: int = 3) -> torch.Tensor:
+    """A PIL image as uint8 (channels, H, W): 1 = grayscale (ITU-R 601 luma), 3 = RGB."""
+    pixels = np.array(image.convert("L" if channels == 1 else "RGB"))  # (H, W) or (H, W, 3)
+    tensor = torch.from_numpy(pixels)
+    # contiguous: the crop and none modes cache this tensor as it is, and a channels-last view
+    # would reach the networks in that memory format.
+    return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()  # (C, H, W)
+
+
 def read_image(path: Path, channels: int = 3) -> torch.Tensor:
-    """Decode one image file as uint8 of shape (channels, H, W): 3 = RGB, 1 = grayscale."""
-    try:
-        with Image.open(path) as file:
-            pixels = np.array(file.convert("RGB" if channels == 3 else "L"))  # (H, W[, 3]) uint8
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DatasetError(f"{path}: cannot decode image ({err})") from None
-    return torch.from_numpy(pixels).reshape(*pixels.shape[:2], channels).permute(2, 0, 1)
+    """Decode one image file as uint8 (channels, H, W): 1 = grayscale, 3 = RGB."""
+    return to_tensor(decode_image(path), channels)
 
 
-def read_pair(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode one aligned file into its halves (A = left, B = right), each uint8 of shape (3, H, W/2)."""
-    try:
-        with Image.open(path) as file:
-            # convert("RGB") also turns grayscale, RGBA and palette images into 3 channels.
-            pixels = np.array(file.convert("RGB"))  # (H, W, 3) uint8
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DatasetError(f"{path}: cannot decode image ({err})") from None
-    image = torch.from_numpy(pixels).permute(2, 0, 1)  # (3, H, W)
-    width = image.shape[-1]
+def read_pair(path: Path, channels: tuple[int, int] = (3, 3)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode one aligned file into its halves (A = left, B = right), uint8 (C, H, W/2) each,
+    with `channels` = (channels of A, channels of B)."""
+    image = decode_image(path)
+    width, height = image.size
     if width % 2 or width < 2:
         raise DatasetError(f"{path}: width {width} is odd, so it cannot be split into A|B halves")
     half = width // 2
-    return image[..., :half], image[..., half:]
+    return (to_tensor(image.crop((0, 0, half, height)), channels[0]),
+            to_tensor(image.crop((half, 0, width, height)), channels[1]))
 
 
-def resize_square(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Bicubic resize of a uint8 (..., H, W) image to (..., size, size), as the official code does."""
-    return TF.resize(image, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+def read_two(path_A: Path, path_B: Path, channels: tuple[int, int] = (3, 3)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode the two files of a paired_folders pair; they must have the same size to be aligned."""
+    image_A, image_B = decode_image(path_A), decode_image(path_B)
+    if image_A.size != image_B.size:
+        (wa, ha), (wb, hb) = image_A.size, image_B.size
+        raise DatasetError(f"{path_A} is {wa}x{ha} but {path_B} is {wb}x{hb}: the two images of a pair "
+                           f"must have the same size (pixel (x, y) of A corresponds to pixel (x, y) of B)")
+    return to_tensor(image_A, channels[0]), to_tensor(image_B, channels[1])
 
 
-class AlignedDataset(Dataset):
-    """Pairs from one split folder of aligned images, as (real_A, real_B) float tensors in [-1, 1].
+def side_channels(direction: str, input_nc: int, output_nc: int) -> tuple[int, int]:
+    """Channels of the A and B sides: the input side gets input_nc, the target side output_nc."""
+    return (input_nc, output_nc) if direction == "AtoB" else (output_nc, input_nc)
+
+
+def resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bicubic, antialiased resize of a uint8 (..., H, W) image, as the official code does."""
+    return TF.resize(image, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
+
+
+class PairedDataset(Dataset):
+    """Pairs as (real_A, real_B) float tensors in [-1, 1], from a uint8 cache built once.
 
     ``real_A`` is always the generator's input and ``real_B`` its target: with direction "BtoA"
-    the right half of each file is the input. Training mode resizes both halves to `load_size`,
-    then takes the same random `image_size` crop and the same random flip of both; evaluation
-    mode (``train=False``) resizes to `image_size` and does neither.
+    the B side of each pair is the input. Training mode takes the same random crop (per
+    `preprocess`) and the same random flip of both images; evaluation mode (``train=False``) is
+    deterministic and never flips. Subclasses read the files; this class preprocesses and serves.
+    In evaluation mode with crop, none or scale_width the items keep their own height and width.
     """
 
-    def __init__(self, folder: str | Path, direction: str, load_size: int, image_size: int,
-                 train: bool, flip: bool = True, seed: int = 0, max_images: int = 0) -> None:
-        self.files, ignored = scan_folder(folder)
-        if ignored:
-            print(f"warning: {folder}: ignored {len(ignored)} files that are not images "
-                  f"(e.g. {ignored[0]})", file=sys.stderr)
-        if max_images:
-            self.files = self.files[:max_images]
-        if not self.files:
-            raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+    def __init__(self, direction: str, load_size: int, image_size: int, train: bool, flip: bool = True,
+                 seed: int = 0, preprocess: str = "resize_and_crop", multiple: int = 1) -> None:
+        if preprocess not in PREPROCESS_MODES:
+            raise ValueError(f"preprocess must be one of {PREPROCESS_MODES}, got {preprocess!r}")
+        self.direction, self.load_size, self.image_size = direction, load_size, image_size
         self.train, self.flip, self.seed, self.epoch = train, flip and train, seed, 0
-        self.image_size = image_size
-        cache_size = load_size if train else image_size
-        halves = [read_pair(path) for path in self.files]
-        A = torch.stack([resize_square(a, cache_size) for a, _ in halves])  # (N, 3, S, S) uint8
-        B = torch.stack([resize_square(b, cache_size) for _, b in halves])
-        self.real_A, self.real_B = (A, B) if direction == "AtoB" else (B, A)
+        self.preprocess, self.multiple = preprocess, multiple
+        # Lists, not one stacked tensor: in crop/none/scale_width modes the sizes may differ.
+        self.real_A: list[torch.Tensor] = []  # each uint8 (input_nc, H, W)
+        self.real_B: list[torch.Tensor] = []  # each uint8 (output_nc, H, W), the same H, W
+        self.names: list[str] = []
+
+    def _fill(self, names: list[str], read: Callable[[int], tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Decode and preprocess every pair once; read(i) returns the (A, B) sides of pair i."""
+        for i, name in enumerate(names):
+            side_A, side_B = (self._fit(side, name) for side in read(i))
+            real_A, real_B = (side_A, side_B) if self.direction == "AtoB" else (side_B, side_A)
+            self.real_A.append(real_A)
+            self.real_B.append(real_B)
+            self.names.append(name)
+
+    def _fit(self, image: torch.Tensor, name: str) -> torch.Tensor:
+        """The cached form of one side: uint8 (C, H, W) -> (C, H', W') per preprocess and mode."""
+        height, width = image.shape[-2:]
+        size = self.image_size
+        if self.preprocess == "resize_and_crop":
+            side = self.load_size if self.train else size
+            return resize(image, side, side)
+        if self.preprocess == "scale_width":
+            target = self.load_size if self.train else size
+            # Training keeps the height >= the crop, as the official code does for flat images.
+            new_height = max(round(target * height / width), size if self.train else 1)
+            return resize(image, new_height, target)
+        if self.train and self.preprocess == "crop" and (height < size or width < size):
+            raise DatasetError(f"{name}: {width}x{height} is smaller than the {size}x{size} crop of "
+                               f"--preprocess crop; use --preprocess resize_and_crop or scale_width, or a "
+                               f"smaller --image_size")
+        if self.train and self.preprocess == "none" and (height % self.multiple or width % self.multiple):
+            raise DatasetError(f"{name}: {width}x{height} is not a multiple of {self.multiple} (the generator "
+                               f"halves it {self.multiple.bit_length() - 1} times) as --preprocess none needs; "
+                               f"use --preprocess crop or scale_width, or resize the images")
+        return image
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.real_A)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the augmentations of this epoch (call before iterating, like DistributedSampler)."""
         self.epoch = epoch
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pair = torch.stack([self.real_A[index], self.real_B[index]])  # (2, 3, S, S) uint8
-        if self.train:
-            pair = self._augment(pair, index)  # (2, 3, image_size, image_size)
-        pair = pair.float().div_(127.5).sub_(1.0)  # [0, 255] -> [-1, 1]
-        return pair[0], pair[1]
+    def sizes(self) -> dict[tuple[int, int], str]:
+        """Each distinct (height, width) of the cached pairs, with the name of its first pair."""
+        found: dict[tuple[int, int], str] = {}
+        for image, name in zip(self.real_A, self.names):
+            found.setdefault(tuple(image.shape[-2:]), name)
+        return found
 
-    def _augment(self, pair: torch.Tensor, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        real_A, real_B = self.real_A[index], self.real_B[index]  # uint8 (C, H, W)
+        if self.train:
+            real_A, real_B = self._augment(real_A, real_B, index)  # (C, image_size, image_size) unless none
+        # [0, 255] -> [-1, 1]
+        return real_A.float().div_(127.5).sub_(1.0), real_B.float().div_(127.5).sub_(1.0)
+
+    def _augment(self, real_A: torch.Tensor, real_B: torch.Tensor,
+                 index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The same random crop and horizontal flip for both images of a pair."""
         rng = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & (2**63 - 1))
-        limit = pair.shape[-1] - self.image_size
-        top, left = torch.randint(0, limit + 1, (2,), generator=rng).tolist()
-        pair = pair[..., top:top + self.image_size, left:left + self.image_size]
+        if self.preprocess != "none":
+            size = self.image_size
+            height, width = real_A.shape[-2:]
+            top = int(torch.randint(0, height - size + 1, (), generator=rng))
+            left = int(torch.randint(0, width - size + 1, (), generator=rng))
+            real_A = real_A[..., top:top + size, left:left + size]
+            real_B = real_B[..., top:top + size, left:left + size]
         if self.flip and torch.rand((), generator=rng).item() < 0.5:
-            pair = pair.flip(-1)
-        return pair
+            real_A, real_B = real_A.flip(-1), real_B.flip(-1)
+        return real_A, real_B
+
+
+def _first(files: list[Path], max_images: int) -> list[Path]:
+    return files[:max_images] if max_images else files
+
+
+class AlignedDataset(PairedDataset):
+    """Pairs from one split folder of aligned images: A|B side by side in each file.
+
+    Training mode with the default preprocess resizes both halves to `load_size`, then takes the
+    same random `image_size` crop and the same random flip of both; evaluation mode resizes to
+    `image_size` and does neither. `input_nc` / `output_nc` (1 or 3) set the channels of real_A
+    and real_B.
+    """
+
+    def __init__(self, folder: str | Path, direction: str, load_size: int, image_size: int,
+                 train: bool, flip: bool = True, seed: int = 0, max_images: int = 0, *,
+                 preprocess: str = "resize_and_crop", input_nc: int = 3, output_nc: int = 3,
+                 multiple: int = 1) -> None:
+        super().__init__(direction, load_size, image_size, train, flip, seed, preprocess, multiple)
+        files, ignored = scan_folder(folder)
+        _warn_ignored(Path(folder), ignored)
+        self.files = _first(files, max_images)
+        if not self.files:
+            raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+        channels = side_channels(direction, input_nc, output_nc)
+        self._fill([str(p) for p in self.files], lambda i: read_pair(self.files[i], channels))
+
+
+def _by_stem(files: Iterable[Path], folder: Path) -> dict[str, Path]:
+    """Files keyed by name without extension; two files of one stem make the pairing ambiguous."""
+    found: dict[str, Path] = {}
+    for path in files:
+        if path.stem in found:
+            raise DatasetError(f"{folder}: {found[path.stem].name} and {path.name} have the same name "
+                               f"without extension, so which one pairs with the other folder is ambiguous")
+        found[path.stem] = path
+    return found
+
+
+def match_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
+    """The (A, B) file pairs of a paired_folders split: folder/A/x.* with folder/B/x.*, in A's order.
+
+    Files without a partner are all reported in one error line (up to MAX_LISTED names).
+    """
+    folder = Path(folder)
+    (files_A, ignored_A), (files_B, ignored_B) = scan_folder(folder / "A"), scan_folder(folder / "B")
+    _warn_ignored(folder, [f"A/{n}" for n in ignored_A] + [f"B/{n}" for n in ignored_B])
+    by_A, by_B = _by_stem(files_A, folder / "A"), _by_stem(files_B, folder / "B")
+    unmatched = ([f"A/{by_A[s].name}" for s in by_A if s not in by_B]
+                 + [f"B/{by_B[s].name}" for s in by_B if s not in by_A])
+    if unmatched:
+        listed = ", ".join(unmatched[:MAX_LISTED])
+        more = f" and {len(unmatched) - MAX_LISTED} more" if len(unmatched) > MAX_LISTED else ""
+        raise DatasetError(f"{folder}: {len(unmatched)} files have no partner of the same name in the other "
+                           f"folder: {listed}{more}")
+    return [(path, by_B[stem]) for stem, path in by_A.items()]
+
+
+class PairedFoldersDataset(PairedDataset):
+    """Pairs from one split folder holding A/ and B/: A/x.png pairs with B/x.jpg (any extensions).
+
+    The same preprocessing, modes and arguments as AlignedDataset.
+    """
+
+    def __init__(self, folder: str | Path, direction: str, load_size: int, image_size: int,
+                 train: bool, flip: bool = True, seed: int = 0, max_images: int = 0, *,
+                 preprocess: str = "resize_and_crop", input_nc: int = 3, output_nc: int = 3,
+                 multiple: int = 1) -> None:
+        super().__init__(direction, load_size, image_size, train, flip, seed, preprocess, multiple)
+        pairs = match_pairs(folder)
+        self.files = _first([a for a, _ in pairs], max_images)  # the A file of each pair
+        pairs = pairs[:len(self.files)]
+        if not pairs:
+            raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in A/ and B/")
+        channels = side_channels(direction, input_nc, output_nc)
+        self._fill([str(a) for a, _ in pairs], lambda i: read_two(*pairs[i], channels))
 
 
 # ---------------------------------------------------------------------------------------------
-# Download of the official facades archive
+# Download of an official archive of the pix2pix family (facades, maps, edges2shoes, ...)
 # ---------------------------------------------------------------------------------------------
 
 def _fetch(url: str, target: Path) -> None:
@@ -167,10 +329,14 @@ def _extract(archive: Path, into: Path) -> None:
 
 
 def _verify_counts(root: Path, counts: dict[str, int]) -> None:
+    """Every split folder must hold `count` images, or at least one where the count is 0 (unknown)."""
     for split, expected in counts.items():
         found = len(list_images(root / split)) if (root / split).is_dir() else 0
-        if found != expected:
+        if expected and found != expected:
             raise DatasetError(f"{root / split}: expected {expected} images after download, found {found}")
+        if not expected and not found:
+            raise DatasetError(f"{root / split}: no images after download (the archive must hold "
+                               f"{', '.join(f'{s}/' for s in counts)} with images)")
 
 
 def _verify_sha256(archive: Path, expected: str) -> None:
@@ -182,37 +348,46 @@ def _verify_sha256(archive: Path, expected: str) -> None:
         raise DatasetError(f"{archive.name}: SHA-256 {digest.hexdigest()} does not match the expected {expected}")
 
 
-def ensure_facades(root: str | Path, url: str, sha256: str = "",
-                   counts: dict[str, int] = FACADES_COUNTS) -> Path:
-    """Return `root`, first downloading and unpacking the facades archive there if it is missing.
+def ensure_dataset(root: str | Path, name: str, url: str, counts: dict[str, int], sha256: str = "",
+                   missing_hint: str = "") -> Path:
+    """Return `root`, first downloading and unpacking the archive `name`.tar.gz there if it is missing.
 
-    Only a root whose folder name is "facades" is downloaded; for any other missing folder the
-    error says where to put the data. The archive is checked (SHA-256 when given, then the image
-    count of every split) before it is moved into place, so a failed or interrupted download
-    leaves nothing behind but a temporary folder that the next try removes.
+    The archive must unpack into a folder `name` holding the split folders of `counts` (split ->
+    image count, 0 = any but not none), as the official pix2pix archives do. Only a root whose
+    folder name is `name` is downloaded, and only when `url` is set; for any other missing
+    folder the error says where to put the data (`missing_hint` adds to it). The archive is
+    checked (SHA-256 when given, then every split) before it is moved into place, so a failed or
+    interrupted download leaves nothing behind but a temporary folder that the next try removes.
     """
     root = Path(root)
     if root.exists():
         return root
-    if root.name != "facades":
-        raise DatasetError(f"{root}: no such folder (put the train/ val/ test/ image folders there)")
+    if root.name != name or not url:
+        hint = missing_hint or "put the train/ val/ test/ image folders there"
+        raise DatasetError(f"{root}: no such folder ({hint})")
     root.parent.mkdir(parents=True, exist_ok=True)
-    for stale in root.parent.glob(".facades-download-*"):  # left by a download that was killed
+    for stale in root.parent.glob(f".{name}-download-*"):  # left by a download that was killed
         shutil.rmtree(stale, ignore_errors=True)
-    with tempfile.TemporaryDirectory(dir=root.parent, prefix=".facades-download-") as tmp:
-        archive = Path(tmp) / "facades.tar.gz"
+    with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{name}-download-") as tmp:
+        archive = Path(tmp) / f"{name}.tar.gz"
         try:
             _fetch(url, archive)
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise DatasetError(
                 f"{root}: data missing and the download from {url} failed ({reason}); download and "
-                f"unpack facades.tar.gz by hand so that {root}/train holds the images, or pass "
+                f"unpack {name}.tar.gz by hand so that {root}/train holds the images, or pass "
                 f"--data_root") from None
         if sha256:
             _verify_sha256(archive, sha256)
         _extract(archive, Path(tmp))
-        _verify_counts(Path(tmp) / "facades", counts)
+        _verify_counts(Path(tmp) / name, counts)
         # Moved into place only once complete and verified: a failed download leaves no root behind.
-        shutil.move(str(Path(tmp) / "facades"), str(root))
+        shutil.move(str(Path(tmp) / name), str(root))
     return root
+
+
+def ensure_facades(root: str | Path, url: str, sha256: str = "",
+                   counts: dict[str, int] = FACADES_COUNTS) -> Path:
+    """ensure_dataset for the facades archive: 400/100/106 images in train/val/test."""
+    return ensure_dataset(root, "facades", url, counts, sha256)

@@ -37,10 +37,10 @@ import torch
 from tqdm import tqdm
 
 from config import Config, ConfigError
-from dataset import AlignedDataset, DatasetError, list_images, read_image
+from dataset import DatasetError, list_images, read_image
 from generator import UNetGenerator, deployable, translate
 from metrics import MissingPackageError, fid_kid, image_metrics, inception_weights_path
-from train import build_generator
+from train import build_generator, make_dataset
 from utils import (CheckpointError, OutputError, atomic_write, autocast, check_state_dict, html_page,
                    load_checkpoint, resolve_device, resolve_precision, save_image)
 
@@ -107,7 +107,7 @@ def translate_file(G: UNetGenerator, cfg: Config, path: Path, device: torch.devi
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
 
-    real_A = read_image(path, G.down[0].in_channels)  # (C, H, W) uint8
+    real_A = read_image(path, cfg.input_nc)  # (C, H, W) uint8
     size = list(real_A.shape[-2:])
     if resize:
         real_A = TF.resize(real_A, [cfg.image_size] * 2, interpolation=InterpolationMode.BICUBIC, antialias=True)
@@ -125,7 +125,7 @@ def predict_files(G, cfg: Config, files: list[Path], output: Path, device, amp, 
 
 def evaluate_split(G, cfg: Config, folder: Path, output: Path, device, amp, with_fid: bool) -> dict:
     """Translate a paired split, write the images, and return the metrics.json content."""
-    data = AlignedDataset(folder, cfg.direction, cfg.load_size, cfg.image_size, train=False)
+    data = make_dataset(cfg, folder, train=False)  # the run's layout, preprocessing and channels
     fakes, reals, names = [], [], [path.stem for path in data.files]
     for index in tqdm(range(len(data)), desc=f"translating {folder.name}", dynamic_ncols=True):
         real_A, real_B = data[index]
@@ -165,7 +165,7 @@ def export_generator(G: UNetGenerator, cfg: Config, path: Path) -> None:
                                   f"pip install -r requirements-export.txt")
     model = deployable(G, cfg.eval_mode).cpu()
     m = G.size_multiple
-    example = torch.zeros(2, G.down[0].in_channels, 2 * m, 3 * m)  # (N, C, H, W); 2 and 3 keep dims apart
+    example = torch.zeros(2, cfg.input_nc, 2 * m, 3 * m)  # (N, C, H, W); 2 and 3 keep dims apart
     # Height and width: any multiple of the generator's 2^depth; batch: any size.
     dims = {"x": {0: torch.export.Dim("batch"), 2: m * torch.export.Dim("height_blocks"),
                   3: m * torch.export.Dim("width_blocks")}}

@@ -31,10 +31,10 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from config import Config, ConfigError, parse_or_exit
-from dataset import AlignedDataset, DatasetError, ensure_facades
+from config import DATASETS, Config, ConfigError, generator_depth, parse_or_exit, size_multiple
+from dataset import AlignedDataset, DatasetError, PairedDataset, PairedFoldersDataset, ensure_dataset
 from discriminator import PatchDiscriminator
-from generator import UNetGenerator, translate, unet_depth
+from generator import UNetGenerator, translate
 from metrics import MissingPackageError, fid_kid, image_metrics, inception_weights_path
 from utils import (CheckpointError, OutputError, atomic_write, autocast, check_state_dict, init_weights,
                    load_checkpoint, plot_curves, resolve_device, resolve_precision, rng_state,
@@ -44,9 +44,11 @@ from utils import (CheckpointError, OutputError, atomic_write, autocast, check_s
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
 VAL_NAMES = ("val_L1", "val_PSNR", "val_SSIM")  # history columns of the validation pass
 FID_NAMES = ("val_FID", "val_KID")
+FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 # Fields that fix the shape of the networks or the meaning of the data: a run cannot continue
 # from a checkpoint made with other values.
-ARCHITECTURE_FIELDS = ("direction", "image_size", "ngf", "ndf", "n_layers_D", "norm")
+ARCHITECTURE_FIELDS = ("direction", "image_size", "ngf", "ndf", "n_layers_D", "norm",
+                       "dataset", "input_nc", "output_nc", "num_downs")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,11 +56,12 @@ ARCHITECTURE_FIELDS = ("direction", "image_size", "ngf", "ndf", "n_layers_D", "n
 # ---------------------------------------------------------------------------------------------
 
 def build_generator(cfg: Config) -> UNetGenerator:
-    return UNetGenerator(3, 3, cfg.ngf, unet_depth(cfg.image_size), cfg.norm, cfg.dropout)
+    return UNetGenerator(cfg.input_nc, cfg.output_nc, cfg.ngf, generator_depth(cfg), cfg.norm, cfg.dropout)
 
 
 def build_discriminator(cfg: Config) -> PatchDiscriminator:
-    return PatchDiscriminator(3 + 3, cfg.ndf, cfg.n_layers_D, cfg.norm)
+    # It judges the input and an output stacked along the channels.
+    return PatchDiscriminator(cfg.input_nc + cfg.output_nc, cfg.ndf, cfg.n_layers_D, cfg.norm)
 
 
 def lr_factor(epoch: int, epochs: int, decay_epochs: int) -> float:
@@ -85,22 +88,50 @@ def data_split(root: Path, preferred: str) -> Path:
     raise DatasetError(f"{root}: no train/, val/ or test/ folder with images")
 
 
-def build_data(cfg: Config) -> tuple[AlignedDataset, AlignedDataset]:
+def make_dataset(cfg: Config, folder: Path, train: bool, max_images: int = 0) -> PairedDataset:
+    """The pairs of one split folder, in the config's layout, preprocessing and channels.
+
+    train=True: random crops and flips for training; train=False: the deterministic items of
+    sample grids, validation and prediction (any height and width with crop, none, scale_width).
+    """
+    kind = PairedFoldersDataset if cfg.data_layout == "paired_folders" else AlignedDataset
+    return kind(folder, cfg.direction, cfg.load_size, cfg.image_size, train=train, flip=cfg.flip,
+                seed=cfg.seed, max_images=max_images, preprocess=cfg.preprocess, input_nc=cfg.input_nc,
+                output_nc=cfg.output_nc, multiple=size_multiple(cfg))
+
+
+def prepare_data_root(cfg: Config) -> Path:
+    """data_root, downloaded first when it is the missing folder of a set of the pix2pix family."""
+    info = DATASETS[cfg.dataset]
+    return ensure_dataset(cfg.data_root, cfg.dataset, cfg.download_url, info.splits, cfg.download_sha256,
+                          missing_hint=info.note)
+
+
+def check_batchable(cfg: Config, train_set: PairedDataset) -> None:
+    """Batches stack their items, so batch_size > 1 needs training items of one size."""
+    sizes = train_set.sizes() if train_set.preprocess == "none" else {}
+    if cfg.batch_size > 1 and len(sizes) > 1:
+        (h1, w1), (h2, w2) = list(sizes)[:2]
+        raise DatasetError(f"--batch_size {cfg.batch_size} with --preprocess none needs training images of one "
+                           f"size, but {sizes[(h1, w1)]} is {w1}x{h1} and {sizes[(h2, w2)]} is {w2}x{h2}; use "
+                           f"--batch_size 1 or --preprocess crop")
+
+
+def build_data(cfg: Config) -> tuple[PairedDataset, PairedDataset]:
     """The training set (random jitter) and the validation set (evaluation preprocessing).
 
     The first num_samples validation images are also the fixed rows of every sample grid.
     """
-    root = ensure_facades(cfg.data_root, cfg.download_url, cfg.download_sha256)
+    root = prepare_data_root(cfg)
     if not (root / "train").is_dir():
         raise DatasetError(f"{root / 'train'}: no such folder (data_root must hold train/ and val/)")
-    train_set = AlignedDataset(root / "train", cfg.direction, cfg.load_size, cfg.image_size,
-                               train=True, flip=cfg.flip, seed=cfg.seed, max_images=cfg.max_images)
-    val_set = AlignedDataset(data_split(root, "val"), cfg.direction, cfg.load_size, cfg.image_size,
-                             train=False, max_images=cfg.max_images)
+    train_set = make_dataset(cfg, root / "train", train=True, max_images=cfg.max_images)
+    check_batchable(cfg, train_set)
+    val_set = make_dataset(cfg, data_split(root, "val"), train=False, max_images=cfg.max_images)
     return train_set, val_set
 
 
-def make_loader(train_set: AlignedDataset, cfg: Config, device: torch.device) -> DataLoader:
+def make_loader(train_set: PairedDataset, cfg: Config, device: torch.device) -> DataLoader:
     """Batches in the main process: items are slices of a tensor cache, so workers would only cost."""
     # DistributedSampler also serves a single process: a fresh, seeded permutation every epoch.
     sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=cfg.seed)
@@ -140,7 +171,7 @@ def backward_G(D, real_A, real_B, fake_B, lambda_l1, amp, scaler) -> tuple[torch
 def train_step(G, D, opt_G, opt_D, real_A, real_B, lambda_l1, amp, scaler) -> torch.Tensor:
     """One D update then one G update; returns the losses (G_GAN, G_L1, D_real, D_fake), detached."""
     with amp:
-        fake_B = G(real_A)  # (N, 3, H, W)
+        fake_B = G(real_A)  # (N, output_nc, H, W)
     opt_D.zero_grad(set_to_none=True)
     loss_D_real, loss_D_fake = backward_D(D, real_A, real_B, fake_B, amp, scaler)
     scaler.step(opt_D)
@@ -203,7 +234,7 @@ def train_one_epoch(state: dict, loader: DataLoader, epoch: int, run_dirs: dict)
                dynamic_ncols=True)
     # A resumed epoch skips the batches it already trained on (the order is fixed per epoch).
     for real_A, real_B in itertools.islice(loader, p["iteration"], None):
-        real_A = real_A.to(state["device"], non_blocking=True)  # (N, 3, H, W) in [-1, 1]
+        real_A = real_A.to(state["device"], non_blocking=True)  # (N, input_nc, H, W) in [-1, 1]
         real_B = real_B.to(state["device"], non_blocking=True)
         losses = train_step(G, D, state["opt_G"], state["opt_D"], real_A, real_B, cfg.lambda_l1,
                             state["amp"], state["scaler"])
@@ -240,7 +271,7 @@ def generate(state: dict, real_A: torch.Tensor) -> torch.Tensor:
     return translate(state["G"], real_A[None].to(state["device"]), cfg.eval_mode, cfg.seed, state["amp"])[0].cpu()
 
 
-def save_samples(state: dict, val_set: AlignedDataset, path: Path) -> None:
+def save_samples(state: dict, val_set: PairedDataset, path: Path) -> None:
     """A grid of the first num_samples validation images: one row each, input | generated | target."""
     rows = []
     for index in range(min(state["cfg"].num_samples, len(val_set))):
@@ -249,7 +280,7 @@ def save_samples(state: dict, val_set: AlignedDataset, path: Path) -> None:
     save_sample_grid(rows, path)
 
 
-def validate(state: dict, val_set: AlignedDataset) -> dict[str, float]:
+def validate(state: dict, val_set: PairedDataset) -> dict[str, float]:
     """Mean L1, PSNR and SSIM of the generator on the whole validation split (and FID/KID).
 
     One image at a time: with eval_mode false, BatchNorm normalises with the statistics of the
@@ -297,7 +328,8 @@ def checkpoint_dict(state: dict, epoch: int) -> dict:
 
 def restore(state: dict, checkpoint: dict, path: Path) -> int:
     """Load a checkpoint into the run's state; returns the number of epochs already done."""
-    saved = checkpoint.get("config", {})
+    # Checkpoints older than a field were made with its default (e.g. 3 input channels).
+    saved = {**FIELD_DEFAULTS, **checkpoint.get("config", {})}
     changed = [f for f in ARCHITECTURE_FIELDS if saved.get(f) != getattr(state["cfg"], f)]
     if changed:
         detail = ", ".join(f"{f}={saved.get(f)!r} there, {getattr(state['cfg'], f)!r} now" for f in changed)
@@ -351,7 +383,7 @@ def is_best(epochs: list[dict]) -> bool:
     return "val_L1" in epochs[-1] and epochs[-1]["val_L1"] == min(scores)
 
 
-def write_epoch_outputs(state: dict, val_set: AlignedDataset, epoch: int, run_dirs: dict) -> None:
+def write_epoch_outputs(state: dict, val_set: PairedDataset, epoch: int, run_dirs: dict) -> None:
     """The per-epoch files: sample grid, history.csv, loss and metric plots, the gallery, and the
     checkpoints latest.pt, best.pt (lowest val_L1) and epoch_NNN.pt."""
     cfg, history, results = state["cfg"], state["history"], run_dirs["results"]

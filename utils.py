@@ -271,11 +271,16 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> None:
 def save_sample_grid(rows: Sequence[torch.Tensor], path: str | Path) -> None:
     """Save images as a grid, one row per example: each row is a list [input, generated, target].
 
-    rows: tensors of shape (3, H, W) in [-1, 1] (1-channel images are shown in gray).
+    rows: tensors of shape (3, H, W) or (1, H, W) in [-1, 1]; 1-channel images are shown in gray.
+    Images of different sizes (full-size evaluation items) are padded with black at the bottom
+    and right to the largest height and width, so each keeps its own shape in the grid.
     """
     from torchvision.utils import make_grid, save_image
 
-    images = torch.stack([image.float().cpu().expand(3, -1, -1) for row in rows for image in row])
+    images = [image.float().cpu().expand(3, -1, -1) for row in rows for image in row]  # (3, H_i, W_i)
+    height, width = max(i.shape[-2] for i in images), max(i.shape[-1] for i in images)
+    images = torch.stack([F.pad(i, (0, width - i.shape[-1], 0, height - i.shape[-2]), value=-1.0)
+                          for i in images])  # (N, 3, height, width)
     grid = make_grid(images, nrow=len(rows[0]), padding=2, normalize=True, value_range=(-1, 1))
     atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
 
