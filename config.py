@@ -69,6 +69,9 @@ class Config:
     precision: str = "auto"  # "auto", "fp32", "bf16" or "fp16" (fp16 on CUDA only)
     threads: int = 0  # CPU threads for torch (0 = one per physical core)
 
+    # --- distributed (only under torchrun; see README "Training on several GPUs or machines") ---
+    sync_bn: bool = True  # with several processes, BatchNorm uses the statistics of the global batch
+
 
 class ConfigError(ValueError):
     """A config value that cannot be used; the message names the field."""
