@@ -118,6 +118,9 @@ class Config:
     output_nc: int = 3  # channels of its output fake_B and of the target real_B: 1 or 3
     num_downs: int = 0  # U-Net down-sampling levels (0 = derived: halvings of image_size, at most 8)
 
+    # --- distributed (only under torchrun; see README "Training on several GPUs or machines") ---
+    sync_bn: bool = True  # with several processes, BatchNorm uses the statistics of the global batch
+
     def __post_init__(self) -> None:
         """Fill the fields left empty from the dataset: data/<dataset>, its official archive, its
         official direction, and the run name. Explicit values win; an unknown dataset is left for

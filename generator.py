@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils import Conv2d, ConvTranspose2d, frozen_norm_stats, norm_layer
+from utils import Conv2d, ConvTranspose2d, frozen_norm_stats, local_norm_stats, norm_layer
 
 
 def unet_depth(image_size: int, max_depth: int = 8) -> int:
@@ -100,7 +100,9 @@ def translate(G: UNetGenerator, real_A: torch.Tensor, eval_mode: bool, seed: int
     was_training = G.training
     G.train(not eval_mode)
     devices = [real_A.device] if real_A.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), frozen_norm_stats(G), amp or contextlib.nullcontext():
+    # local_norm_stats: under torchrun, rank 0 generates alone, without synchronised BatchNorm.
+    with (torch.random.fork_rng(devices=devices), frozen_norm_stats(G), local_norm_stats(G),
+          amp or contextlib.nullcontext()):
         torch.manual_seed(seed)
         fake_B = G(padded).float()  # (N, out_channels, H + pad_h, W + pad_w)
     G.train(was_training)

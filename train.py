@@ -10,24 +10,32 @@ make D call (real_A, fake_B) real while staying close to real_B in L1:
 Every epoch it writes, under results/<name>/: samples/epoch_NNN.png, loss.png, history.csv; and
 under checkpoints/<name>/: latest.pt (plus epoch_NNN.pt every save_every epochs), one dict that
 holds everything needed to continue the run or to rebuild the generator.
+
+Under ``torchrun --nproc_per_node N train.py ...`` the same script trains with
+DistributedDataParallel (see "Several processes" below): each process takes a shard of every
+epoch, gradients and BatchNorm statistics are shared, and rank 0 alone writes files and prints.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import itertools
 import json
 import math
+import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Mapping
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
@@ -39,7 +47,7 @@ from metrics import MissingPackageError, fid_kid, image_metrics, inception_weigh
 from utils import (CheckpointError, OutputError, atomic_write, autocast, check_state_dict, init_weights,
                    load_checkpoint, plot_curves, resolve_device, resolve_precision, rng_state,
                    save_checkpoint, save_sample_grid, seed_everything, set_requires_grad, set_rng_state,
-                   write_csv, write_gallery)
+                   sync_batchnorm, write_csv, write_gallery)
 
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
 VAL_NAMES = ("val_L1", "val_PSNR", "val_SSIM")  # history columns of the validation pass
@@ -131,12 +139,188 @@ def build_data(cfg: Config) -> tuple[PairedDataset, PairedDataset]:
     return train_set, val_set
 
 
-def make_loader(train_set: PairedDataset, cfg: Config, device: torch.device) -> DataLoader:
+def make_loader(train_set: PairedDataset, cfg: Config, device: torch.device,
+                world: World | None = None) -> DataLoader:
     """Batches in the main process: items are slices of a tensor cache, so workers would only cost."""
-    # DistributedSampler also serves a single process: a fresh, seeded permutation every epoch.
-    sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=cfg.seed)
+    world = world or World()
+    # A fresh, seeded permutation every epoch, the same in every process, of which each process
+    # takes every world.size-th index from its rank on: distinct images, and the same number of
+    # batches everywhere (the shortest shards are padded with repeats). No rank offset is needed
+    # for the augmentation: the crop and flip of an item are drawn from (seed, epoch, index), so
+    # distinct indices already get their own draws, the same ones a single process gives them.
+    sampler = DistributedSampler(train_set, num_replicas=world.size, rank=world.rank, shuffle=True,
+                                 seed=cfg.seed)
     return DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=False,
                       pin_memory=device.type == "cuda")
+
+
+# ---------------------------------------------------------------------------------------------
+# Several processes: torchrun and DistributedDataParallel
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """This process's place in a torchrun launch; rank 0 of 1 for a plain ``python train.py``."""
+    rank: int = 0  # 0 .. size-1 over all machines; rank 0 writes the files
+    local_rank: int = 0  # index among the processes of this machine: picks its GPU
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+class DistributedError(RuntimeError):
+    """The processes of a launch cannot form a group or work together; the message says why."""
+
+
+def world_from_env(env: Mapping[str, str] = os.environ) -> World:
+    """RANK, LOCAL_RANK and WORLD_SIZE as torchrun sets them; without them, a single process."""
+    if "WORLD_SIZE" not in env:
+        return World()
+    try:
+        world = World(int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"]))
+    except (KeyError, ValueError):
+        raise DistributedError("WORLD_SIZE is set but RANK and LOCAL_RANK are not both integers; "
+                               "start several processes with torchrun, which sets all three") from None
+    if not (world.size >= 1 and 0 <= world.rank < world.size and world.local_rank >= 0):
+        raise DistributedError(f"RANK {world.rank}, LOCAL_RANK {world.local_rank}, WORLD_SIZE {world.size}: "
+                               f"impossible values")
+    return world
+
+
+def rank_device(name: str, world: World) -> torch.device:
+    """The device of this process in a launch: the GPU of its LOCAL_RANK (cuda:LOCAL_RANK), or the CPU."""
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if name not in ("auto", "cuda"):
+        raise ConfigError(f"--device {name}: under torchrun every process takes the GPU of its LOCAL_RANK; "
+                          f"use --device cuda, auto or cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("--device cuda: CUDA is not available on this machine, so the processes cannot "
+                          "form an nccl group; use --device cpu (gloo)")
+    if world.local_rank >= torch.cuda.device_count():
+        raise DistributedError(f"LOCAL_RANK {world.local_rank}, but this machine has {torch.cuda.device_count()} "
+                               f"GPUs: start at most that many processes per machine (--nproc_per_node)")
+    return torch.device("cuda", world.local_rank)
+
+
+def join_process_group(cfg: Config, world: World) -> torch.device:
+    """Join the group of a torchrun launch: nccl between GPUs, gloo between CPU processes."""
+    device = rank_device(cfg.device, world)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_available() or not dist.is_backend_available(backend):
+        raise DistributedError(f"this PyTorch build has no {backend} backend, which --device {cfg.device} needs")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    try:
+        # device_id binds nccl to this process's GPU at once, so a broken GPU setup fails here.
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    except Exception as err:  # rendezvous, network and backend failures come as many types
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DistributedError(f"rank {world.rank} cannot form the {backend} process group of {world.size} "
+                               f"processes ({reason})") from None
+    return device
+
+
+@contextlib.contextmanager
+def process_group(cfg: Config, world: World) -> Iterator[torch.device | None]:
+    """Under torchrun, be in the group for the whole run and leave it at the end, also after an error.
+
+    Yields this process's device, or None for a single process (setup then resolves cfg.device).
+    """
+    if world.size == 1:
+        yield None
+        return
+    device = join_process_group(cfg, world)
+    try:
+        yield device
+    finally:
+        dist.destroy_process_group()
+
+
+def all_agree(world: World, device: torch.device | None, ok: bool) -> bool:
+    """True when `ok` holds in every process (a collective: every process must call it)."""
+    if world.size == 1:
+        return ok
+    flag = torch.tensor([float(ok)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def on_main(world: World, device: torch.device | None, work: Callable[[], object]) -> None:
+    """Run `work` (writing files) in rank 0 alone while the others wait; if it fails, all stop.
+
+    Waiting here keeps the others from racing ahead of rank 0's writes, and a failure in rank 0
+    stops every process with an error instead of leaving them blocked in the next collective.
+    """
+    if world.size == 1:
+        work()
+        return
+    error = None
+    if world.is_main:
+        try:
+            work()
+        except Exception as err:  # re-raised below, after telling the others
+            error = err
+    if not all_agree(world, device, error is None):
+        raise error if error is not None else DistributedError(
+            "rank 0 failed (its error line says why); every process stops")
+
+
+def in_turns(world: World, device: torch.device | None, work: Callable[[], object]) -> None:
+    """Run `work` (e.g. a download) in rank 0 first, then in the first process of every other
+    machine, then in the rest, so that a shared disk or each machine's own disk gets it once;
+    if it fails anywhere, every process stops."""
+    if world.size == 1:
+        work()
+        return
+    for turn in (world.rank == 0, world.rank != 0 and world.local_rank == 0, world.local_rank != 0):
+        error = None
+        if turn:
+            try:
+                work()
+            except Exception as err:  # re-raised below, after telling the others
+                error = err
+        if not all_agree(world, device, error is None):
+            raise error if error is not None else DistributedError(
+                "another process could not prepare the data (its error line says why)")
+
+
+def mean_over_ranks(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """In place: every process's tensor becomes the mean over all processes (one process: unchanged)."""
+    if world.size > 1:
+        dist.all_reduce(tensor)
+        tensor /= world.size
+    return tensor
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper (or the network itself)."""
+    return net.module if isinstance(net, DistributedDataParallel) else net
+
+
+def data_parallel(net: nn.Module, device: torch.device) -> DistributedDataParallel:
+    """Average the gradients over the processes after every backward.
+
+    forward_sync_buffers False: the BatchNorm running averages are not re-broadcast from rank 0
+    before every forward. With sync_bn every process computes the same ones anyway; without it
+    each process keeps the averages of its own batches, and rank 0's are saved.
+    """
+    return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                   forward_sync_buffers=False)
+
+
+def gather_rng_states(state: dict) -> None:
+    """Collect every process's RNG state for the next checkpoint (a collective), so that dropout
+    goes on exactly after a resume with the same number of processes."""
+    if state["world"].size > 1:
+        # As torch.save bytes: all_gather_object's own pickling of tensors fails to load in torch 2.14.
+        buffer = io.BytesIO()
+        torch.save(rng_state(), buffer)
+        blobs: list = [None] * state["world"].size
+        dist.all_gather_object(blobs, buffer.getvalue())
+        state["rng_ranks"] = [torch.load(io.BytesIO(blob), weights_only=True) for blob in blobs]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,16 +353,26 @@ def backward_G(D, real_A, real_B, fake_B, lambda_l1, amp, scaler) -> tuple[torch
 
 
 def train_step(G, D, opt_G, opt_D, real_A, real_B, lambda_l1, amp, scaler) -> torch.Tensor:
-    """One D update then one G update; returns the losses (G_GAN, G_L1, D_real, D_fake), detached."""
+    """One D update then one G update; returns the losses (G_GAN, G_L1, D_real, D_fake), detached.
+
+    G and D may be DistributedDataParallel wrappers: their backward averages the gradients over
+    the processes.
+    """
     with amp:
         fake_B = G(real_A)  # (N, output_nc, H, W)
     opt_D.zero_grad(set_to_none=True)
     loss_D_real, loss_D_fake = backward_D(D, real_A, real_B, fake_B, amp, scaler)
     scaler.step(opt_D)
-    set_requires_grad(D, False)  # G's step needs gradients through D, not for D's weights
+    # G's step needs gradients through D, not for D's weights, so D is frozen and called bare.
+    # Through its DDP wrapper the forward would prepare a gradient reduction for D in a backward
+    # that yields no D gradient at all (torch 2.14 then skips it, but that is DDP bookkeeping we
+    # need not lean on). The bare D still passes G's gradients back, and its synchronised
+    # BatchNorm still shares the batch statistics, since every process runs this same call.
+    D_bare = unwrap(D)
+    set_requires_grad(D_bare, False)
     opt_G.zero_grad(set_to_none=True)
-    loss_G_GAN, loss_G_L1 = backward_G(D, real_A, real_B, fake_B, lambda_l1, amp, scaler)
-    set_requires_grad(D, True)
+    loss_G_GAN, loss_G_L1 = backward_G(D_bare, real_A, real_B, fake_B, lambda_l1, amp, scaler)
+    set_requires_grad(D_bare, True)
     scaler.step(opt_G)
     scaler.update()
     return torch.stack([loss_G_GAN, loss_G_L1, loss_D_real, loss_D_fake]).detach()
@@ -210,6 +404,7 @@ def log_window(state: dict, epoch: int, n_batches: int, bar: tqdm) -> None:
     """Read back the mean losses of the last few iterations (one host sync) and record a point."""
     p, steps = state["progress"], state["history"]["steps"]
     first = p["iteration"] - p["in_window"] + 1
+    mean_over_ranks(p["window"], state["world"])  # the same in every process: all stop on a NaN together
     check_finite(p["window"], f"in epoch {epoch + 1}, iterations {first}-{p['iteration']}")
     means = (p["window"] / p["in_window"]).tolist()
     steps["epoch"].append(epoch + p["iteration"] / n_batches)
@@ -226,12 +421,12 @@ def train_one_epoch(state: dict, loader: DataLoader, epoch: int, run_dirs: dict)
     Losses stay on the device and are read back only every log_every iterations. With
     checkpoint_every, and when SIGINT/SIGTERM arrives, latest.pt is written mid-epoch.
     """
-    cfg, G, D, p = state["cfg"], state["G"], state["D"], state["progress"]
+    cfg, G, D, p, world = state["cfg"], state["G_train"], state["D_train"], state["progress"], state["world"]
     G.train()
     D.train()
-    n_batches = len(loader)
+    n_batches = len(loader)  # the same in every process (DistributedSampler pads the shards)
     bar = tqdm(total=n_batches, initial=p["iteration"], desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-               dynamic_ncols=True)
+               dynamic_ncols=True, disable=not world.is_main)
     # A resumed epoch skips the batches it already trained on (the order is fixed per epoch).
     for real_A, real_B in itertools.islice(loader, p["iteration"], None):
         real_A = real_A.to(state["device"], non_blocking=True)  # (N, input_nc, H, W) in [-1, 1]
@@ -243,22 +438,48 @@ def train_one_epoch(state: dict, loader: DataLoader, epoch: int, run_dirs: dict)
         p["in_window"] += 1
         p["iteration"] += 1
         bar.update()
-        if p["in_window"] == cfg.log_every or p["iteration"] == n_batches:
+        log_point = p["in_window"] == cfg.log_every or p["iteration"] == n_batches
+        if log_point:
             log_window(state, epoch, n_batches, bar)
         if p["iteration"] == n_batches:
             break
         done = epoch * n_batches + p["iteration"]
-        if state["stop"] or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-            check_finite(p["total"], f"in epoch {epoch + 1}")
-            save_checkpoint(checkpoint_dict(state, epoch), run_dirs["checkpoints"] / "latest.pt")
-            if state["stop"]:
+        # Several processes agree on a signal only where they exchange the losses anyway, every
+        # log_every iterations: all stop at the same iteration, with no extra wait per iteration.
+        stop = agreed_stop(state) if log_point or world.size == 1 else False
+        if stop or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+            save_mid_epoch(state, epoch, run_dirs)
+            if stop:
                 bar.close()
                 return None
     bar.close()
+    mean_over_ranks(p["total"], world)  # epoch means over all processes' batches
     check_finite(p["total"], f"in epoch {epoch + 1}")
     means = dict(zip(LOSS_NAMES, (p["total"] / n_batches).tolist()))
     state["progress"] = new_progress(state["device"])
     return means
+
+
+def agreed_stop(state: dict) -> bool:
+    """Whether to stop now: in several processes, as soon as any one was asked to (a collective)."""
+    if state["world"].size > 1:
+        flag = torch.tensor([float(state["stop"])], device=state["device"])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        state["stop"] = bool(flag.item())
+    return state["stop"]
+
+
+def save_mid_epoch(state: dict, epoch: int, run_dirs: dict) -> None:
+    """latest.pt within an epoch; every process calls it, rank 0 writes."""
+    p, world = state["progress"], state["world"]
+    # Each process's partial sums become their mean: the epoch mean is unchanged, and the saved
+    # sums are those of all processes, which any number of processes can resume from.
+    mean_over_ranks(p["total"], world)
+    mean_over_ranks(p["window"], world)
+    check_finite(p["total"], f"in epoch {epoch + 1}")
+    gather_rng_states(state)
+    checkpoint = checkpoint_dict(state, epoch)
+    on_main(world, state["device"], lambda: save_checkpoint(checkpoint, run_dirs["checkpoints"] / "latest.pt"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,6 +544,9 @@ def checkpoint_dict(state: dict, epoch: int) -> dict:
         "config": dataclasses.asdict(state["cfg"]),
         "history": state["history"],
         "rng": rng_state(),
+        "world_size": state["world"].size,
+        # every process's RNG state, gathered just before (gather_rng_states)
+        **({"rng_ranks": state["rng_ranks"]} if state["world"].size > 1 else {}),
     }
 
 
@@ -346,34 +570,76 @@ def restore(state: dict, checkpoint: dict, path: Path) -> int:
     state["progress"] = {"iteration": p["iteration"], "total": torch.tensor(p["total"], device=device),
                          "window": torch.tensor(p["window"], device=device), "in_window": p["in_window"]}
     set_rng_state(checkpoint["rng"])
+    restore_across_world_sizes(state, checkpoint, path)
     return int(checkpoint["epoch"])
+
+
+def restore_across_world_sizes(state: dict, checkpoint: dict, path: Path) -> None:
+    """What changes when a run continues with another number of processes (or another batch size).
+
+    Each process takes its own saved RNG state when the number is the same, else a fresh stream
+    of its own. A checkpoint from within an epoch whose batches are now cut differently restarts
+    that epoch from its first batch: its iterations would not line up.
+    """
+    world, cfg, epoch = state["world"], state["cfg"], int(checkpoint["epoch"])
+    saved_world = int(checkpoint.get("world_size", 1))
+    if world.size > 1:
+        ranks = checkpoint.get("rng_ranks", [])
+        if len(ranks) == world.size:
+            set_rng_state(ranks[world.rank])
+        else:
+            seed_everything(hash((cfg.seed, world.rank, epoch)) & 0xFFFFFFFF)
+    saved_batch = checkpoint.get("config", {}).get("batch_size", cfg.batch_size)
+    if state["progress"]["iteration"] and (saved_world, saved_batch) != (world.size, cfg.batch_size):
+        if world.is_main:
+            print(f"{path}: saved within epoch {epoch + 1} by {saved_world} process(es) of batch {saved_batch}; "
+                  f"that epoch starts again with {world.size} of batch {cfg.batch_size}")
+        state["progress"] = new_progress(state["device"])
+        steps = state["history"]["steps"]
+        keep = [i for i, at in enumerate(steps["epoch"]) if at <= epoch]  # drop the restarted epoch's points
+        for key in steps:
+            steps[key] = [steps[key][i] for i in keep]
 
 
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
 
-def setup(cfg: Config) -> dict:
-    """Seed, pick device and precision, and build networks, optimizers and an empty history."""
-    seed_everything(cfg.seed)
+def setup(cfg: Config, world: World | None = None, device: torch.device | None = None) -> dict:
+    """Seed, pick device and precision, and build networks, optimizers and an empty history.
+
+    In several processes (world.size > 1, device from join_process_group), the networks get
+    synchronised BatchNorm (cfg.sync_bn) and DDP wrappers, state["G_train"] and state["D_train"],
+    for the training step; state["G"] and state["D"] stay the bare networks, for everything else
+    (generating, checkpoints without DDP's "module." prefix).
+    """
+    world = world or World()
+    seed_everything(cfg.seed)  # the same initial weights in every process (DDP also copies rank 0's)
     # Adam's second moments and late gradients underflow into subnormal floats, which x86 CPUs
     # process up to 100x slower; flushing them to zero changes nothing measurable and saves ~25%.
     torch.set_flush_denormal(True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        device = resolve_device(cfg.device)
+        device = device or resolve_device(cfg.device)
         dtype = resolve_precision(cfg.precision, device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     G, D = build_generator(cfg).to(device), build_discriminator(cfg).to(device)
     init_weights(G, cfg.init_gain)
     init_weights(D, cfg.init_gain)
+    G_train, D_train = G, D
+    if world.size > 1:
+        if cfg.sync_bn:  # before the optimizers, though the parameters stay the same objects
+            G, D = sync_batchnorm(G, device), sync_batchnorm(D, device)
+        G_train, D_train = data_parallel(G, device), data_parallel(D, device)
+        seed_everything(cfg.seed + world.rank)  # dropout noise differs between processes
     (opt_G, opt_D), (sched_G, sched_D) = build_optimizers(cfg, G, D)
     history = {"epochs": [], "steps": {"epoch": [], **{name: [] for name in LOSS_NAMES}}}
     return {"cfg": cfg, "device": device, "dtype": dtype, "amp": autocast(device, dtype),
             "scaler": torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-            "G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D, "sched_G": sched_G, "sched_D": sched_D,
+            "G": G, "D": D, "G_train": G_train, "D_train": D_train, "world": world,
+            "opt_G": opt_G, "opt_D": opt_D, "sched_G": sched_G, "sched_D": sched_D,
             "history": history, "progress": new_progress(device), "stop": False}
 
 
@@ -385,8 +651,14 @@ def is_best(epochs: list[dict]) -> bool:
 
 def write_epoch_outputs(state: dict, val_set: PairedDataset, epoch: int, run_dirs: dict) -> None:
     """The per-epoch files: sample grid, history.csv, loss and metric plots, the gallery, and the
-    checkpoints latest.pt, best.pt (lowest val_L1) and epoch_NNN.pt."""
+    checkpoints latest.pt, best.pt (lowest val_L1) and epoch_NNN.pt. Validates first when due.
+
+    Under torchrun rank 0 alone runs this (on_main), so nothing here may wait for the other
+    processes: translate() normalises with rank 0's batch alone (local_norm_stats).
+    """
     cfg, history, results = state["cfg"], state["history"], run_dirs["results"]
+    if cfg.val_every and epoch % cfg.val_every == 0:
+        history["epochs"][-1].update(validate(state, val_set))
     save_samples(state, val_set, results / "samples" / f"epoch_{epoch:03d}.png")
     write_csv(history["epochs"], results / "history.csv")
     plot_curves(history["epochs"], history["steps"], LOSS_NAMES, results / "loss.png")
@@ -409,17 +681,42 @@ def resume_point(state: dict, run_dirs: dict) -> int:
     if not cfg.resume_from and not (cfg.resume and path.exists()):
         return 0
     epoch = restore(state, load_checkpoint(path, state["device"]), path)
-    print(f"resuming {path}: epoch {epoch + 1}, iteration {state['progress']['iteration']}")
+    if state["world"].is_main:
+        print(f"resuming {path}: epoch {epoch + 1}, iteration {state['progress']['iteration']}")
     return epoch
+
+
+def check_same_start(state: dict, epoch: int) -> None:
+    """Every process must continue from the same point, or their collectives would not line up."""
+    world, iteration = state["world"], state["progress"]["iteration"]
+    if world.size == 1:
+        return
+    low = torch.tensor([epoch, iteration], dtype=torch.float64, device=state["device"])
+    high = low.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if not torch.equal(low, high):
+        raise DistributedError(f"rank {world.rank} would start at epoch {epoch + 1}, iteration {iteration}, "
+                               f"but another process elsewhere: checkpoint_dir must be one folder that "
+                               f"every machine sees")
 
 
 @contextlib.contextmanager
 def stop_on_signals(state: dict) -> Iterator[None]:
-    """Ctrl-C (SIGINT) and SIGTERM ask to stop after the current iteration, with a checkpoint."""
+    """Ctrl-C (SIGINT) and SIGTERM ask to stop after the current iteration, with a checkpoint.
+
+    Under torchrun a Ctrl-C usually reaches each process twice (from the terminal, then relayed
+    by torchrun), so there repeats are ignored; torchrun kills its processes 30 s after a signal.
+    """
     def ask_to_stop(signum, frame) -> None:
-        tqdm.write(f"{signal.Signals(signum).name}: stopping after this iteration (again to abort)")
+        world = state["world"]
+        if world.is_main and not state["stop"]:
+            when, again = (("after this iteration", " (again to abort)") if world.size == 1 else
+                           (f"within {state['cfg'].log_every} iteration(s), all processes together", ""))
+            tqdm.write(f"{signal.Signals(signum).name}: stopping {when}{again}")
         state["stop"] = True
-        signal.signal(signum, previous[signum])  # a second signal acts at once
+        if world.size == 1:
+            signal.signal(signum, previous[signum])  # a second signal acts at once
 
     previous = {s: signal.signal(s, ask_to_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -429,18 +726,28 @@ def stop_on_signals(state: dict) -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def train(cfg: Config) -> None:
+def train(cfg: Config, world: World | None = None, device: torch.device | None = None) -> None:
+    """The whole run; under torchrun, world and device come from process_group (main does it)."""
+    world = world or World()
     if cfg.val_fid:
         inception_weights_path()  # a missing optional package fails now, not after the first epoch
+    if world.size > 1:  # a download happens once, before every process reads the data
+        in_turns(world, device, lambda: prepare_data_root(cfg))
     train_set, val_set = build_data(cfg)  # first, so that missing data fails before any work
-    state = setup(cfg)
+    state = setup(cfg, world, device)
     run_dirs = {"results": Path(cfg.results_dir) / cfg.name, "checkpoints": Path(cfg.checkpoint_dir) / cfg.name}
     start_epoch = resume_point(state, run_dirs)
-    atomic_write(run_dirs["results"] / "config.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"))
-    loader = make_loader(train_set, cfg, state["device"])
-    print(f"training {cfg.name}: {len(train_set)} pairs, {cfg.direction}, {cfg.image_size} px, "
-          f"batch {cfg.batch_size}, on {state['device']} in {str(state['dtype']).removeprefix('torch.')}")
+    check_same_start(state, start_epoch)
+    on_main(world, state["device"], lambda: atomic_write(
+        run_dirs["results"] / "config.json",
+        lambda tmp: Path(tmp).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")))
+    loader = make_loader(train_set, cfg, state["device"], world)
+    if world.is_main:
+        batch = f"batch {cfg.batch_size}"
+        if world.size > 1:
+            batch = f"global batch {cfg.batch_size * world.size} = {cfg.batch_size} per process x {world.size} processes"
+        print(f"training {cfg.name}: {len(train_set)} pairs, {cfg.direction}, {cfg.image_size} px, "
+              f"{batch}, on {state['device']} in {str(state['dtype']).removeprefix('torch.')}")
     with stop_on_signals(state):
         for epoch in range(start_epoch, cfg.epochs):
             loader.sampler.set_epoch(epoch)
@@ -453,14 +760,17 @@ def train(cfg: Config) -> None:
             state["sched_G"].step()
             state["sched_D"].step()
             row = {"epoch": epoch + 1, **means, "lr": lr, "seconds": round(time.perf_counter() - started, 2)}
-            if cfg.val_every and (epoch + 1) % cfg.val_every == 0:
-                row.update(validate(state, val_set))
             state["history"]["epochs"].append(row)
-            write_epoch_outputs(state, val_set, epoch + 1, run_dirs)
-            summary = "  ".join(f"{name} {row[name]:.4f}" for name in LOSS_NAMES + VAL_NAMES if name in row)
-            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  {summary}  lr {lr:.2e}  {row['seconds']:.1f}s")
-            if state["stop"]:
+            gather_rng_states(state)
+            # Rank 0 alone validates and writes; translate() needs no other process.
+            on_main(world, state["device"], lambda: write_epoch_outputs(state, val_set, epoch + 1, run_dirs))
+            if world.is_main:
+                summary = "  ".join(f"{name} {row[name]:.4f}" for name in LOSS_NAMES + VAL_NAMES if name in row)
+                tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  {summary}  lr {lr:.2e}  {row['seconds']:.1f}s")
+            if agreed_stop(state):
                 break
+    if not world.is_main:
+        return
     if state["stop"]:
         print(f"stopped; {run_dirs['checkpoints'] / 'latest.pt'} is saved: run the same command to resume")
     else:
@@ -470,11 +780,14 @@ def train(cfg: Config) -> None:
 def main() -> None:
     cfg = parse_or_exit(sys.argv[1:], description=__doc__)
     try:
-        train(cfg)
+        world = world_from_env()  # torchrun's RANK, LOCAL_RANK, WORLD_SIZE; else one process
+        with process_group(cfg, world) as device:
+            train(cfg, world, device)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (DatasetError, CheckpointError, OutputError, TrainingError, MissingPackageError) as err:
+    except (DatasetError, CheckpointError, OutputError, TrainingError, DistributedError,
+            MissingPackageError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
 
