@@ -257,15 +257,20 @@ def on_main(world: World, device: torch.device | None, work: Callable[[], object
     if world.size == 1:
         work()
         return
+    run_and_agree(world, device, world.is_main, work, "rank 0 failed (its error line says why); every process stops")
+
+
+def run_and_agree(world: World, device: torch.device | None, mine: bool, work: Callable[[], object],
+                  others_failed: str) -> None:
+    """Run `work` where `mine` is true, then let every process learn whether it failed anywhere."""
     error = None
-    if world.is_main:
+    if mine:
         try:
             work()
         except Exception as err:  # re-raised below, after telling the others
             error = err
     if not all_agree(world, device, error is None):
-        raise error if error is not None else DistributedError(
-            "rank 0 failed (its error line says why); every process stops")
+        raise error if error is not None else DistributedError(others_failed)
 
 
 def in_turns(world: World, device: torch.device | None, work: Callable[[], object]) -> None:
@@ -276,15 +281,7 @@ def in_turns(world: World, device: torch.device | None, work: Callable[[], objec
         work()
         return
     for turn in (world.rank == 0, world.rank != 0 and world.local_rank == 0, world.local_rank != 0):
-        error = None
-        if turn:
-            try:
-                work()
-            except Exception as err:  # re-raised below, after telling the others
-                error = err
-        if not all_agree(world, device, error is None):
-            raise error if error is not None else DistributedError(
-                "another process could not prepare the data (its error line says why)")
+        run_and_agree(world, device, turn, work, "another process could not prepare the data (its error line says why)")
 
 
 def mean_over_ranks(tensor: torch.Tensor, world: World) -> torch.Tensor:
@@ -565,6 +562,11 @@ def restore(state: dict, checkpoint: dict, path: Path) -> int:
                         ("opt_D", "opt_D"), ("sched_G", "sched_G"), ("sched_D", "sched_D"),
                         ("scaler", "scaler")):
         state[module].load_state_dict(checkpoint[key])
+    # The optimizers saved the lr of the old schedule; a run continued with another --epochs or
+    # --lr_decay_epochs must train its next epoch at the lr of the schedule it now follows.
+    for opt, sched in ((state["opt_G"], state["sched_G"]), (state["opt_D"], state["sched_D"])):
+        for group, base_lr, factor in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base_lr * factor(sched.last_epoch)
     state["history"] = checkpoint["history"]
     p, device = checkpoint["progress"], state["device"]
     state["progress"] = {"iteration": p["iteration"], "total": torch.tensor(p["total"], device=device),

@@ -12,15 +12,15 @@ from PIL import Image
 from dataset import FACADES_COUNTS, DatasetError, ensure_facades
 
 
-def build_archive(path, counts):
-    """A facades.tar.gz with `counts` tiny aligned JPEGs per split, laid out as the official one."""
+def build_archive(path, counts, name="facades"):
+    """<name>.tar.gz with `counts` tiny aligned JPEGs per split, laid out as the official archives."""
     buffer = io.BytesIO()
     Image.new("RGB", (16, 8), (200, 30, 30)).save(buffer, format="JPEG")
     jpeg = buffer.getvalue()
     with tarfile.open(path, "w:gz") as tar:
         for split, count in counts.items():
             for i in range(1, count + 1):
-                info = tarfile.TarInfo(f"facades/{split}/{i}.jpg")
+                info = tarfile.TarInfo(f"{name}/{split}/{i}.jpg")
                 info.size = len(jpeg)
                 tar.addfile(info, io.BytesIO(jpeg))
 

@@ -4,10 +4,8 @@ The layouts are built on the fly in tmp_path from a few real facades pairs.
 """
 
 import dataclasses
-import io
 import subprocess
 import sys
-import tarfile
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ from config import DATASETS, FACADES_URL, Config, ConfigError, generator_depth, 
 from conftest import ROOT
 from dataset import (FACADES_COUNTS, AlignedDataset, DatasetError, PairedFoldersDataset, list_images,
                      match_pairs)
-from test_download import server  # noqa: F401  (the 127.0.0.1 HTTP server fixture)
+from test_download import build_archive, server  # noqa: F401  (server: the 127.0.0.1 HTTP fixture)
 from utils import save_sample_grid
 
 # ---------------------------------------------------------------------------------------------
@@ -392,22 +390,9 @@ def test_explicit_settings_win_over_the_dataset():
         "BtoA", "x/maps", "map2sat", "http://127.0.0.1:9/maps.tar.gz")
 
 
-def build_family_archive(path, name, counts):
-    """<name>.tar.gz with `counts` tiny aligned JPEGs per split, laid out as the official archives."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 8), (30, 200, 30)).save(buffer, format="JPEG")
-    jpeg = buffer.getvalue()
-    with tarfile.open(path, "w:gz") as tar:
-        for split, count in counts.items():
-            for i in range(1, count + 1):
-                info = tarfile.TarInfo(f"{name}/{split}/{i}.jpg")
-                info.size = len(jpeg)
-                tar.addfile(info, io.BytesIO(jpeg))
-
-
 def test_maps_is_downloaded_checked_and_moved_into_data_maps(server, tmp_path):  # noqa: F811
     www, url = server
-    build_family_archive(www / "maps.tar.gz", "maps", {"train": 1096, "val": 3})
+    build_archive(www / "maps.tar.gz", {"train": 1096, "val": 3}, name="maps")
     cfg = tiny(dataset="maps", data_root=str(tmp_path / "data" / "maps"), download_url=f"{url}/maps.tar.gz")
     train_set, sample_set = train.build_data(cfg)
     root = tmp_path / "data" / "maps"
@@ -422,7 +407,7 @@ def test_maps_is_downloaded_checked_and_moved_into_data_maps(server, tmp_path): 
 ])
 def test_incomplete_maps_archive_is_rejected(server, tmp_path, counts, message):  # noqa: F811
     www, url = server
-    build_family_archive(www / "maps.tar.gz", "maps", counts)
+    build_archive(www / "maps.tar.gz", counts, name="maps")
     cfg = tiny(dataset="maps", data_root=str(tmp_path / "data" / "maps"), download_url=f"{url}/maps.tar.gz")
     with pytest.raises(DatasetError) as err:
         train.prepare_data_root(cfg)

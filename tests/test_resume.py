@@ -209,3 +209,18 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tiny, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "resuming" in result.stdout
     assert [row["epoch"] for row in latest(cfg)["history"]["epochs"]] == list(range(1, 13))
+
+
+def test_extending_a_finished_run_follows_the_new_lr_schedule(synthetic_split, tmp_path):
+    """1 epoch (lr decayed to 0 at its end), then continued to 3 epochs: the new schedule's lr."""
+    folder = synthetic_split(n=2, size=40).parent
+    synthetic_split(n=1, size=40, name="val")
+    cfg = Config(data_root=str(folder), image_size=32, load_size=36, ngf=8, ndf=8, precision="fp32",
+                 num_samples=1, epochs=1, lr_decay_epochs=1, checkpoint_dir=str(tmp_path / "ck"),
+                 results_dir=str(tmp_path / "res"), name="run")
+    train.train(cfg)
+    train.train(dataclasses.replace(cfg, epochs=3))
+    history = torch.load(tmp_path / "ck" / "run" / "latest.pt", weights_only=True)["history"]["epochs"]
+    expected = [cfg.lr * train.lr_factor(e, 3, 1) for e in (1, 2)]  # epochs 2 and 3 of the new run
+    assert [row["lr"] for row in history[1:]] == pytest.approx(expected)
+    assert history[1]["lr"] > 0
