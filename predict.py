@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import html
 import importlib.util
 import json
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import torch
 from tqdm import tqdm
@@ -149,10 +151,10 @@ def gallery_page(report: dict, title: str) -> str:
     rows = ["<tr><th>image</th><th>input</th><th>generated</th><th>target</th><th>L1</th><th>PSNR</th>"
             "<th>SSIM</th></tr>"]
     for item in report["per_image"]:
-        png = f"{item['name']}.png"
+        png = quote(f"{item['name']}.png")  # a file name is text in a URL: spaces, '#', '&' escaped
         images = "".join(f'<td><img src="{src}" alt="{src}" width="256"></td>'
                          for src in (f"real_A/{png}", png, f"real_B/{png}"))
-        rows.append(f"<tr><td>{item['name']}</td>{images}<td>{item['L1']:.4f}</td><td>{item['PSNR']:.2f}</td>"
+        rows.append(f"<tr><td>{html.escape(item['name'])}</td>{images}<td>{item['L1']:.4f}</td><td>{item['PSNR']:.2f}</td>"
                     f"<td>{item['SSIM']:.4f}</td></tr>")
     return html_page(title, [f"<p>{report['images']} images; means: {means}</p>", "<table>", *rows, "</table>"])
 

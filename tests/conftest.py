@@ -6,6 +6,7 @@ import importlib
 import os
 import sys
 from html.parser import HTMLParser
+from urllib.parse import unquote
 from pathlib import Path
 
 import numpy as np
@@ -85,5 +86,5 @@ def html_links(page: Path) -> list[str]:
     parser.feed(page.read_text(encoding="utf-8"))
     for link in parser.links:
         assert "://" not in link and not link.startswith("/"), f"{page}: absolute link {link}"
-        assert (page.parent / link).is_file(), f"{page}: broken link {link}"
+        assert (page.parent / unquote(link)).is_file(), f"{page}: broken link {link}"
     return parser.links

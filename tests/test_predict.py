@@ -34,8 +34,8 @@ def test_split(facades, tmp_path) -> Path:
     """A 'test' split of three real facades pairs."""
     split = tmp_path / "data" / "test"
     split.mkdir(parents=True)
-    for name in ("1.jpg", "2.jpg", "3.jpg"):
-        shutil.copy(facades / "test" / name, split / name)
+    for name, copy in (("1.jpg", "1.jpg"), ("2.jpg", "2.jpg"), ("3.jpg", "a b&c.jpg")):
+        shutil.copy(facades / "test" / name, split / copy)  # a name that HTML and URLs must escape
     return split
 
 
@@ -86,7 +86,7 @@ def test_split_writes_images_metrics_and_gallery(checkpoint, test_split, tmp_pat
               "--output", tmp_path / "out")
     report = json.loads((out / "metrics.json").read_text())
     assert report["images"] == 3 and report["epoch"] == 1 and report["eval_mode"] is False
-    assert [item["name"] for item in report["per_image"]] == ["1", "2", "3"]
+    assert [item["name"] for item in report["per_image"]] == ["1", "2", "a b&c"]
     assert report["mean"]["FID_images"] == 3 and report["mean"]["FID"] > 0
     # The numbers describe the PNG files as written.
     for item in report["per_image"]:
@@ -96,7 +96,7 @@ def test_split_writes_images_metrics_and_gallery(checkpoint, test_split, tmp_pat
         assert abs(skimage_metrics.peak_signal_noise_ratio(real, fake, data_range=255) - item["PSNR"]) < 1e-3
     assert report["mean"]["L1"] == pytest.approx(np.mean([i["L1"] for i in report["per_image"]]))
     links = html_links(out / "index.html")
-    assert len(links) == 9 and "real_A/1.png" in links and "real_B/3.png" in links
+    assert len(links) == 9 and "real_A/1.png" in links and "real_B/a%20b%26c.png" in links
 
 
 def test_eval_mode_is_the_runs_unless_overridden(checkpoint, test_split, tmp_path):
