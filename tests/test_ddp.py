@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import distributed
 import train
 from config import Config, ConfigError
 from conftest import ROOT
@@ -208,18 +209,18 @@ def test_a_group_that_cannot_form_is_one_error_line(monkeypatch, capsys, device,
 
 
 def test_launch_settings_are_checked(monkeypatch):
-    with pytest.raises(train.DistributedError, match="RANK and LOCAL_RANK"):
-        train.world_from_env({"WORLD_SIZE": "2"})
-    assert train.world_from_env({}) == train.World()
-    two = train.World(rank=1, local_rank=1, size=2)
+    with pytest.raises(distributed.DistributedError, match="RANK and LOCAL_RANK"):
+        distributed.world_from_env({"WORLD_SIZE": "2"})
+    assert distributed.world_from_env({}) == distributed.World()
+    two = distributed.World(rank=1, local_rank=1, size=2)
     with pytest.raises(ConfigError, match="--device cuda:0: under torchrun"):
-        train.rank_device("cuda:0", two)
+        distributed.rank_device("cuda:0", two)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert train.rank_device("auto", two) == torch.device("cpu")
+    assert distributed.rank_device("auto", two) == torch.device("cpu")
     with pytest.raises(ConfigError, match="CUDA is not available"):
-        train.rank_device("cuda", two)
+        distributed.rank_device("cuda", two)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(train.DistributedError, match="LOCAL_RANK 1, but this machine has 1 GPUs"):
-        train.rank_device("cuda", two)
-    assert train.rank_device("auto", train.World(rank=3, local_rank=0, size=4)) == torch.device("cuda", 0)
+    with pytest.raises(distributed.DistributedError, match="LOCAL_RANK 1, but this machine has 1 GPUs"):
+        distributed.rank_device("cuda", two)
+    assert distributed.rank_device("auto", distributed.World(rank=3, local_rank=0, size=4)) == torch.device("cuda", 0)

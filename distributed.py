@@ -1,0 +1,174 @@
+"""Several processes: torchrun and DistributedDataParallel, for train.py.
+
+`torchrun --nproc_per_node N train.py` starts N copies of train.py and tells each its place in
+RANK, LOCAL_RANK and WORLD_SIZE. This module turns those into a `World`, joins the process group
+(nccl between GPUs, gloo between CPU processes) and offers the few agreements the training loop
+needs: run something in rank 0 alone while the others wait (`on_main`), or in turns
+(`in_turns`, for downloads), average a tensor over the processes, and wrap a network in DDP.
+A plain `python train.py` is a World of one process, for which every function here is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from typing import Callable, Iterator, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from config import ConfigError
+
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """This process's place in a torchrun launch; rank 0 of 1 for a plain ``python train.py``."""
+    rank: int = 0  # 0 .. size-1 over all machines; rank 0 writes the files
+    local_rank: int = 0  # index among the processes of this machine: picks its GPU
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+class DistributedError(RuntimeError):
+    """The processes of a launch cannot form a group or work together; the message says why."""
+
+
+def world_from_env(env: Mapping[str, str] = os.environ) -> World:
+    """RANK, LOCAL_RANK and WORLD_SIZE as torchrun sets them; without them, a single process."""
+    if "WORLD_SIZE" not in env:
+        return World()
+    try:
+        world = World(int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"]))
+    except (KeyError, ValueError):
+        raise DistributedError("WORLD_SIZE is set but RANK and LOCAL_RANK are not both integers; "
+                               "start several processes with torchrun, which sets all three") from None
+    if not (world.size >= 1 and 0 <= world.rank < world.size and world.local_rank >= 0):
+        raise DistributedError(f"RANK {world.rank}, LOCAL_RANK {world.local_rank}, WORLD_SIZE {world.size}: "
+                               f"impossible values")
+    return world
+
+
+def rank_device(name: str, world: World) -> torch.device:
+    """The device of this process in a launch: the GPU of its LOCAL_RANK (cuda:LOCAL_RANK), or the CPU."""
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if name not in ("auto", "cuda"):
+        raise ConfigError(f"--device {name}: under torchrun every process takes the GPU of its LOCAL_RANK; "
+                          f"use --device cuda, auto or cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("--device cuda: CUDA is not available on this machine, so the processes cannot "
+                          "form an nccl group; use --device cpu (gloo)")
+    if world.local_rank >= torch.cuda.device_count():
+        raise DistributedError(f"LOCAL_RANK {world.local_rank}, but this machine has {torch.cuda.device_count()} "
+                               f"GPUs: start at most that many processes per machine (--nproc_per_node)")
+    return torch.device("cuda", world.local_rank)
+
+
+def join_process_group(device_name: str, world: World) -> torch.device:
+    """Join the group of a torchrun launch: nccl between GPUs, gloo between CPU processes."""
+    device = rank_device(device_name, world)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_available() or not dist.is_backend_available(backend):
+        raise DistributedError(f"this PyTorch build has no {backend} backend, which --device {device_name} needs")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    try:
+        # device_id binds nccl to this process's GPU at once, so a broken GPU setup fails here.
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    except Exception as err:  # rendezvous, network and backend failures come as many types
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DistributedError(f"rank {world.rank} cannot form the {backend} process group of {world.size} "
+                               f"processes ({reason})") from None
+    return device
+
+
+@contextlib.contextmanager
+def process_group(device_name: str, world: World) -> Iterator[torch.device | None]:
+    """Under torchrun, be in the group for the whole run and leave it at the end, also after an error.
+
+    Yields this process's device, or None for a single process (the caller then resolves it).
+    """
+    if world.size == 1:
+        yield None
+        return
+    device = join_process_group(device_name, world)
+    try:
+        yield device
+    finally:
+        dist.destroy_process_group()
+
+
+def all_agree(world: World, device: torch.device | None, ok: bool) -> bool:
+    """True when `ok` holds in every process (a collective: every process must call it)."""
+    if world.size == 1:
+        return ok
+    flag = torch.tensor([float(ok)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def on_main(world: World, device: torch.device | None, work: Callable[[], object]) -> None:
+    """Run `work` (writing files) in rank 0 alone while the others wait; if it fails, all stop.
+
+    Waiting here keeps the others from racing ahead of rank 0's writes, and a failure in rank 0
+    stops every process with an error instead of leaving them blocked in the next collective.
+    """
+    if world.size == 1:
+        work()
+        return
+    run_and_agree(world, device, world.is_main, work, "rank 0 failed (its error line says why); every process stops")
+
+
+def run_and_agree(world: World, device: torch.device | None, mine: bool, work: Callable[[], object],
+                  others_failed: str) -> None:
+    """Run `work` where `mine` is true, then let every process learn whether it failed anywhere."""
+    error = None
+    if mine:
+        try:
+            work()
+        except Exception as err:  # re-raised below, after telling the others
+            error = err
+    if not all_agree(world, device, error is None):
+        raise error if error is not None else DistributedError(others_failed)
+
+
+def in_turns(world: World, device: torch.device | None, work: Callable[[], object]) -> None:
+    """Run `work` (e.g. a download) in rank 0 first, then in the first process of every other
+    machine, then in the rest, so that a shared disk or each machine's own disk gets it once;
+    if it fails anywhere, every process stops."""
+    if world.size == 1:
+        work()
+        return
+    for turn in (world.rank == 0, world.rank != 0 and world.local_rank == 0, world.local_rank != 0):
+        run_and_agree(world, device, turn, work, "another process could not prepare the data (its error line says why)")
+
+
+def mean_over_ranks(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """In place: every process's tensor becomes the mean over all processes (one process: unchanged)."""
+    if world.size > 1:
+        dist.all_reduce(tensor)
+        tensor /= world.size
+    return tensor
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper (or the network itself)."""
+    return net.module if isinstance(net, DistributedDataParallel) else net
+
+
+def data_parallel(net: nn.Module, device: torch.device) -> DistributedDataParallel:
+    """Average the gradients over the processes after every backward.
+
+    forward_sync_buffers False: the BatchNorm running averages are not re-broadcast from rank 0
+    before every forward. With sync_bn every process computes the same ones anyway; without it
+    each process keeps the averages of its own batches, and rank 0's are saved.
+    """
+    return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                   forward_sync_buffers=False)
