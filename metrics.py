@@ -184,3 +184,14 @@ def fid_kid(real_B: torch.Tensor, fake_B: torch.Tensor, device: torch.device | s
     kid_mean, kid_std = kid(real_feats, fake_feats)
     return {"FID": fid(real_feats, fake_feats), "KID": kid_mean, "KID_std": kid_std,
             "FID_images": len(fake_B), "KID_subset_size": kid_subset_size(min(len(real_B), len(fake_B)))}
+
+
+def evaluate(fake_B: torch.Tensor, real_B: torch.Tensor, with_fid: bool = False,
+             device: torch.device | str = "cpu") -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Per-image L1, PSNR and SSIM lists, and their means (plus FID, KID and their image counts
+    when asked), for (N, C, H, W) images in [-1, 1]: what validation and predict.py report."""
+    per_image = {name: values.tolist() for name, values in image_metrics(fake_B, real_B).items()}
+    means = {name: sum(values) / len(values) for name, values in per_image.items()}
+    if with_fid:
+        means.update(fid_kid(real_B, fake_B, device))
+    return per_image, means

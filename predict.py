@@ -41,10 +41,10 @@ from tqdm import tqdm
 from config import Config, ConfigError
 from dataset import DatasetError, list_images, read_image
 from generator import UNetGenerator, deployable, translate
-from metrics import MissingPackageError, fid_kid, image_metrics, inception_weights_path
+from metrics import MissingPackageError, evaluate, inception_weights_path
 from train import build_generator, make_dataset
 from utils import (CheckpointError, OutputError, atomic_write, autocast, check_state_dict, html_page,
-                   load_checkpoint, resolve_device, resolve_precision, save_image)
+                   load_checkpoint, resolve_device, resolve_precision, save_image, write_text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -137,10 +137,7 @@ def evaluate_split(G, cfg: Config, folder: Path, output: Path, device, amp, with
         fakes.append(fake_B)
         reals.append(real_B)
     fake_B, real_B = torch.stack(fakes), torch.stack(reals)  # (N, C, H, W)
-    per_image = {name: values.tolist() for name, values in image_metrics(fake_B, real_B).items()}
-    means = {name: sum(values) / len(values) for name, values in per_image.items()}
-    if with_fid:
-        means.update(fid_kid(real_B, fake_B, device))
+    per_image, means = evaluate(fake_B, real_B, with_fid, device)
     return {"split": str(folder), "images": len(names), "eval_mode": cfg.eval_mode, "mean": means,
             "per_image": [{"name": name, **{k: v[i] for k, v in per_image.items()}} for i, name in enumerate(names)]}
 
@@ -204,9 +201,8 @@ def run(args: argparse.Namespace) -> Path:
         raise DatasetError(f"{folder}: no such split folder (set --data_root)")
     report = {"checkpoint": str(args.checkpoint), "epoch": epoch,
               **evaluate_split(G, cfg, folder, output, device, amp, args.fid)}
-    atomic_write(output / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
-    page = gallery_page(report, f"{cfg.name}, epoch {epoch}: {args.split}")
-    atomic_write(output / "index.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    write_text(output / "metrics.json", json.dumps(report, indent=2) + "\n")
+    write_text(output / "index.html", gallery_page(report, f"{cfg.name}, epoch {epoch}: {args.split}"))
     print("  ".join(f"{k} {v:.4g}" for k, v in report["mean"].items() if isinstance(v, float)))
     return output
 

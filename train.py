@@ -43,11 +43,11 @@ from discriminator import PatchDiscriminator
 from distributed import (DistributedError, World, data_parallel, in_turns, mean_over_ranks, on_main,
                          process_group, unwrap, world_from_env)
 from generator import UNetGenerator, translate
-from metrics import MissingPackageError, fid_kid, image_metrics, inception_weights_path
-from utils import (CheckpointError, OutputError, atomic_write, autocast, check_state_dict, init_weights,
-                   load_checkpoint, plot_curves, resolve_device, resolve_precision, rng_state,
-                   save_checkpoint, save_sample_grid, seed_everything, set_requires_grad, set_rng_state,
-                   sync_batchnorm, write_csv, write_gallery)
+from metrics import MissingPackageError, evaluate, inception_weights_path
+from utils import (CheckpointError, OutputError, autocast, check_state_dict, init_weights, load_checkpoint,
+                   plot_curves, resolve_device, resolve_precision, rng_state, save_checkpoint,
+                   save_sample_grid, seed_everything, set_requires_grad, set_rng_state, sync_batchnorm,
+                   write_csv, write_gallery, write_text)
 
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
 VAL_NAMES = ("val_L1", "val_PSNR", "val_SSIM")  # history columns of the validation pass
@@ -356,11 +356,8 @@ def validate(state: dict, val_set: PairedDataset) -> dict[str, float]:
         fakes.append(generate(state, real_A))  # (C, H, W)
         reals.append(real_B)
     fake_B, real_B = torch.stack(fakes), torch.stack(reals)  # (N, C, H, W)
-    means = {f"val_{name}": values.mean().item() for name, values in image_metrics(fake_B, real_B).items()}
-    if state["cfg"].val_fid:
-        scores = fid_kid(real_B, fake_B, state["device"])
-        means.update(val_FID=scores["FID"], val_KID=scores["KID"])
-    return means
+    _, means = evaluate(fake_B, real_B, state["cfg"].val_fid, state["device"])
+    return {f"val_{name}": means[name] for name in ("L1", "PSNR", "SSIM", "FID", "KID") if name in means}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -586,9 +583,8 @@ def train(cfg: Config, world: World | None = None, device: torch.device | None =
     run_dirs = {"results": Path(cfg.results_dir) / cfg.name, "checkpoints": Path(cfg.checkpoint_dir) / cfg.name}
     start_epoch = resume_point(state, run_dirs)
     check_same_start(state, start_epoch)
-    on_main(world, state["device"], lambda: atomic_write(
-        run_dirs["results"] / "config.json",
-        lambda tmp: Path(tmp).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")))
+    on_main(world, state["device"], lambda: write_text(
+        run_dirs["results"] / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"))
     loader = make_loader(train_set, cfg, state["device"], world)
     if world.is_main:
         batch = f"batch {cfg.batch_size}"

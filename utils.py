@@ -332,6 +332,11 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
             os.remove(tmp)
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """Write a UTF-8 text file (JSON, HTML) atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def save_checkpoint(state: dict, path: str | Path) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
@@ -469,5 +474,4 @@ def write_gallery(epochs: Sequence[dict], loss_names: Sequence[str], metric_name
                     + "".join(_cell(row.get(c, "")) for c in columns) + "</tr></table>")
         if (folder / grid).is_file():
             body.append(f'<p><img src="{grid}" alt="epoch {row["epoch"]}: input | generated | target"></p>')
-    page = html_page(title, body)
-    atomic_write(folder / "index.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    write_text(folder / "index.html", html_page(title, body))
