@@ -79,12 +79,12 @@ def build(kind: str, data_root: str, device: str):
     if kind == "fast":
         train_set, _ = train.build_data(cfg)
         state = train.setup(cfg)
-        loader = train.make_loader(train_set, cfg, state["device"])
+        loader = train.make_loader(train_set, cfg, state.device)
         return state, loader
     utils.SMALL_MAP_PIXELS = 0  # stock oneDNN convolutions everywhere
     state = train.setup(dataclasses.replace(cfg, precision="fp32"))
     torch.set_flush_denormal(False)
-    state["opt_G"], state["opt_D"] = (torch.optim.Adam(state[n].parameters(), lr=cfg.lr,
+    state.opt_G, state.opt_D = (torch.optim.Adam(getattr(state, n).parameters(), lr=cfg.lr,
                                                        betas=(cfg.beta1, cfg.beta2)) for n in ("G", "D"))
     data = PILAlignedDataset(Path(data_root) / "train", cfg.direction, cfg.load_size, cfg.image_size)
     loader = torch.utils.data.DataLoader(data, batch_size=1, shuffle=True, num_workers=BASELINE_WORKERS,
@@ -100,7 +100,7 @@ def worker(kind: str, data_root: str, device: str, conn) -> None:
     warnings.filterwarnings("ignore", message=".*worker")  # 4 workers on 2 cores is the point
     state, loader = build(kind, data_root, device)
     batches = iter(loader)
-    sync = torch.cuda.synchronize if state["device"].type == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if state.device.type == "cuda" else (lambda: None)
     conn.send("ready")
     while (iters := conn.recv()) is not None:
         waited, started = 0.0, time.perf_counter()
@@ -111,15 +111,14 @@ def worker(kind: str, data_root: str, device: str, conn) -> None:
             except StopIteration:
                 batches = iter(loader)
                 real_A, real_B = next(batches)
-            real_A, real_B = real_A.to(state["device"]), real_B.to(state["device"])
+            real_A, real_B = real_A.to(state.device), real_B.to(state.device)
             waited += time.perf_counter() - t
-            losses = train.train_step(state["G"], state["D"], state["opt_G"], state["opt_D"], real_A,
-                                      real_B, 100.0, state["amp"], state["scaler"])
+            losses = train.train_step(state, real_A, real_B)
         losses.tolist()  # wait for the device
         sync()
         conn.send((time.perf_counter() - started, waited, iters))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    conn.send({"peak_rss_mb": round(peak_mb), "dtype": str(state["dtype"]).removeprefix("torch."),
+    conn.send({"peak_rss_mb": round(peak_mb), "dtype": str(state.dtype).removeprefix("torch."),
                "threads": torch.get_num_threads()})
 
 

@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
+import re
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Sequence
 
-from dataset import FACADES_COUNTS, LAYOUTS, PREPROCESS_MODES
-from generator import unet_depth
+# The allowed values of the fields that name a choice. dataset.py checks the same names where it
+# takes them as arguments (config.py imports nothing of the project; a test keeps them equal).
+LAYOUTS = ("aligned", "paired_folders")
+PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "none")
+NORMS = ("batch", "instance")
+MAX_NAME_BYTES = 200  # a run name is a folder name; room is left for the files' own names
+MAX_INT = 2**31 - 1  # integers go to C code (threads, sizes, counts) that takes a 32-bit int
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # The official archives of the pix2pix dataset family: one URL pattern, the set's name swapped in.
 PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{name}.tar.gz"
@@ -38,7 +46,7 @@ class DatasetInfo:
 # The file of every set is A|B; A and B as the official archives lay them out.
 DATASETS = {
     # A = photo, B = label map; the paper and the official scripts train labels -> photo.
-    "facades": DatasetInfo("BtoA", dict(FACADES_COUNTS)),  # 400, 100, 106 in train, val, test
+    "facades": DatasetInfo("BtoA", {"train": 400, "val": 100, "test": 106}),
     # A = street photo, B = label map. Not served any more for license reasons (the official
     # download script refuses it too); the count is the official one of the training set.
     "cityscapes": DatasetInfo("BtoA", {"train": 2975}, downloadable=False, note=(
@@ -59,67 +67,78 @@ DATASETS = {
 }
 
 
+def option(default, help: str, choices: Sequence[str] | None = None):
+    """A config field with its one-line description and, where the values are a fixed set, the
+    allowed values: the single source of ``--help`` and of the README's config table."""
+    return field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None})
+
+
 @dataclass
 class Config:
     # --- data ---
-    data_root: str = ""  # folder holding train/ val/ test/ ("" = data/<dataset>); downloaded if missing
-    download_url: str = ""  # where a missing set is fetched from ("" = the official archive of <dataset>)
-    download_sha256: str = ""  # if set, the archive's SHA-256 must match
-    direction: str = ""  # "" = the dataset's official one; facades: BtoA = labels -> photo
-    load_size: int = 286  # both halves are resized to this square size (scale_width: this width) ...
-    image_size: int = 256  # ... then randomly cropped to this size (evaluation: resized to it)
-    flip: bool = True  # random horizontal flip, the same for both halves of a pair
-    max_images: int = 0  # use only the first N images of each split (0 = all); for quick tries
+    data_root: str = option("", "folder holding train/ val/ test/ (\"\" = data/<dataset>); downloaded if missing")
+    download_url: str = option("", "where a missing set is fetched from (\"\" = the official archive of <dataset>)")
+    download_sha256: str = option("", "if set, the downloaded archive's SHA-256 must match")
+    direction: str = option("", "which side is the input: \"\" = the dataset's official one (facades: BtoA, "
+                            "labels -> photo)", ("", "AtoB", "BtoA"))
+    load_size: int = option(286, "both halves are resized to this square size (scale_width: this width) ...")
+    image_size: int = option(256, "... then randomly cropped to this size; a multiple of 32 (evaluation: "
+                             "resized to it)")
+    flip: bool = option(True, "random horizontal flip, the same for both halves of a pair")
+    max_images: int = option(0, "use only the first N images of each split (0 = all); for quick tries")
 
     # --- networks ---
-    ngf: int = 64  # generator filters in the first layer
-    ndf: int = 64  # discriminator filters in the first layer
-    n_layers_D: int = 3  # PatchGAN depth: 3 gives the 70x70 receptive field
-    norm: str = "batch"  # "batch" (paper) or "instance"
-    dropout: float = 0.5  # dropout in the inner decoder blocks of the U-Net (the paper's noise z)
-    init_gain: float = 0.02  # weights start as N(0, init_gain)
+    ngf: int = option(64, "generator filters in the first layer")
+    ndf: int = option(64, "discriminator filters in the first layer")
+    n_layers_D: int = option(3, "PatchGAN depth: 3 gives the 70x70 receptive field")
+    norm: str = option("batch", "normalisation layers: batch (the paper) or instance", NORMS)
+    dropout: float = option(0.5, "dropout in the inner decoder blocks of the U-Net (the paper's noise z)")
+    init_gain: float = option(0.02, "weights start as N(0, init_gain)")
 
     # --- optimisation ---
-    batch_size: int = 1
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    lambda_l1: float = 100.0  # weight of the L1 term: loss_G = GAN + lambda_l1 * L1
-    epochs: int = 200  # epochs in all ...
-    lr_decay_epochs: int = 100  # ... of which the last ones decay the lr linearly towards 0
+    batch_size: int = option(1, "pairs per iteration (the paper: 1)")
+    lr: float = option(2e-4, "Adam learning rate of both networks")
+    beta1: float = option(0.5, "Adam beta1")
+    beta2: float = option(0.999, "Adam beta2")
+    lambda_l1: float = option(100.0, "weight of the L1 term: loss_G = GAN + lambda_l1 * L1")
+    epochs: int = option(200, "epochs in all ...")
+    lr_decay_epochs: int = option(100, "... of which the last ones decay the lr linearly towards 0")
 
     # --- evaluation ---
-    # False (paper, official code): batch statistics and dropout also when generating, in sample
-    # grids, validation and predict.py; True: running averages and no dropout (deterministic).
-    eval_mode: bool = False
-    num_samples: int = 4  # validation images shown in each epoch's sample grid
-    val_every: int = 1  # L1 / PSNR / SSIM on the whole val split every N epochs (0 = never)
-    val_fid: bool = False  # validation also computes FID and KID (needs requirements-eval.txt)
+    eval_mode: bool = option(False, "false (the paper): batch statistics and dropout also when generating; "
+                             "true: running averages, no dropout")
+    num_samples: int = option(4, "validation images shown in each epoch's sample grid")
+    val_every: int = option(1, "L1 / PSNR / SSIM on the whole val split every N epochs (0 = never)")
+    val_fid: bool = option(False, "validation also computes FID and KID (needs requirements-eval.txt)")
 
     # --- run ---
-    name: str = ""  # run name ("" = the dataset's): outputs go to checkpoints/<name>/ and results/<name>/
-    checkpoint_dir: str = "checkpoints"
-    results_dir: str = "results"
-    save_every: int = 5  # also keep checkpoints/<name>/epoch_NNN.pt every N epochs (0 = never)
-    log_every: int = 10  # progress bar and per-iteration loss curve every N iterations
-    resume: bool = True  # continue checkpoints/<name>/latest.pt if it exists; false starts over
-    resume_from: str = ""  # continue from this checkpoint file instead
-    checkpoint_every: int = 0  # also write latest.pt every N iterations, mid-epoch (0 = per epoch only)
-    seed: int = 0
-    device: str = "auto"  # "auto" (cuda if present, else cpu), "cpu", "cuda", "cuda:1", ...
-    precision: str = "auto"  # "auto", "fp32", "bf16" or "fp16" (fp16 on CUDA only)
-    threads: int = 0  # CPU threads for torch (0 = one per physical core)
+    name: str = option("", "run name (\"\" = the dataset's): outputs go to checkpoints/<name>/ and results/<name>/")
+    checkpoint_dir: str = option("checkpoints", "folder of the runs' checkpoint folders")
+    results_dir: str = option("results", "folder of the runs' result folders")
+    save_every: int = option(10, "also keep the snapshot epoch_NNN.pt every N epochs (0 = never)")
+    log_every: int = option(10, "progress and per-iteration loss curve every N iterations")
+    resume: bool = option(True, "continue checkpoints/<name>/latest.pt if it exists; false moves the old run "
+                          "aside and starts over")
+    resume_from: str = option("", "continue from this checkpoint file instead")
+    checkpoint_every: int = option(0, "also write latest.pt every N iterations, mid-epoch (0 = per epoch only)")
+    seed: int = option(0, "seeds python, numpy and torch; the data order and augmentation derive from it")
+    device: str = option("auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N")
+    precision: str = option("auto", "auto = bf16 on GPUs and on CPUs with native bf16, else fp32; fp16 on "
+                            "CUDA only", PRECISIONS)
+    threads: int = option(0, "CPU threads for torch (0 = one per core)")
 
     # --- datasets, layouts, sizes and channels ---
-    dataset: str = "facades"  # a set of the pix2pix family (downloaded by name) or "custom"; see DATASETS
-    data_layout: str = "aligned"  # "aligned": A|B in one file; "paired_folders": <split>/A/ and <split>/B/
-    preprocess: str = "resize_and_crop"  # resize_and_crop, crop, scale_width or none (README: Your own data)
-    input_nc: int = 3  # channels of the generator's input real_A: 1 (grayscale) or 3 (RGB)
-    output_nc: int = 3  # channels of its output fake_B and of the target real_B: 1 or 3
-    num_downs: int = 0  # U-Net down-sampling levels (0 = derived: halvings of image_size, at most 8)
+    dataset: str = option("facades", "a set of the pix2pix family (downloaded by name) or custom", tuple(DATASETS))
+    data_layout: str = option("aligned", "aligned: A|B in one file; paired_folders: <split>/A/ and <split>/B/",
+                              LAYOUTS)
+    preprocess: str = option("resize_and_crop", "how images become training crops (README: Your own data)",
+                             PREPROCESS_MODES)
+    input_nc: int = option(3, "channels of the generator's input real_A: 1 (grayscale) or 3 (RGB)")
+    output_nc: int = option(3, "channels of its output fake_B and of the target real_B: 1 or 3")
+    num_downs: int = option(0, "U-Net down-sampling levels (0 = halvings of image_size, at most 8)")
 
-    # --- distributed (only under torchrun; see README "Training on several GPUs or machines") ---
-    sync_bn: bool = True  # with several processes, BatchNorm uses the statistics of the global batch
+    # --- several processes (only under torchrun) ---
+    sync_bn: bool = option(True, "with several processes, BatchNorm uses the statistics of the global batch")
 
     def __post_init__(self) -> None:
         """Fill the fields left empty from the dataset: data/<dataset>, its official archive, its
@@ -173,6 +192,15 @@ def is_valid_unet_size(image_size: int) -> bool:
     return image_size >= 32 and image_size % 32 == 0
 
 
+def unet_depth(image_size: int, max_depth: int = 8) -> int:
+    """Number of down-sampling levels for `image_size`: halve while even, at most `max_depth` times."""
+    depth = 0
+    while image_size % 2 == 0 and depth < max_depth:
+        image_size //= 2
+        depth += 1
+    return depth
+
+
 def generator_depth(cfg: Config) -> int:
     """The U-Net's down-sampling levels: num_downs, or as many halvings as image_size allows (<= 8)."""
     return cfg.num_downs or unet_depth(cfg.image_size)
@@ -187,9 +215,6 @@ def _data_checks(cfg: Config) -> list[tuple[str, bool, str]]:
     """The rules of the dataset, layout, size and channel fields; impossible combinations included."""
     depth_ok = cfg.num_downs == 0 or cfg.num_downs >= 5
     return [
-        ("dataset", cfg.dataset in DATASETS, f"must be one of {', '.join(DATASETS)}"),
-        ("data_layout", cfg.data_layout in LAYOUTS, f"must be {' or '.join(LAYOUTS)}"),
-        ("preprocess", cfg.preprocess in PREPROCESS_MODES, f"must be one of {', '.join(PREPROCESS_MODES)}"),
         ("input_nc", cfg.input_nc in (1, 3), "must be 1 (grayscale) or 3 (RGB)"),
         ("output_nc", cfg.output_nc in (1, 3), "must be 1 (grayscale) or 3 (RGB)"),
         ("num_downs", depth_ok, "must be 0 (derived from image_size) or >= 5 (the U-Net's shortest form)"),
@@ -199,12 +224,36 @@ def _data_checks(cfg: Config) -> list[tuple[str, bool, str]]:
     ]
 
 
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a run's folder name, or None when it can (train.py and predict.py both
+    check the names they put in paths, also those read from a checkpoint)."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        return "must be a plain folder name (no /, \\, . or ..)"
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        return f"must be at most {MAX_NAME_BYTES} bytes (file systems allow 255 per name)"
+    return None
+
+
+def _range_checks(cfg: Config) -> list[tuple[str, bool, str]]:
+    """Fixed sets of values, and integers that the libraries can take (a C int)."""
+    checks = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("choices") and not (f.name == "direction" and value == ""):
+            checks.append((f.name, value in f.metadata["choices"],
+                           f"must be one of {', '.join(c for c in f.metadata['choices'] if c)}"))
+        if f.type == "int":
+            checks.append((f.name, abs(value) <= MAX_INT, f"must be at most {MAX_INT}"))
+    return checks
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first field whose value cannot work."""
     resizes = cfg.preprocess in ("resize_and_crop", "scale_width")  # only these use load_size
-    checks = _data_checks(cfg) + [
+    checks = _range_checks(cfg) + _data_checks(cfg) + [
         ("data_root", bool(cfg.data_root), "must name a folder"),
         ("direction", cfg.direction in ("AtoB", "BtoA"), "must be AtoB or BtoA"),
+        ("seed", 0 <= cfg.seed < 2**32, "must be in [0, 2^32) (numpy's seed range)"),
         ("image_size", is_valid_unet_size(cfg.image_size),
          "must be a multiple of 32 (the U-Net halves it at least 5 times)"),
         ("load_size", not resizes or cfg.load_size >= cfg.image_size,
@@ -214,7 +263,6 @@ def validate(cfg: Config) -> None:
         ("ndf", cfg.ndf > 0, "must be > 0"),
         ("n_layers_D", 1 <= cfg.n_layers_D <= int(math.log2(max(cfg.image_size, 1))) - 2,
          "must be between 1 and log2(image_size) - 2"),
-        ("norm", cfg.norm in ("batch", "instance"), "must be batch or instance"),
         ("dropout", 0.0 <= cfg.dropout < 1.0, "must be in [0, 1)"),
         ("init_gain", cfg.init_gain > 0, "must be > 0"),
         ("batch_size", cfg.batch_size >= 1, "must be >= 1"),
@@ -226,14 +274,12 @@ def validate(cfg: Config) -> None:
         ("lr_decay_epochs", cfg.lr_decay_epochs >= 0, "must be >= 0"),
         ("num_samples", cfg.num_samples >= 1, "must be >= 1"),
         ("val_every", cfg.val_every >= 0, "must be >= 0"),
-        ("name", bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."),
-         "must be a plain folder name"),
+        ("name", name_problem(cfg.name) is None, name_problem(cfg.name) or ""),
         ("save_every", cfg.save_every >= 0, "must be >= 0"),
         ("log_every", cfg.log_every >= 1, "must be >= 1"),
         ("checkpoint_every", cfg.checkpoint_every >= 0, "must be >= 0"),
-        ("device", cfg.device in ("auto", "cpu") or cfg.device.startswith("cuda"),
-         "must be auto, cpu or cuda[:N]"),
-        ("precision", cfg.precision in ("auto", "fp32", "bf16", "fp16"), "must be auto, fp32, bf16 or fp16"),
+        ("device", re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", cfg.device) is not None,
+         "must be auto, cpu, cuda or cuda:N"),
         ("threads", cfg.threads >= 0, "must be >= 0"),
     ]
     for name, ok, rule in checks:
@@ -241,17 +287,45 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"--{name}: {rule}, got {getattr(cfg, name)!r}")
 
 
+def _help(f: dataclasses.Field, default) -> str:
+    """One line of --help: the field's description, its allowed values and its default."""
+    choices = f.metadata.get("choices")
+    allowed = f" One of: {', '.join(c for c in choices if c)}." if choices else ""
+    return f"{f.metadata.get('help', '')}.{allowed} Default: {default!r}".replace("%", "%%")
+
+
+def _from_file(path: str) -> dict[str, object]:
+    """Fields from a JSON file: a plain {field: value} object, or a run's results/<name>/config.json
+    (its "config" section). Values keep their JSON types and are checked like the rest."""
+    try:
+        data = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"--config {path}: cannot read a JSON object ({err})") from None
+    data = data.get("config", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object of config fields")
+    by_name = {f.name: f for f in fields(Config)}
+    unknown = sorted(set(data) - set(by_name))
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown field {unknown[0]!r}")
+    # Through the same conversion as the command line, so a wrong type fails the same way.
+    return {k: _convert(by_name[k], json.dumps(v) if not isinstance(v, str) else v) for k, v in data.items()}
+
+
 def parse_args(argv: Sequence[str] | None = None, description: str | None = None) -> Config:
-    """Build a Config from defaults overridden by ``--field value`` pairs, then validate it.
+    """Build a Config from defaults, then --config FILE's fields, then ``--field value`` pairs,
+    then validate it.
 
     Raises ConfigError (one line, naming the field) for an unknown field, a value that is not of
     the field's type, or a value that cannot work. Scripts turn it into exit status 2.
     """
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False, exit_on_error=False)
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False, exit_on_error=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE.json", help="start from the fields of this JSON file "
+                        "(e.g. results/<name>/config.json); options given here still override them")
     defaults = Config()
-    for field in fields(Config):
-        parser.add_argument(f"--{field.name}", default=None, metavar=field.type.upper(),
-                            help=f"default: {getattr(defaults, field.name)!r}")
+    for f in fields(Config):
+        parser.add_argument(f"--{f.name}", default=None, metavar=f.type.upper(), help=_help(f, getattr(defaults, f.name)))
     # argparse would print its usage and exit on a bad option; we want our own one-line error.
     try:
         known, unknown = parser.parse_known_args(argv)
@@ -260,10 +334,11 @@ def parse_args(argv: Sequence[str] | None = None, description: str | None = None
     if unknown:
         option = next((u for u in unknown if u.startswith("-")), unknown[0])
         raise ConfigError(f"{option}: unknown setting (see --help for the fields of config.py)")
-    overrides = {f.name: _convert(f, getattr(known, f.name)) for f in fields(Config)
-                 if getattr(known, f.name) is not None}
+    values = _from_file(known.config) if known.config else {}
+    values.update({f.name: _convert(f, getattr(known, f.name)) for f in fields(Config)
+                   if getattr(known, f.name) is not None})
     # A new Config, not a replace of the defaults: fields left empty follow the chosen dataset.
-    cfg = Config(**overrides)
+    cfg = Config(**values)
     validate(cfg)
     return cfg
 

@@ -203,6 +203,15 @@ class PairedDataset(Dataset):
             found.setdefault(tuple(image.shape[-2:]), name)
         return found
 
+    def check_batchable(self, batch_size: int) -> None:
+        """Batches stack their items, so batch_size > 1 needs training items of one size."""
+        sizes = self.sizes() if self.preprocess == "none" else {}
+        if batch_size > 1 and len(sizes) > 1:
+            (h1, w1), (h2, w2) = list(sizes)[:2]
+            raise DatasetError(f"--batch_size {batch_size} with --preprocess none needs training images of one "
+                               f"size, but {sizes[(h1, w1)]} is {w1}x{h1} and {sizes[(h2, w2)]} is {w2}x{h2}; "
+                               f"use --batch_size 1 or --preprocess crop")
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         real_A, real_B = self.real_A[index], self.real_B[index]  # uint8 (C, H, W)
         if self.train:
@@ -301,6 +310,14 @@ class PairedFoldersDataset(PairedDataset):
             raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in A/ and B/")
         channels = side_channels(direction, input_nc, output_nc)
         self._fill([str(a) for a, _ in pairs], lambda i: read_two(*pairs[i], channels))
+
+
+def open_split(folder: str | Path, layout: str, **kwargs) -> PairedDataset:
+    """The pairs of one split folder in `layout` ("aligned" or "paired_folders"); kwargs as
+    AlignedDataset takes them."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    return (PairedFoldersDataset if layout == "paired_folders" else AlignedDataset)(folder, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from utils import norm_layer
+from layers import norm_layer
 
 
 class PatchDiscriminator(nn.Module):

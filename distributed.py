@@ -5,6 +5,9 @@ RANK, LOCAL_RANK and WORLD_SIZE. This module turns those into a `World`, joins t
 (nccl between GPUs, gloo between CPU processes) and offers the few agreements the training loop
 needs: run something in rank 0 alone while the others wait (`on_main`), or in turns
 (`in_turns`, for downloads), average a tensor over the processes, and wrap a network in DDP.
+It also holds what several processes change in the networks: BatchNorm whose statistics span
+every process's batch (`sync_batchnorm`), and the switch back to local statistics for work that
+rank 0 does alone (`local_norm_stats`).
 A plain `python train.py` is a World of one process, for which every function here is a no-op.
 """
 
@@ -12,16 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
+import itertools
 import os
+import types
 from typing import Callable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-
-from config import ConfigError
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +63,10 @@ def rank_device(name: str, world: World) -> torch.device:
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if name not in ("auto", "cuda"):
-        raise ConfigError(f"--device {name}: under torchrun every process takes the GPU of its LOCAL_RANK; "
+        raise DistributedError(f"--device {name}: under torchrun every process takes the GPU of its LOCAL_RANK; "
                           f"use --device cuda, auto or cpu")
     if not torch.cuda.is_available():
-        raise ConfigError("--device cuda: CUDA is not available on this machine, so the processes cannot "
+        raise DistributedError("--device cuda: CUDA is not available on this machine, so the processes cannot "
                           "form an nccl group; use --device cpu (gloo)")
     if world.local_rank >= torch.cuda.device_count():
         raise DistributedError(f"LOCAL_RANK {world.local_rank}, but this machine has {torch.cuda.device_count()} "
@@ -172,3 +175,136 @@ def data_parallel(net: nn.Module, device: torch.device) -> DistributedDataParall
     """
     return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                    forward_sync_buffers=False)
+
+
+def any_rank(world: World, device: torch.device | None, flag: bool) -> bool:
+    """True when `flag` holds in at least one process (a collective: every process must call it)."""
+    return not all_agree(world, device, not flag)
+
+
+def check_same_start(world: World, device: torch.device | None, epoch: int, iteration: int) -> None:
+    """Every process must continue from the same point, or their collectives would not line up."""
+    if world.size == 1:
+        return
+    low = torch.tensor([epoch, iteration], dtype=torch.float64, device=device)
+    high = low.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if not torch.equal(low, high):
+        raise DistributedError(f"rank {world.rank} would start at epoch {epoch + 1}, iteration {iteration}, "
+                               f"but another process elsewhere: checkpoint_dir must be one folder that "
+                               f"every machine sees")
+
+
+def gather_objects(world: World, obj: object) -> list:
+    """Every process's `obj` (tensors and plain data), in rank order (a collective)."""
+    # As torch.save bytes: all_gather_object's own pickling of tensors fails to load in torch 2.14.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    blobs: list = [None] * world.size
+    dist.all_gather_object(blobs, buffer.getvalue())
+    return [torch.load(io.BytesIO(blob), weights_only=True) for blob in blobs]
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm across processes
+# ---------------------------------------------------------------------------------------------
+
+class _SumOverRanks(torch.autograd.Function):
+    """Sum a tensor over all processes of the group.
+
+    Every process's loss depends on the sum (through the shared batch statistics), so the gradient
+    of the sum on each process is the sum of every process's gradient with respect to it.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the batches of all processes together.
+
+    torch.nn.SyncBatchNorm runs only on GPUs (its kernels are CUDA ones), so CPU processes (gloo)
+    use this one: two small all-reduces per layer (sum and count, then squared deviations from the
+    global mean: the two-pass variance, which does not cancel like E[x^2] - E[x]^2). Outside
+    training, or in a single process, it is plain BatchNorm2d; its state_dict is the same.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        xf = x.float()  # statistics in fp32, also under autocast
+        dims = (0, 2, 3)  # per channel, over the batch and the pixels
+        count = torch.tensor([xf.numel() // xf.shape[1]], dtype=xf.dtype, device=xf.device)
+        sums = _SumOverRanks.apply(torch.cat([xf.sum(dims), count]))  # (C + 1,)
+        n = sums[-1]
+        if n.item() <= 1:  # the same n in every process, so all raise together
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
+        mean = (sums[:-1] / n)[None, :, None, None]  # (1, C, 1, 1)
+        centred = xf - mean
+        var = (_SumOverRanks.apply(centred.square().sum(dims)) / n)[None, :, None, None]  # biased, as BN
+        out = centred * torch.rsqrt(var + self.eps)
+        if self.affine:
+            out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        if self.track_running_stats:
+            self._update_running_stats(mean.flatten().detach(), var.flatten().detach(), n.detach())
+        return out.to(x.dtype)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: torch.Tensor) -> None:
+        """As BatchNorm2d does: exponential (or cumulative) averages, with the unbiased variance."""
+        self.num_batches_tracked += 1
+        factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        self.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+        self.running_var.mul_(1 - factor).add_(var * n / (n - 1), alpha=factor)
+
+
+def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Turn every BatchNorm2d of `module` into a synchronised one that keeps its parameters and buffers.
+
+    torch's SyncBatchNorm (fused CUDA kernels) on GPUs, SyncBatchNorm2d elsewhere. The parameters stay the same objects, and the state_dict keys stay the same, so
+    checkpoints load either way.
+    """
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            synced = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                     child.track_running_stats)
+            for key, tensor in itertools.chain(child.named_parameters(recurse=False),
+                                               child.named_buffers(recurse=False)):
+                setattr(synced, key, tensor)
+            synced.train(child.training)
+            setattr(module, name, synced)
+        else:
+            sync_batchnorm(child, device)
+    return module
+
+
+@contextlib.contextmanager
+def local_norm_stats(module: nn.Module) -> Iterator[None]:
+    """Let synchronised BatchNorm layers normalise with this process's batch alone, like BatchNorm2d.
+
+    In train mode a synchronised layer waits in a collective until every process runs the same
+    layer, so generating samples or metrics in rank 0 alone would hang there (or meet another
+    collective of the others and fail). Nothing is lost by normalising locally: had every process
+    run the same inputs through the synchronised layer, the statistics over those identical
+    batches would be exactly rank 0's own, as in a single process.
+    """
+    synced = [m for m in module.modules() if isinstance(m, (nn.SyncBatchNorm, SyncBatchNorm2d))]
+    for m in synced:
+        m.forward = types.MethodType(nn.modules.batchnorm._BatchNorm.forward, m)  # shadows the class's
+    try:
+        yield
+    finally:
+        for m in synced:
+            del m.forward

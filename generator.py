@@ -8,7 +8,7 @@ connections that carry the fine detail of the label map through to the photo). D
 three inner decoder blocks is the only noise the model gets, as in the paper. The last layer maps
 to the output channels through Tanh, so images are in [-1, 1].
 
-The depth follows the image size: 256 px takes 8 halvings down to 1x1, 128 px takes 7, and so on.
+The depth is a constructor argument (num_downs): 256 px takes 8 halvings down to 1x1, 128 px 7.
 The layer order and bias choices follow the authors' PyTorch code, so their recipe is reproduced.
 """
 
@@ -20,16 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils import Conv2d, ConvTranspose2d, frozen_norm_stats, local_norm_stats, norm_layer
-
-
-def unet_depth(image_size: int, max_depth: int = 8) -> int:
-    """Number of down-sampling levels for `image_size`: halve while even, at most `max_depth` times."""
-    depth = 0
-    while image_size % 2 == 0 and depth < max_depth:
-        image_size //= 2
-        depth += 1
-    return depth
+from layers import Conv2d, ConvTranspose2d, frozen_norm_stats, norm_layer
 
 
 class UNetGenerator(nn.Module):
@@ -81,7 +72,6 @@ class UNetGenerator(nn.Module):
         return self.final(x)  # (N, out_channels, H, W)
 
 
-
 @torch.no_grad()
 def translate(G: UNetGenerator, real_A: torch.Tensor, eval_mode: bool, seed: int,
               amp: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
@@ -100,9 +90,7 @@ def translate(G: UNetGenerator, real_A: torch.Tensor, eval_mode: bool, seed: int
     was_training = G.training
     G.train(not eval_mode)
     devices = [real_A.device] if real_A.device.type == "cuda" else []
-    # local_norm_stats: under torchrun, rank 0 generates alone, without synchronised BatchNorm.
-    with (torch.random.fork_rng(devices=devices), frozen_norm_stats(G), local_norm_stats(G),
-          amp or contextlib.nullcontext()):
+    with torch.random.fork_rng(devices=devices), frozen_norm_stats(G), amp or contextlib.nullcontext():
         torch.manual_seed(seed)
         fake_B = G(padded).float()  # (N, out_channels, H + pad_h, W + pad_w)
     G.train(was_training)

@@ -22,6 +22,7 @@ import importlib.util
 import math
 import warnings
 from pathlib import Path
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -175,23 +176,33 @@ def kid(real_feats: torch.Tensor, fake_feats: torch.Tensor, subsets: int = 100,
     return mean, std
 
 
-def fid_kid(real_B: torch.Tensor, fake_B: torch.Tensor, device: torch.device | str = "cpu") -> dict[str, float]:
-    """FID, KID (mean and std) and the image count, for (N, C, H, W) images in [-1, 1]."""
-    if len(real_B) < 2 or len(fake_B) < 2:
+def fid_kid_of_features(real_feats: torch.Tensor, fake_feats: torch.Tensor) -> dict[str, float]:
+    """FID, KID (mean and std) and the image count, from (N, 2048) Inception features."""
+    if len(real_feats) < 2 or len(fake_feats) < 2:
         raise ValueError("FID and KID need at least 2 images on each side")
-    features = InceptionFeatures(device)
-    real_feats, fake_feats = features(real_B), features(fake_B)
     kid_mean, kid_std = kid(real_feats, fake_feats)
     return {"FID": fid(real_feats, fake_feats), "KID": kid_mean, "KID_std": kid_std,
-            "FID_images": len(fake_B), "KID_subset_size": kid_subset_size(min(len(real_B), len(fake_B)))}
+            "FID_images": len(fake_feats), "KID_subset_size": kid_subset_size(min(len(real_feats), len(fake_feats)))}
 
 
-def evaluate(fake_B: torch.Tensor, real_B: torch.Tensor, with_fid: bool = False,
-             device: torch.device | str = "cpu") -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Per-image L1, PSNR and SSIM lists, and their means (plus FID, KID and their image counts
-    when asked), for (N, C, H, W) images in [-1, 1]: what validation and predict.py report."""
-    per_image = {name: values.tolist() for name, values in image_metrics(fake_B, real_B).items()}
+def evaluate_pairs(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], with_fid: bool = False,
+                   device: torch.device | str = "cpu") -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Per-image L1, PSNR and SSIM lists and their means (plus FID and KID with their image counts
+    when asked), for (fake_B, real_B) pairs of (C, H, W) images in [-1, 1]: what validation and
+    predict.py report. Each pair is scored as it comes, so images may differ in size and the
+    generated images need not all be kept."""
+    features = InceptionFeatures(device) if with_fid else None
+    per_image: dict[str, list[float]] = {"L1": [], "PSNR": [], "SSIM": []}
+    real_feats, fake_feats = [], []
+    for fake_B, real_B in pairs:
+        for name, value in image_metrics(fake_B[None], real_B[None]).items():
+            per_image[name].append(float(value))
+        if features is not None:
+            real_feats.append(features(real_B[None]))
+            fake_feats.append(features(fake_B[None]))
+    if not per_image["L1"]:
+        raise ValueError("no images to evaluate")
     means = {name: sum(values) / len(values) for name, values in per_image.items()}
-    if with_fid:
-        means.update(fid_kid(real_B, fake_B, device))
+    if features is not None:
+        means.update(fid_kid_of_features(torch.cat(real_feats), torch.cat(fake_feats)))
     return per_image, means

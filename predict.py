@@ -27,24 +27,31 @@ The generator is rebuilt from the checkpoint alone. Batch-norm mode and dropout 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import html
 import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import quote
 
 import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from config import Config, ConfigError
-from dataset import DatasetError, list_images, read_image
+from checkpoint import CheckpointError, load_generator
+from config import ConfigError, name_problem
+from dataset import DatasetError, list_images, open_split, read_image
 from generator import UNetGenerator, deployable, translate
-from metrics import MissingPackageError, evaluate, inception_weights_path
-from train import build_generator, make_dataset
-from utils import (CheckpointError, OutputError, atomic_write, autocast, check_state_dict, html_page,
-                   load_checkpoint, resolve_device, resolve_precision, save_image, write_text)
+from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
+from report import html_page, save_image
+from utils import OutputError, atomic_write, autocast, exit_on_errors, resolve_device, resolve_precision, write_text
+
+# What predict.py needs of the run's config, with the defaults of checkpoints older than a field.
+RUN_DEFAULTS = {"name": "run", "results_dir": "results", "data_root": "", "data_layout": "aligned",
+                "direction": "BtoA", "load_size": 286, "image_size": 256, "preprocess": "resize_and_crop",
+                "input_nc": 3, "output_nc": 3, "eval_mode": False, "seed": 0}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,16 +78,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_generator(path: Path, device: torch.device) -> tuple[UNetGenerator, Config, int]:
-    """The generator of a checkpoint, its run's config and the epochs it was trained for."""
-    checkpoint = load_checkpoint(path, device)
-    known = {f.name for f in dataclasses.fields(Config)}
-    # Fields that later versions dropped are ignored; fields they added keep their defaults.
-    cfg = Config(**{k: v for k, v in checkpoint.get("config", {}).items() if k in known})
-    G = build_generator(cfg).to(device)
-    check_state_dict(G, checkpoint["generator"], "generator", path)
-    G.load_state_dict(checkpoint["generator"])
-    return G, cfg, int(checkpoint.get("epoch", 0))
+def load_run(path: Path, device: torch.device) -> tuple[UNetGenerator, SimpleNamespace, int]:
+    """The generator of a checkpoint, the run settings predict.py uses, and its epochs trained.
+
+    The names that become paths are checked as train.py checks them, so that a crafted
+    checkpoint cannot make the default output folder point elsewhere.
+    """
+    G, checkpoint = load_generator(path, device)
+    saved = checkpoint.get("config", {})
+    settings = SimpleNamespace(**{key: saved.get(key, default) for key, default in RUN_DEFAULTS.items()})
+    problem = name_problem(settings.name) if isinstance(settings.name, str) else "must be a string"
+    if problem or not isinstance(settings.results_dir, str):
+        raise CheckpointError(f"{path}: its run name {settings.name!r} {problem or 'is not usable'}; give --output")
+    return G, settings, int(checkpoint.get("epoch", 0))
 
 
 def collect_inputs(inputs: list[Path]) -> list[Path]:
@@ -103,42 +113,42 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def translate_file(G: UNetGenerator, cfg: Config, path: Path, device: torch.device, amp,
-                   resize: bool) -> torch.Tensor:
-    """fake_B (C, H, W) in [-1, 1] for one input image file, at the file's size."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
-
-    real_A = read_image(path, cfg.input_nc)  # (C, H, W) uint8
+def translate_image(G: UNetGenerator, settings: SimpleNamespace, real_A: torch.Tensor, device: torch.device, amp,
+                    resize: bool, seed: int | None = None) -> torch.Tensor:
+    """fake_B (C, H, W) in [-1, 1] for one uint8 (C, H, W) input image, at the image's size:
+    padded to the generator's multiple (or, with resize, resized to image_size and back)."""
     size = list(real_A.shape[-2:])
     if resize:
-        real_A = TF.resize(real_A, [cfg.image_size] * 2, interpolation=InterpolationMode.BICUBIC, antialias=True)
+        real_A = TF.resize(real_A, [settings.image_size] * 2, interpolation=InterpolationMode.BICUBIC, antialias=True)
     real_A = real_A.float().div(127.5).sub(1.0)[None].to(device)  # (1, C, H', W') in [-1, 1]
-    fake_B = translate(G, real_A, cfg.eval_mode, cfg.seed, amp)[0].cpu()
+    fake_B = translate(G, real_A, settings.eval_mode, settings.seed if seed is None else seed, amp)[0].cpu()
     if resize:
         fake_B = TF.resize(fake_B, size, interpolation=InterpolationMode.BICUBIC, antialias=True).clamp(-1, 1)
     return fake_B
 
 
-def predict_files(G, cfg: Config, files: list[Path], output: Path, device, amp, resize: bool) -> None:
+def predict_files(G, settings: SimpleNamespace, files: list[Path], output: Path, device, amp, resize: bool) -> None:
     for path in tqdm(files, desc="translating", dynamic_ncols=True):
-        save_image(translate_file(G, cfg, path, device, amp, resize), output / f"{path.stem}.png")
+        real_A = read_image(path, settings.input_nc)  # (C, H, W) uint8
+        save_image(translate_image(G, settings, real_A, device, amp, resize), output / f"{path.stem}.png")
 
 
-def evaluate_split(G, cfg: Config, folder: Path, output: Path, device, amp, with_fid: bool) -> dict:
-    """Translate a paired split, write the images, and return the metrics.json content."""
-    data = make_dataset(cfg, folder, train=False)  # the run's layout, preprocessing and channels
-    fakes, reals, names = [], [], [path.stem for path in data.files]
-    for index in tqdm(range(len(data)), desc=f"translating {folder.name}", dynamic_ncols=True):
-        real_A, real_B = data[index]
-        fake_B = translate(G, real_A[None].to(device), cfg.eval_mode, cfg.seed, amp)[0].cpu()
-        for image, where in ((fake_B, output), (real_A, output / "real_A"), (real_B, output / "real_B")):
-            save_image(image, where / f"{names[index]}.png")
-        fakes.append(fake_B)
-        reals.append(real_B)
-    fake_B, real_B = torch.stack(fakes), torch.stack(reals)  # (N, C, H, W)
-    per_image, means = evaluate(fake_B, real_B, with_fid, device)
-    return {"split": str(folder), "images": len(names), "eval_mode": cfg.eval_mode, "mean": means,
+def evaluate_split(G, settings: SimpleNamespace, folder: Path, output: Path, device, amp, with_fid: bool) -> dict:
+    """Translate a paired split as validation does, write the images, and return metrics.json's content."""
+    data = open_split(folder, settings.data_layout, direction=settings.direction, load_size=settings.load_size,
+                      image_size=settings.image_size, train=False, preprocess=settings.preprocess, input_nc=settings.input_nc,
+                      output_nc=settings.output_nc, multiple=G.size_multiple)
+    names = [path.stem for path in data.files]
+
+    def pairs():
+        for index in tqdm(range(len(data)), desc=f"translating {folder.name}", dynamic_ncols=True):
+            real_A, real_B = data[index]
+            fake_B = translate(G, real_A[None].to(device), settings.eval_mode, settings.seed, amp)[0].cpu()
+            for image, where in ((fake_B, output), (real_A, output / "real_A"), (real_B, output / "real_B")):
+                save_image(image, where / f"{names[index]}.png")
+            yield fake_B, real_B
+    per_image, means = evaluate_pairs(pairs(), with_fid, device)
+    return {"split": str(folder), "images": len(names), "eval_mode": settings.eval_mode, "mean": means,
             "per_image": [{"name": name, **{k: v[i] for k, v in per_image.items()}} for i, name in enumerate(names)]}
 
 
@@ -156,15 +166,15 @@ def gallery_page(report: dict, title: str) -> str:
     return html_page(title, [f"<p>{report['images']} images; means: {means}</p>", "<table>", *rows, "</table>"])
 
 
-def export_generator(G: UNetGenerator, cfg: Config, path: Path) -> None:
+def export_generator(G: UNetGenerator, settings: SimpleNamespace, path: Path) -> None:
     """path (.onnx) and path.with_suffix(".pt2"): the deployable generator with dynamic sizes."""
     missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
         raise MissingPackageError(f"ONNX export needs the optional packages {' and '.join(missing)}: "
                                   f"pip install -r requirements-export.txt")
-    model = deployable(G, cfg.eval_mode).cpu()
+    model = deployable(G, settings.eval_mode).cpu()
     m = G.size_multiple
-    example = torch.zeros(2, cfg.input_nc, 2 * m, 3 * m)  # (N, C, H, W); 2 and 3 keep dims apart
+    example = torch.zeros(2, settings.input_nc, 2 * m, 3 * m)  # (N, C, H, W); 2 and 3 keep dims apart
     # Height and width: any multiple of the generator's 2^depth; batch: any size.
     dims = {"x": {0: torch.export.Dim("batch"), 2: m * torch.export.Dim("height_blocks"),
                   3: m * torch.export.Dim("width_blocks")}}
@@ -180,43 +190,37 @@ def run(args: argparse.Namespace) -> Path:
     """Do what the arguments ask; returns the output folder."""
     try:
         device = resolve_device(args.device)
-    except ValueError as err:
-        raise ConfigError(f"--device: {err}") from None
+    except (ValueError, RuntimeError) as err:
+        raise ConfigError(f"--device {args.device}: {err}") from None
     if args.fid:
         inception_weights_path()  # a missing optional package fails now, not after translating
-    G, cfg, epoch = load_generator(args.checkpoint, device)
+    G, settings, epoch = load_run(args.checkpoint, device)
     if args.eval_mode:
-        cfg = dataclasses.replace(cfg, eval_mode=args.eval_mode == "true")
+        settings.eval_mode = args.eval_mode == "true"
     amp = autocast(device, resolve_precision("auto", device))
     if args.export:
-        export_generator(G, cfg, args.export)
+        export_generator(G, settings, args.export)
         return args.export.parent
     where = args.split or "predict"
-    output = args.output or Path(cfg.results_dir) / cfg.name / where
+    output = args.output or Path(settings.results_dir) / settings.name / where
     if not args.split:
-        predict_files(G, cfg, collect_inputs(args.inputs), output, device, amp, args.resize)
+        predict_files(G, settings, collect_inputs(args.inputs), output, device, amp, args.resize)
         return output
-    folder = Path(args.data_root or cfg.data_root) / args.split
+    folder = Path(args.data_root or settings.data_root) / args.split
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such split folder (set --data_root)")
     report = {"checkpoint": str(args.checkpoint), "epoch": epoch,
-              **evaluate_split(G, cfg, folder, output, device, amp, args.fid)}
+              **evaluate_split(G, settings, folder, output, device, amp, args.fid)}
     write_text(output / "metrics.json", json.dumps(report, indent=2) + "\n")
-    write_text(output / "index.html", gallery_page(report, f"{cfg.name}, epoch {epoch}: {args.split}"))
+    write_text(output / "index.html", gallery_page(report, f"{settings.name}, epoch {epoch}: {args.split}"))
     print("  ".join(f"{k} {v:.4g}" for k, v in report["mean"].items() if isinstance(v, float)))
     return output
 
 
 def main() -> None:
     args = parse_args(sys.argv[1:])
-    try:
+    with exit_on_errors((ConfigError,), (CheckpointError, DatasetError, OutputError, MissingPackageError)):
         output = run(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except (CheckpointError, DatasetError, OutputError, MissingPackageError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
     print(f"wrote {output}")
 
 

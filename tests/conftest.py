@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
 import sys
+import time
 from html.parser import HTMLParser
 from urllib.parse import unquote
 from pathlib import Path
@@ -88,3 +90,52 @@ def html_links(page: Path) -> list[str]:
         assert "://" not in link and not link.startswith("/"), f"{page}: absolute link {link}"
         assert (page.parent / unquote(link)).is_file(), f"{page}: broken link {link}"
     return parser.links
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the scripts, and tiny configs
+# ---------------------------------------------------------------------------------------------
+
+def tiny_config(**overrides):
+    """A config of small networks that trains in seconds: 32 px (a U-Net without dropout) unless
+    overridden; tests about dropout or the default recipe's randomness use 64 px or more."""
+    from config import Config
+    settings = dict(image_size=32, load_size=36, ngf=8, ndf=8, precision="fp32", num_samples=1)
+    return Config(**{**settings, **overrides})
+
+
+def cli_args(cfg) -> list[str]:
+    """Every field of a Config as --field=value, for running a script with exactly that config."""
+    import dataclasses
+    return [f"--{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)]
+
+
+def run_script(script: str, *args, cwd, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
+    """python <script> args, as a user runs it; the timeout turns a hang into a failure."""
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def start_script(script: str, *args, cwd, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def wait_for(path: Path, process: subprocess.Popen | None = None, timeout: float = 120) -> None:
+    """Wait until `path` exists; fail at once if `process` ends first, or after `timeout` s."""
+    deadline = time.time() + timeout
+    while not Path(path).exists():
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"the process ended before {path} appeared: {process.communicate()[1][-3000:]}")
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    """The `error:` lines of a script's stderr; a traceback in it fails the test."""
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow: end-to-end runs of several processes (deselect with -m 'not slow')")

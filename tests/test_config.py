@@ -29,12 +29,12 @@ def test_every_field_is_overridable():
     (["--flip", "maybe"], "--flip: expected true or false"),
     (["--lr", "0"], "--lr: must be > 0"),
     (["--lr", "nan"], "--lr: expected a finite number"),
-    (["--direction", "AtoC"], "--direction: must be AtoB or BtoA"),
+    (["--direction", "AtoC"], "--direction: must be one of AtoB, BtoA"),
     (["--image_size", "100", "--load_size", "100"], "--image_size: must be a multiple of 32"),
     (["--load_size", "200"], "--load_size: must be >= image_size"),
     (["--epochs", "0"], "--epochs: must be >= 1"),
-    (["--norm", "group"], "--norm: must be batch or instance"),
-    (["--precision", "fp8"], "--precision: must be auto"),
+    (["--norm", "group"], "--norm: must be one of batch, instance"),
+    (["--precision", "fp8"], "--precision: must be one of auto, fp32, bf16, fp16"),
     (["--epochs"], "--epochs: expected one argument"),
 ])
 def test_bad_settings_name_the_field(argv, message):

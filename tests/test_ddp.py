@@ -87,7 +87,7 @@ def assert_same_weights(a: dict, b: dict, start: dict, lr: float) -> None:
 def initial_weights(saved: dict) -> dict:
     """The weights before the first step: setup() seeds and initialises them the same everywhere."""
     state = train.setup(Config(**saved["config"]))
-    return {"generator": state["G"].state_dict(), "discriminator": state["D"].state_dict()}
+    return {"generator": state.G.state_dict(), "discriminator": state.D.state_dict()}
 
 
 def losses(saved: dict) -> list[list[float]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,12 @@ import torch
 
 import predict
 import train
+from generator import UNetGenerator
 from config import Config
 from conftest import require
 from dataset import AlignedDataset
 from generator import deployable, translate
-from utils import save_checkpoint
+from checkpoint import full_checkpoint, save_checkpoint
 
 
 def export(tmp_path: Path, **overrides) -> tuple[Path, Config]:
@@ -22,7 +24,7 @@ def export(tmp_path: Path, **overrides) -> tuple[Path, Config]:
         require(name)
     cfg = Config(image_size=32, load_size=32, ngf=8, ndf=8, **overrides)
     checkpoint = tmp_path / "latest.pt"
-    save_checkpoint(train.checkpoint_dict(train.setup(cfg), 1), checkpoint)
+    save_checkpoint(full_checkpoint(dataclasses.replace(train.setup(cfg), epoch=1)), checkpoint)
     predict.run(predict.parse_args(["--checkpoint", str(checkpoint), "--export", str(tmp_path / "model.onnx")]))
     return tmp_path / "model.onnx", cfg
 
@@ -36,7 +38,7 @@ def real_label_map(facades, height: int, width: int) -> torch.Tensor:
 def test_onnx_and_pt2_match_pytorch_at_a_new_size(facades, tmp_path):
     ort = require("onnxruntime")
     path, cfg = export(tmp_path)
-    G, _, _ = predict.load_generator(tmp_path / "latest.pt", torch.device("cpu"))
+    G, _, _ = predict.load_run(tmp_path / "latest.pt", torch.device("cpu"))
     real_A = real_label_map(facades, 96, 64)  # not the size exported with, not square
     expected = deployable(G, cfg.eval_mode)(real_A).detach()
 
@@ -52,7 +54,7 @@ def test_onnx_and_pt2_match_pytorch_at_a_new_size(facades, tmp_path):
 def test_exported_graph_is_the_papers_test_time_generator_without_dropout(facades, tmp_path):
     """With dropout 0, deployable() (batch statistics) equals translate() in the paper's mode."""
     _, cfg = export(tmp_path, dropout=0.0)
-    G, _, _ = predict.load_generator(tmp_path / "latest.pt", torch.device("cpu"))
+    G, _, _ = predict.load_run(tmp_path / "latest.pt", torch.device("cpu"))
     real_A = real_label_map(facades, 64, 64)
     paper = translate(G, real_A, eval_mode=False, seed=0)
     assert (deployable(G, eval_mode=False)(real_A) - paper).abs().max() < 1e-5
@@ -61,7 +63,7 @@ def test_exported_graph_is_the_papers_test_time_generator_without_dropout(facade
 def test_missing_export_packages_give_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(predict.importlib.util, "find_spec", lambda name: None)
     cfg = Config(image_size=32, load_size=32, ngf=8, ndf=8)
-    G = train.build_generator(cfg)
+    G = UNetGenerator(**train.generator_kwargs(cfg))
     with pytest.raises(predict.MissingPackageError, match="pip install -r requirements-export.txt"):
         predict.export_generator(G, cfg, tmp_path / "model.onnx")
     assert not list(tmp_path.iterdir())

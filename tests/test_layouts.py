@@ -13,12 +13,14 @@ import torch
 from PIL import Image
 
 import train
+from checkpoint import CheckpointError, full_checkpoint, restore
 from config import DATASETS, FACADES_URL, Config, ConfigError, generator_depth, parse_args
 from conftest import ROOT
 from dataset import (FACADES_COUNTS, AlignedDataset, DatasetError, PairedFoldersDataset, list_images,
                      match_pairs)
 from test_download import build_archive, server  # noqa: F401  (server: the 127.0.0.1 HTTP fixture)
-from utils import save_sample_grid
+from generator import UNetGenerator
+from report import save_sample_grid
 
 # ---------------------------------------------------------------------------------------------
 # Building layouts from real pairs
@@ -280,7 +282,7 @@ def test_image_size_and_depth_that_work(argv, depth):
 
 @pytest.mark.parametrize("size,num_downs", [(96, 0), (64, 5)])
 def test_generator_runs_at_those_sizes(size, num_downs):
-    G = train.build_generator(tiny(image_size=size, num_downs=num_downs))
+    G = UNetGenerator(**train.generator_kwargs(tiny(image_size=size, num_downs=num_downs)))
     assert G(torch.zeros(1, 3, size, size)).shape == (1, 3, size, size)
 
 
@@ -325,7 +327,7 @@ def test_grayscale_training_end_to_end(tmp_path, halves, input_nc, output_nc):
     train.train(cfg)
     checkpoint = torch.load(tmp_path / "ck" / "custom" / "latest.pt", weights_only=True)
     assert (checkpoint["config"]["input_nc"], checkpoint["config"]["output_nc"]) == (input_nc, output_nc)
-    G = train.build_generator(Config(**checkpoint["config"]))
+    G = UNetGenerator(**checkpoint["generator_kwargs"])
     G.load_state_dict(checkpoint["generator"])
     assert G(torch.zeros(2, input_nc, 32, 32)).shape == (2, output_nc, 32, 32)
     assert checkpoint["discriminator"]["model.0.weight"].shape[1] == input_nc + output_nc
@@ -349,15 +351,16 @@ def test_sample_grid_pads_images_of_different_sizes(tmp_path):
 
 def test_resume_refuses_other_channels_and_accepts_older_checkpoints(tmp_path):
     state = train.setup(tiny())
-    checkpoint = train.checkpoint_dict(state, 0)
+    checkpoint = full_checkpoint(state)
     gray = train.setup(tiny(input_nc=1))
-    with pytest.raises(ConfigError) as err:
-        train.restore(gray, checkpoint, tmp_path / "latest.pt")
+    with pytest.raises(CheckpointError) as err:
+        restore(gray, checkpoint, tmp_path / "latest.pt", train.architecture_defaults())
     assert "input_nc=3 there, 1 now" in one_line(err)
     # A checkpoint from before these fields existed was made with their defaults.
     for field in ("dataset", "input_nc", "output_nc", "num_downs"):
         del checkpoint["config"][field]
-    assert train.restore(state, checkpoint, tmp_path / "latest.pt") == 0
+    restore(state, checkpoint, tmp_path / "latest.pt", train.architecture_defaults())
+    assert state.epoch == 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from discriminator import PatchDiscriminator
-from generator import UNetGenerator, unet_depth
-from utils import init_weights
+from config import unet_depth
+from generator import UNetGenerator
+from layers import init_weights
 
 
 @pytest.mark.parametrize("size,depth", [(256, 8), (128, 7), (64, 6), (32, 5), (512, 8), (96, 5)])

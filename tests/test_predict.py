@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ import predict
 import train
 from config import Config
 from conftest import ROOT, html_links, require, require_fid
-from utils import save_checkpoint
+from checkpoint import full_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def checkpoint(tmp_path_factory) -> Path:
     """A freshly initialised tiny run's checkpoint (predict needs weights, not a trained model)."""
     cfg = Config(image_size=32, load_size=32, ngf=8, ndf=8, precision="fp32", name="tiny")
     path = tmp_path_factory.mktemp("run") / "latest.pt"
-    save_checkpoint(train.checkpoint_dict(train.setup(cfg), 1), path)
+    save_checkpoint(full_checkpoint(dataclasses.replace(train.setup(cfg), epoch=1)), path)
     return path
 
 
@@ -62,7 +63,7 @@ def test_single_images_of_any_size_keep_their_size(checkpoint, tmp_path):
 
 def test_padding_does_not_change_an_image_of_the_right_size(checkpoint, tmp_path):
     """The pad-and-crop path is the plain generator when nothing needs padding."""
-    G, cfg, _ = predict.load_generator(checkpoint, torch.device("cpu"))
+    G, cfg, _ = predict.load_run(checkpoint, torch.device("cpu"))
     x = torch.rand(1, 3, 64, 32) * 2 - 1
     padded = predict.translate(G, torch.cat([x, x[..., :5, :]], dim=-2), True, 0)  # 69 rows -> pad to 96
     plain = predict.translate(G, x, True, 0)

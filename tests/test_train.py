@@ -23,12 +23,11 @@ def batch_of(folder, n=1, size=32):
 def test_one_step_changes_both_networks(synthetic_split):
     state = train.setup(tiny_config())
     real_A, real_B = batch_of(synthetic_split(n=2, size=32), n=2)
-    before = {name: [p.detach().clone() for p in state[name].parameters()] for name in ("G", "D")}
-    losses = train.train_step(state["G"], state["D"], state["opt_G"], state["opt_D"], real_A, real_B,
-                              100.0, state["amp"], state["scaler"])
+    before = {name: [p.detach().clone() for p in getattr(state, name).parameters()] for name in ("G", "D")}
+    losses = train.train_step(state, real_A, real_B)
     assert losses.shape == (4,) and torch.isfinite(losses).all()
     for name in ("G", "D"):
-        after = list(state[name].parameters())
+        after = list(getattr(state, name).parameters())
         assert all(not torch.equal(b, a) for b, a in zip(before[name], after)), f"{name} did not move"
         assert all(p.requires_grad for p in after)
 
@@ -51,8 +50,7 @@ def test_learns_a_small_set(facades):
     real_B = torch.stack([data[i][1] for i in range(4)])
     l1 = []
     for _ in range(300):
-        losses = train.train_step(state["G"], state["D"], state["opt_G"], state["opt_D"], real_A, real_B,
-                                  cfg.lambda_l1, state["amp"], state["scaler"])
+        losses = train.train_step(state, real_A, real_B)
         l1.append(losses[1].item())
     first, last = sum(l1[:10]) / 10, sum(l1[-10:]) / 10
     assert last < 0.5 * first, f"L1 went from {first:.3f} to {last:.3f}"

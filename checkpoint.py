@@ -1,0 +1,336 @@
+"""The run's state and its checkpoints: what they hold, writing and reading them, continuing a
+run from one, and the lock that gives a run one owner.
+
+A checkpoint is a dict of tensors and plain data, loadable with
+``torch.load(path, weights_only=True)``. Two kinds:
+
+- ``latest.pt``, kind "full": everything needed to continue the run exactly.
+    generator, discriminator    state_dicts of the bare networks (no DDP "module." prefix)
+    generator_kwargs            UNetGenerator(**generator_kwargs) rebuilds the generator
+    config                      the run's config fields, a plain dict
+    epoch                       epochs completed
+    history                     {"epochs": [one row per epoch], "steps": {"epoch": [...], <loss>: [...]}}
+    opt_G, opt_D, sched_G, sched_D, scaler   optimizer, lr schedule and fp16 loss-scale states
+    progress                    {"iteration", "total", "window", "in_window"} within the next epoch
+    rng, world_size, rng_ranks  every RNG state (rng_ranks: one per process under torchrun)
+- ``best.pt`` and ``epoch_NNN.pt``, kind "snapshot": the first six keys above plus ``metrics``
+  (the epoch's row of the history): what a user needs to use, compare or fine-tune the networks,
+  about a third of latest.pt (Adam keeps two moments per weight).
+
+Every checkpoint is written atomically. latest.pt is the commit point of an epoch: it is written
+after everything else the epoch writes, so a crash at any moment loses nothing that a rerun does
+not make again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import fcntl
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from distributed import World
+from utils import atomic_write, autocast, rng_state, set_rng_state
+
+FULL_KEYS = ("generator", "discriminator", "opt_G", "opt_D", "sched_G", "sched_D", "scaler", "epoch",
+             "progress", "config", "history", "rng")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, not a checkpoint, or does not fit; the message names it."""
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where the current epoch stands: iterations done and loss sums, kept on the device."""
+    total: torch.Tensor  # (4,) sums of G_GAN, G_L1, D_real, D_fake over the epoch's iterations
+    window: torch.Tensor  # (4,) the same since the last log point
+    iteration: int = 0
+    in_window: int = 0
+
+    @classmethod
+    def start(cls, device: torch.device, losses: int = 4) -> "Progress":
+        return cls(torch.zeros(losses, device=device), torch.zeros(losses, device=device))
+
+
+@dataclasses.dataclass
+class RunState:
+    """Everything a run changes as it trains: what a full checkpoint saves and restores.
+
+    G and D are the bare networks (for generating and checkpoints); G_train and D_train are what
+    the training step calls: the same networks, or their DDP wrappers under torchrun.
+    """
+    cfg: Any  # the run's Config
+    world: World
+    device: torch.device
+    dtype: torch.dtype  # autocast dtype; float32 = no autocast
+    G: nn.Module
+    D: nn.Module
+    G_train: nn.Module
+    D_train: nn.Module
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    sched_G: torch.optim.lr_scheduler.LRScheduler
+    sched_D: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    generator_kwargs: dict
+    history: dict
+    progress: Progress
+    epoch: int = 0  # epochs completed
+    stop: bool = False  # a signal asked to stop after the current iteration
+    rng_ranks: list | None = None  # every process's RNG state, gathered for the next checkpoint
+
+    @property
+    def amp(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Contents
+# ---------------------------------------------------------------------------------------------
+
+def snapshot(state: RunState) -> dict:
+    """best.pt / epoch_NNN.pt: the networks, how to rebuild them, the config, epoch and metrics."""
+    return {"kind": "snapshot", "generator": state.G.state_dict(), "discriminator": state.D.state_dict(),
+            "generator_kwargs": state.generator_kwargs, "config": dataclasses.asdict(state.cfg),
+            "epoch": state.epoch, "history": state.history,
+            "metrics": state.history["epochs"][-1] if state.history["epochs"] else {}}
+
+
+def full_checkpoint(state: RunState) -> dict:
+    """latest.pt: the snapshot plus optimizers, schedules, progress within the epoch and RNG states."""
+    p = state.progress
+    return {**snapshot(state), "kind": "full",
+            "opt_G": state.opt_G.state_dict(), "opt_D": state.opt_D.state_dict(),
+            "sched_G": state.sched_G.state_dict(), "sched_D": state.sched_D.state_dict(),
+            "scaler": state.scaler.state_dict(),
+            "progress": {"iteration": p.iteration, "total": p.total.tolist(), "window": p.window.tolist(),
+                         "in_window": p.in_window},
+            "rng": rng_state(), "world_size": state.world.size,
+            **({"rng_ranks": state.rng_ranks} if state.rng_ranks else {})}
+
+
+def generator_kwargs_of(checkpoint: dict) -> dict:
+    """UNetGenerator's constructor arguments: stored since this schema; read off the weights of
+    older checkpoints (which stored only the config)."""
+    if "generator_kwargs" in checkpoint:
+        return dict(checkpoint["generator_kwargs"])
+    weights, config = checkpoint["generator"], checkpoint.get("config", {})
+    first, last = weights["down.0.weight"], weights["final.1.weight"]  # (ngf, in, 4, 4), (2 ngf, out, 4, 4)
+    return {"in_channels": first.shape[1], "out_channels": last.shape[1], "ngf": first.shape[0],
+            "num_downs": 1 + sum(1 for k in weights if k.startswith("down.") and k.endswith(".1.weight")),
+            "norm": "batch" if any(k.endswith("running_mean") for k in weights) else "instance",
+            "dropout": config.get("dropout", 0.5)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing and reading
+# ---------------------------------------------------------------------------------------------
+
+def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
+    atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with weights_only=True: tensors and plain data only, never code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many kinds for a file that is not a safe checkpoint
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("generator"), dict):
+        raise CheckpointError(f"{path}: not a pix2pix checkpoint (no generator weights)")
+    for key, kind in (("config", dict), ("epoch", int), ("history", dict), ("generator_kwargs", dict)):
+        if key in checkpoint and not isinstance(checkpoint[key], kind):
+            raise CheckpointError(f"{path}: not a pix2pix checkpoint ({key} is a {type(checkpoint[key]).__name__})")
+    return checkpoint
+
+
+def check_state_dict(module: nn.Module, saved: dict, what: str, path: str | Path) -> None:
+    """Raise CheckpointError naming the first parameter whose name or shape does not match."""
+    expected = module.state_dict()
+    for key in sorted(set(expected) | set(saved)):
+        if key not in saved or key not in expected:
+            where = "missing from the checkpoint" if key not in saved else "not in the configured network"
+            raise CheckpointError(f"{path}: {what} parameter {key} is {where}")
+        if not isinstance(saved[key], torch.Tensor) or tuple(saved[key].shape) != tuple(expected[key].shape):
+            shape = tuple(saved[key].shape) if isinstance(saved[key], torch.Tensor) else type(saved[key]).__name__
+            raise CheckpointError(f"{path}: {what} parameter {key} has shape {shape} in the "
+                                  f"checkpoint but {tuple(expected[key].shape)} in the configured network")
+
+
+def load_generator(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
+    """The generator of any checkpoint of this project, and the checkpoint (config, epoch, ...)."""
+    from generator import UNetGenerator  # here, so that train.py's imports stay about training
+
+    checkpoint = load_checkpoint(path, device)
+    try:
+        G = UNetGenerator(**generator_kwargs_of(checkpoint))
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise CheckpointError(f"{path}: cannot rebuild the generator from it ({err!r})") from None
+    check_state_dict(G, checkpoint["generator"], "generator", path)
+    G.load_state_dict(checkpoint["generator"])
+    return G.to(device), checkpoint
+
+
+# ---------------------------------------------------------------------------------------------
+# Continuing a run
+# ---------------------------------------------------------------------------------------------
+
+def restore(state: RunState, checkpoint: dict, path: Path, architecture: dict[str, object]) -> None:
+    """Load a checkpoint into the run's state (the networks first; a full one also the optimizers,
+    schedules, progress and RNG states). `architecture`: the config fields that fix the networks
+    and the data, with the values a checkpoint older than a field was made with (its defaults)."""
+    saved = {**architecture, **checkpoint.get("config", {})}
+    changed = [f for f in architecture if saved.get(f) != getattr(state.cfg, f)]
+    if changed:
+        detail = ", ".join(f"{f}={saved.get(f)!r} there, {getattr(state.cfg, f)!r} now" for f in changed)
+        raise CheckpointError(f"{path} cannot continue with this config ({detail}); use another --name or "
+                              f"--resume false to start over")
+    if not isinstance(checkpoint.get("discriminator"), dict):
+        raise CheckpointError(f"{path}: holds no discriminator weights, so training cannot continue from it; "
+                              f"use a latest.pt, best.pt or epoch_NNN.pt written by train.py")
+    for net, key in ((state.G, "generator"), (state.D, "discriminator")):
+        check_state_dict(net, checkpoint[key], key, path)
+        net.load_state_dict(checkpoint[key])
+    state.epoch = int(checkpoint.get("epoch", 0))
+    state.history = checkpoint.get("history") or state.history
+    if checkpoint.get("kind", "full") == "full" and all(k in checkpoint for k in FULL_KEYS):
+        _restore_training(state, checkpoint, path)
+    else:
+        # A snapshot: drop the points of later iterations (there are none) and start Adam afresh.
+        if state.world.is_main:
+            print(f"{path} is a snapshot without optimizer state: Adam starts fresh from epoch {state.epoch + 1}")
+    _follow_schedule(state)
+
+
+def _restore_training(state: RunState, checkpoint: dict, path: Path) -> None:
+    try:
+        for key in ("opt_G", "opt_D", "sched_G", "sched_D", "scaler"):
+            getattr(state, key).load_state_dict(checkpoint[key])
+        p = checkpoint["progress"]
+        state.progress = Progress(torch.tensor(p["total"], device=state.device),
+                                  torch.tensor(p["window"], device=state.device), p["iteration"], p["in_window"])
+        set_rng_state(checkpoint["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: its training state does not fit this run ({err!r})") from None
+    _restore_across_world_sizes(state, checkpoint, path)
+
+
+def _follow_schedule(state: RunState) -> None:
+    """The lr of the epoch to come under the schedule the run follows now: a run continued with
+    another --epochs or --lr_decay_epochs, or from a snapshot, trains at the lr of its new schedule."""
+    for opt, sched in ((state.opt_G, state.sched_G), (state.opt_D, state.sched_D)):
+        sched.last_epoch = state.epoch
+        for group, base_lr, factor in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base_lr * factor(state.epoch)
+
+
+def _restore_across_world_sizes(state: RunState, checkpoint: dict, path: Path) -> None:
+    """What changes when a run continues with another number of processes (or another batch size).
+
+    Each process takes its own saved RNG state when the number is the same, else a fresh stream
+    of its own. A checkpoint from within an epoch whose batches are now cut differently restarts
+    that epoch from its first batch: its iterations would not line up.
+    """
+    world, cfg = state.world, state.cfg
+    if world.size > 1:
+        ranks = checkpoint.get("rng_ranks", [])
+        if len(ranks) == world.size:
+            set_rng_state(ranks[world.rank])
+        else:
+            torch.manual_seed(hash((cfg.seed, world.rank, state.epoch)) & 0xFFFFFFFF)
+    saved = (int(checkpoint.get("world_size", 1)), checkpoint["config"].get("batch_size", cfg.batch_size))
+    if state.progress.iteration and saved != (world.size, cfg.batch_size):
+        if world.is_main:
+            print(f"{path}: saved within epoch {state.epoch + 1} by {saved[0]} process(es) of batch {saved[1]}; "
+                  f"that epoch starts again with {world.size} of batch {cfg.batch_size}")
+        state.progress = Progress.start(state.device)
+        steps = state.history["steps"]
+        keep = [i for i, at in enumerate(steps["epoch"]) if at <= state.epoch]  # drop the restarted epoch's points
+        for key in steps:
+            steps[key] = [steps[key][i] for i in keep]
+
+
+def newest_loadable_snapshot(folder: Path) -> Path | None:
+    """The snapshot of the latest epoch in `folder` that loads (best.pt or epoch_NNN.pt)."""
+    found = []
+    for path in sorted(folder.glob("epoch_*.pt")) + [folder / "best.pt"]:
+        try:
+            found.append((int(load_checkpoint(path).get("epoch", 0)), path))
+        except CheckpointError:
+            continue
+    return max(found)[1] if found else None
+
+
+def load_latest(path: Path, device: torch.device) -> dict:
+    """latest.pt; if it cannot be loaded, one line naming the newest snapshot that can and how to go on."""
+    try:
+        return load_checkpoint(path, device)
+    except CheckpointError as err:
+        fallback = newest_loadable_snapshot(path.parent)
+        way_out = (f"continue from the newest loadable snapshot with --resume_from {fallback}" if fallback
+                   else "no snapshot beside it loads either; --resume false starts over (the old files are moved aside)")
+        raise CheckpointError(f"{err}; {way_out}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's folders: one owner, leftovers, starting over
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def run_lock(checkpoints: Path) -> Iterator[None]:
+    """Hold the run for this process: a second process on the same checkpoint folder stops at once.
+
+    An OS file lock (flock) on a file beside the folder: the kernel drops it when the process
+    ends however it ends (kill -9 included), so a stale lock never needs clearing by hand.
+    """
+    lock_path = checkpoints.parent / f".{checkpoints.name}.lock"
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+")
+    except OSError as err:
+        raise CheckpointError(f"{lock_path}: cannot create the run's lock file ({err.strerror})") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise CheckpointError(f"{checkpoints}: this run is being trained by {holder}; wait for it to end, "
+                                  f"or use another --name") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} (since {datetime.datetime.now():%Y-%m-%d %H:%M:%S})\n")
+        handle.flush()
+        yield
+
+
+def remove_stale_temporaries(*folders: Path) -> None:
+    """Delete the temporary files of writes that a killed process left (utils.atomic_write names
+    them .<name>.<random>.tmp<suffix>); only the lock holder calls this, so none is in flight."""
+    for folder in folders:
+        for path in folder.glob(".*.tmp*") if folder.is_dir() else []:
+            path.unlink(missing_ok=True)
+
+
+def move_aside(*folders: Path) -> list[Path]:
+    """Starting over: move the old run's folders to <name>.old-<date-time> beside them."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for folder in folders:
+        if folder.is_dir() and any(folder.iterdir()):
+            target = folder.with_name(f"{folder.name}.old-{stamp}")
+            shutil.move(str(folder), str(target))
+            moved.append(target)
+    return moved

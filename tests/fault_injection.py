@@ -1,0 +1,47 @@
+"""Run train.py, ending the process as kill -9 would (os._exit) at one chosen file write.
+
+    FAULT_AT=<k> [FAULT_MATCH=<text>] [FAULT_WHEN=before|after] python tests/fault_injection.py <train.py args>
+
+The k-th write whose path contains FAULT_MATCH (default: every write counts) ends the process
+`before` the complete temporary file is moved into place (leaving it behind, as a kill during
+the write would) or just `after`. A test-only hook: train.py itself has no such switch.
+"""
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import checkpoint  # noqa: E402
+import report  # noqa: E402
+import train  # noqa: E402
+import utils  # noqa: E402
+
+
+def main() -> None:
+    at, match, when = int(os.environ["FAULT_AT"]), os.environ.get("FAULT_MATCH", ""), os.environ.get("FAULT_WHEN", "before")
+    real_write, seen = utils.atomic_write, []
+
+    def atomic_write(path, write) -> None:
+        path = Path(path)
+        if match in str(path):
+            seen.append(path)
+        if len(seen) == at and seen[-1] == path and when == "before":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+            os.close(fd)
+            write(tmp)
+            os._exit(137)
+        real_write(path, write)
+        if len(seen) == at and seen[-1] == path:
+            os._exit(137)
+
+    for module in (utils, report, checkpoint):
+        module.atomic_write = atomic_write
+    train.main()
+
+
+if __name__ == "__main__":
+    main()
