@@ -38,10 +38,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from config import DATASETS, Config, ConfigError, generator_depth, parse_or_exit, size_multiple
-from dataset import AlignedDataset, DatasetError, PairedDataset, PairedFoldersDataset, ensure_dataset
+from dataset import AlignedDataset, DatasetError, PairedDataset, PairedFoldersDataset
 from discriminator import PatchDiscriminator
 from distributed import (DistributedError, World, data_parallel, in_turns, mean_over_ranks, on_main,
                          process_group, unwrap, world_from_env)
+from download import ensure_dataset
 from generator import UNetGenerator, translate
 from metrics import MissingPackageError, evaluate, inception_weights_path
 from utils import (CheckpointError, OutputError, autocast, check_state_dict, init_weights, load_checkpoint,

@@ -9,7 +9,8 @@ import threading
 import pytest
 from PIL import Image
 
-from dataset import FACADES_COUNTS, DatasetError, ensure_facades
+from dataset import FACADES_COUNTS, DatasetError
+from download import ensure_facades
 
 
 def build_archive(path, counts, name="facades"):
