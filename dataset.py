@@ -1,4 +1,4 @@
-"""Paired images for Pix2Pix from two folder layouts, and the download of the pix2pix dataset family.
+"""Paired images for Pix2Pix from two folder layouts (download.py fetches the pix2pix dataset family).
 
 Layouts: "aligned" (A|B side by side in one file, the pix2pix format) and "paired_folders"
 (``<split>/A/`` and ``<split>/B/``, files matched by name without extension).
@@ -18,28 +18,24 @@ Preprocessing (``preprocess``), in training mode, then in evaluation mode (no ra
 - ``crop``: random image_size crop of the full-resolution image / the full image.
 - ``scale_width``: width to load_size keeping the aspect, random image_size crop / width image_size.
 - ``none``: the full image (its sides must be multiples of ``multiple``) / the full image.
+
+Images as people have them: each file is turned upright per its EXIF orientation (as viewers show
+it) and high-bit-depth files (16-bit PNG/TIFF, 32-bit integer or float TIFF) are scaled to 8 bits.
+Every problem with a file or folder is one DatasetError line naming it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
 import sys
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
-from tqdm import tqdm
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Expected number of images per split of the official facades archive, used to verify a download.
@@ -56,16 +52,53 @@ class DatasetError(RuntimeError):
 
 def scan_folder(folder: str | Path) -> tuple[list[Path], list[str]]:
     """The image files directly in `folder`, sorted by name (numerically where names are numbers),
-    and the names of the other, non-hidden files, which are skipped."""
+    and the names of the other, non-hidden files, which are skipped.
+
+    Two images of one name without extension (1.jpg and 1.png) are refused: pairs are matched
+    and predictions written by that name, so one of them would silently lose.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such folder")
-    files = [p for p in folder.iterdir() if p.is_file()]
-    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-    others = sorted(p.name for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS
-                    and not p.name.startswith("."))
-    # "10.jpg" after "9.jpg", as a person would order the facades files.
-    return sorted(images, key=lambda p: (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.name)), others
+    try:
+        entries = list(folder.iterdir())
+    except OSError as err:
+        raise DatasetError(f"{folder}: cannot list this folder ({err.strerror or err})") from None
+    images = sorted((p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS), key=_name_order)
+    for path in images:
+        _require_file(path)
+    _refuse_same_stems(folder, images)
+    others = sorted(p.name for p in entries if p.suffix.lower() not in IMAGE_EXTENSIONS
+                    and p.is_file() and not p.name.startswith("."))
+    return images, others
+
+
+def _name_order(path: Path) -> tuple[int, int, str]:
+    """The sort key of an image: "10.jpg" after "9.jpg", as a person would order the facades files;
+    the full name breaks ties (1.jpg, 1.png, 01.jpg), so the order never depends on the file system's."""
+    # isdecimal, not isdigit: "²".isdigit() is True but int("²") fails.
+    stem = path.stem
+    return (0, int(stem), path.name) if stem.isdecimal() else (1, 0, path.name)
+
+
+def _require_file(path: Path) -> None:
+    """An entry named like an image must be a file: a folder or dead link would otherwise be
+    skipped silently, and the user would miss an image they think is there."""
+    if path.is_file():
+        return
+    what = ("a folder" if path.is_dir() else "a broken link" if path.is_symlink()
+            else "not a regular file")
+    raise DatasetError(f"{path}: named like an image but is {what}; move or rename it")
+
+
+def _refuse_same_stems(folder: Path, images: list[Path]) -> None:
+    seen: dict[str, Path] = {}
+    for path in images:
+        if path.stem in seen:
+            raise DatasetError(f"{folder}: {seen[path.stem].name} and {path.name} have the same name without "
+                               f"extension; keep one (pairs are matched and predictions named by that name, "
+                               f"so which one is meant is ambiguous)")
+        seen[path.stem] = path
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -80,14 +113,62 @@ def _warn_ignored(folder: Path, ignored: list[str]) -> None:
 
 
 def decode_image(path: Path) -> Image.Image:
-    """Decode a whole image file as RGB; a corrupt or truncated file raises DatasetError naming it."""
+    """Decode a whole image file as 8-bit RGB, upright as viewers show it; a corrupt, truncated,
+    empty or enormous file raises DatasetError naming it."""
     try:
         with Image.open(path) as file:
             # convert("RGB") reads all pixels (so errors surface here) and also turns grayscale,
             # RGBA and palette images into 3 channels.
-            return file.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DatasetError(f"{path}: cannot decode image ({err})") from None
+            return to_8bit(upright(file)).convert("RGB")
+    # Not only OSError: Pillow's decoders also raise SyntaxError (a broken PNG chunk),
+    # ValueError, DecompressionBombError, struct.error, MemoryError ... for one bad file; each
+    # is a problem of that file, to name in one line rather than a traceback.
+    except Exception as err:  # noqa: BLE001
+        raise DatasetError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from None
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned per its EXIF orientation tag (phones store photos sideways and set it).
+
+    An EXIF block that cannot be parsed is ignored, as image viewers ignore it (a failure to read
+    the pixels themselves surfaces again, and is named, when decode_image converts them).
+    """
+    try:
+        if image.getexif().get(0x0112, 1) == 1:  # upright already: no copy
+            return image
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001
+        return image
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """A single-channel image of more than 8 bits ("I;16*", "I", "F") as "L", scaled so that its
+    white stays white (a 16-bit value v becomes round(v / 257)); other images unchanged.
+
+    Pillow's own conversion clips these instead, so a 16-bit PNG comes out near white. 16-bit RGB
+    and RGBA PNG/TIFF files need nothing: Pillow opens them as 8-bit RGB/RGBA already (keeping the
+    high byte, within one level of round(v / 257)).
+    """
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    # float32 is exact enough: round(v / 257) is never within 0.002 of a tie, float32 errs by 1e-5.
+    pixels = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    white = _nominal_white(image.mode, float(pixels.max(initial=0.0)))
+    return Image.fromarray(np.clip(np.rint(pixels * np.float32(255.0 / white)), 0, 255).astype(np.uint8))
+
+
+def _nominal_white(mode: str, peak: float) -> float:
+    """The value that means white in a high-bit-depth image whose brightest pixel is `peak`.
+
+    The file does not say, so: "I;16" is 16 bits; "I" (32-bit integers) holds 16-bit data when it
+    fits (how Pillow reads many 16-bit files), else 32-bit; "F" (float) is 0..1 by convention, else
+    0..255 or 0..65535 when it fits, else stretched to its own peak.
+    """
+    if mode.startswith("I;16"):
+        return 65535.0
+    if mode == "I":
+        return 65535.0 if peak <= 65535 else 2.0 ** 32 - 1
+    return next((white for white in (1.0, 255.0, 65535.0) if peak <= white), peak)
 
 
 def to_tensor(image: Image.Image, channels: int = 3) -> torch.Tensor:
@@ -106,7 +187,8 @@ def read_image(path: Path, channels: int = 3) -> torch.Tensor:
 
 def read_pair(path: Path, channels: tuple[int, int] = (3, 3)) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode one aligned file into its halves (A = left, B = right), uint8 (C, H, W/2) each,
-    with `channels` = (channels of A, channels of B)."""
+    with `channels` = (channels of A, channels of B). The whole file is turned upright before it
+    is split, so A and B are the halves the user sees."""
     image = decode_image(path)
     width, height = image.size
     if width % 2 or width < 2:
@@ -117,7 +199,8 @@ def read_pair(path: Path, channels: tuple[int, int] = (3, 3)) -> tuple[torch.Ten
 
 
 def read_two(path_A: Path, path_B: Path, channels: tuple[int, int] = (3, 3)) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode the two files of a paired_folders pair; they must have the same size to be aligned."""
+    """Decode the two files of a paired_folders pair, each turned upright by its own EXIF tag (one
+    may be a sideways phone photo, the other not); they must then have the same size to be aligned."""
     image_A, image_B = decode_image(path_A), decode_image(path_B)
     if image_A.size != image_B.size:
         (wa, ha), (wb, hb) = image_A.size, image_B.size
@@ -262,15 +345,9 @@ class AlignedDataset(PairedDataset):
         self._fill([str(p) for p in self.files], lambda i: read_pair(self.files[i], channels))
 
 
-def _by_stem(files: Iterable[Path], folder: Path) -> dict[str, Path]:
-    """Files keyed by name without extension; two files of one stem make the pairing ambiguous."""
-    found: dict[str, Path] = {}
-    for path in files:
-        if path.stem in found:
-            raise DatasetError(f"{folder}: {found[path.stem].name} and {path.name} have the same name "
-                               f"without extension, so which one pairs with the other folder is ambiguous")
-        found[path.stem] = path
-    return found
+def _by_stem(files: Iterable[Path]) -> dict[str, Path]:
+    """Files keyed by name without extension (scan_folder has refused two files of one stem)."""
+    return {path.stem: path for path in files}
 
 
 def match_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
@@ -281,7 +358,7 @@ def match_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
     folder = Path(folder)
     (files_A, ignored_A), (files_B, ignored_B) = scan_folder(folder / "A"), scan_folder(folder / "B")
     _warn_ignored(folder, [f"A/{n}" for n in ignored_A] + [f"B/{n}" for n in ignored_B])
-    by_A, by_B = _by_stem(files_A, folder / "A"), _by_stem(files_B, folder / "B")
+    by_A, by_B = _by_stem(files_A), _by_stem(files_B)
     unmatched = ([f"A/{by_A[s].name}" for s in by_A if s not in by_B]
                  + [f"B/{by_B[s].name}" for s in by_B if s not in by_A])
     if unmatched:
@@ -318,93 +395,3 @@ def open_split(folder: str | Path, layout: str, **kwargs) -> PairedDataset:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     return (PairedFoldersDataset if layout == "paired_folders" else AlignedDataset)(folder, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------
-# Download of an official archive of the pix2pix family (facades, maps, edges2shoes, ...)
-# ---------------------------------------------------------------------------------------------
-
-def _fetch(url: str, target: Path) -> None:
-    """Download `url` to `target` with a progress bar, through a .part file renamed when complete."""
-    part = target.with_name(target.name + ".part")
-    with urllib.request.urlopen(url, timeout=30) as response, open(part, "wb") as out:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {target.name}") as bar:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                bar.update(len(chunk))
-    os.replace(part, target)
-
-
-def _extract(archive: Path, into: Path) -> None:
-    """Unpack a .tar.gz safely: the "data" filter refuses absolute paths, '..', links out and devices."""
-    try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(into, filter="data")
-    except (tarfile.TarError, OSError) as err:
-        raise DatasetError(f"{archive}: cannot extract safely ({err})") from None
-
-
-def _verify_counts(root: Path, counts: dict[str, int]) -> None:
-    """Every split folder must hold `count` images, or at least one where the count is 0 (unknown)."""
-    for split, expected in counts.items():
-        found = len(list_images(root / split)) if (root / split).is_dir() else 0
-        if expected and found != expected:
-            raise DatasetError(f"{root / split}: expected {expected} images after download, found {found}")
-        if not expected and not found:
-            raise DatasetError(f"{root / split}: no images after download (the archive must hold "
-                               f"{', '.join(f'{s}/' for s in counts)} with images)")
-
-
-def _verify_sha256(archive: Path, expected: str) -> None:
-    digest = hashlib.sha256()
-    with open(archive, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != expected.lower():
-        raise DatasetError(f"{archive.name}: SHA-256 {digest.hexdigest()} does not match the expected {expected}")
-
-
-def ensure_dataset(root: str | Path, name: str, url: str, counts: dict[str, int], sha256: str = "",
-                   missing_hint: str = "") -> Path:
-    """Return `root`, first downloading and unpacking the archive `name`.tar.gz there if it is missing.
-
-    The archive must unpack into a folder `name` holding the split folders of `counts` (split ->
-    image count, 0 = any but not none), as the official pix2pix archives do. Only a root whose
-    folder name is `name` is downloaded, and only when `url` is set; for any other missing
-    folder the error says where to put the data (`missing_hint` adds to it). The archive is
-    checked (SHA-256 when given, then every split) before it is moved into place, so a failed or
-    interrupted download leaves nothing behind but a temporary folder that the next try removes.
-    """
-    root = Path(root)
-    if root.exists():
-        return root
-    if root.name != name or not url:
-        hint = missing_hint or "put the train/ val/ test/ image folders there"
-        raise DatasetError(f"{root}: no such folder ({hint})")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    for stale in root.parent.glob(f".{name}-download-*"):  # left by a download that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{name}-download-") as tmp:
-        archive = Path(tmp) / f"{name}.tar.gz"
-        try:
-            _fetch(url, archive)
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise DatasetError(
-                f"{root}: data missing and the download from {url} failed ({reason}); download and "
-                f"unpack {name}.tar.gz by hand so that {root}/train holds the images, or pass "
-                f"--data_root") from None
-        if sha256:
-            _verify_sha256(archive, sha256)
-        _extract(archive, Path(tmp))
-        _verify_counts(Path(tmp) / name, counts)
-        # Moved into place only once complete and verified: a failed download leaves no root behind.
-        shutil.move(str(Path(tmp) / name), str(root))
-    return root
-
-
-def ensure_facades(root: str | Path, url: str, sha256: str = "",
-                   counts: dict[str, int] = FACADES_COUNTS) -> Path:
-    """ensure_dataset for the facades archive: 400/100/106 images in train/val/test."""
-    return ensure_dataset(root, "facades", url, counts, sha256)

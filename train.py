@@ -36,7 +36,7 @@ from checkpoint import CheckpointError, Progress, RunState
 from config import DATASETS, Config, ConfigError, generator_depth, parse_args, size_multiple
 from dataset import DatasetError, PairedDataset, open_split
 from discriminator import PatchDiscriminator
-from dataset import ensure_dataset  # moves to download.py
+from download import ensure_dataset
 from generator import UNetGenerator, translate
 from layers import init_weights, set_requires_grad
 from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
