@@ -36,7 +36,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from distributed import World
+from distributed import World, gather_objects, mean_over_ranks, on_main
 from utils import atomic_write, autocast, rng_state, set_rng_state
 
 FULL_KEYS = ("generator", "discriminator", "opt_G", "opt_D", "sched_G", "sched_D", "scaler", "epoch",
@@ -115,6 +115,18 @@ def full_checkpoint(state: RunState) -> dict:
                          "in_window": p.in_window},
             "rng": rng_state(), "world_size": state.world.size,
             **({"rng_ranks": state.rng_ranks} if state.rng_ranks else {})}
+
+
+def save_latest(state: RunState, path: Path) -> None:
+    """latest.pt, the commit point of the run so far: every process calls it, rank 0 writes."""
+    if state.world.size > 1:
+        # Each process's partial sums become their mean (the epoch mean is unchanged), so any
+        # number of processes can resume them; every process's RNG state goes into the file.
+        mean_over_ranks(state.progress.total, state.world)
+        mean_over_ranks(state.progress.window, state.world)
+        state.rng_ranks = gather_objects(state.world, rng_state())
+    checkpoint = full_checkpoint(state)
+    on_main(state.world, state.device, lambda: save_checkpoint(checkpoint, path))
 
 
 def generator_kwargs_of(checkpoint: dict) -> dict:

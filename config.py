@@ -192,6 +192,17 @@ def is_valid_unet_size(image_size: int) -> bool:
     return image_size >= 32 and image_size % 32 == 0
 
 
+# Fields that fix the shape of the networks or the meaning of the data: a run cannot continue
+# from a checkpoint made with other values.
+ARCHITECTURE_FIELDS = ("direction", "image_size", "ngf", "ndf", "n_layers_D", "norm",
+                       "dataset", "input_nc", "output_nc", "num_downs")
+
+
+def architecture_defaults() -> dict[str, object]:
+    """ARCHITECTURE_FIELDS with their defaults: what a checkpoint older than a field was made with."""
+    return {f.name: f.default for f in fields(Config) if f.name in ARCHITECTURE_FIELDS}
+
+
 def unet_depth(image_size: int, max_depth: int = 8) -> int:
     """Number of down-sampling levels for `image_size`: halve while even, at most `max_depth` times."""
     depth = 0
@@ -291,7 +302,8 @@ def _help(f: dataclasses.Field, default) -> str:
     """One line of --help: the field's description, its allowed values and its default."""
     choices = f.metadata.get("choices")
     allowed = f" One of: {', '.join(c for c in choices if c)}." if choices else ""
-    return f"{f.metadata.get('help', '')}.{allowed} Default: {default!r}".replace("%", "%%")
+    text = f.metadata.get("help", "")
+    return f"{text}{'' if text.endswith('.') else '.'}{allowed} Default: {default!r}".replace("%", "%%")
 
 
 def _from_file(path: str) -> dict[str, object]:
@@ -352,8 +364,21 @@ def parse_or_exit(argv: Sequence[str] | None = None, description: str | None = N
         raise SystemExit(2) from None
 
 
+def markdown_table() -> str:
+    """The README's config table, from the same field metadata as --help (a test keeps them equal)."""
+    rows = ["| field | default | allowed | meaning |", "|---|---|---|---|"]
+    for f in fields(Config):
+        choices = ", ".join(f"`{c}`" for c in f.metadata["choices"] if c) if f.metadata.get("choices") else ""
+        meaning = f.metadata["help"].replace("|", "\\|")
+        rows.append(f"| `{f.name}` | `{f.default!r}` | {choices} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
 def main() -> None:
-    """Print the resolved config: ``python config.py --lr 1e-4``."""
+    """Print the resolved config: ``python config.py --lr 1e-4``; ``--markdown`` prints the README's table."""
+    if sys.argv[1:] == ["--markdown"]:
+        print(markdown_table(), end="")
+        return
     cfg = parse_or_exit(description=__doc__)
     for field in fields(cfg):
         print(f"{field.name:16s} {getattr(cfg, field.name)!r}")

@@ -30,6 +30,7 @@ import argparse
 import html
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -158,10 +159,13 @@ def gallery_page(report: dict, title: str) -> str:
     rows = ["<tr><th>image</th><th>input</th><th>generated</th><th>target</th><th>L1</th><th>PSNR</th>"
             "<th>SSIM</th></tr>"]
     for item in report["per_image"]:
-        png = quote(f"{item['name']}.png")  # a file name is text in a URL: spaces, '#', '&' escaped
+        # The file name's bytes, %-escaped, so that spaces, '#', '&' and names that are not
+        # UTF-8 (surrogate-escaped by Python) all link to the file; shown with U+FFFD for bad bytes.
+        png = quote(os.fsencode(f"{item['name']}.png"))
+        shown = os.fsencode(item["name"]).decode("utf-8", "replace")
         images = "".join(f'<td><img src="{src}" alt="{src}" width="256"></td>'
                          for src in (f"real_A/{png}", png, f"real_B/{png}"))
-        rows.append(f"<tr><td>{html.escape(item['name'])}</td>{images}<td>{item['L1']:.4f}</td><td>{item['PSNR']:.2f}</td>"
+        rows.append(f"<tr><td>{html.escape(shown)}</td>{images}<td>{item['L1']:.4f}</td><td>{item['PSNR']:.2f}</td>"
                     f"<td>{item['SSIM']:.4f}</td></tr>")
     return html_page(title, [f"<p>{report['images']} images; means: {means}</p>", "<table>", *rows, "</table>"])
 
@@ -179,7 +183,6 @@ def export_generator(G: UNetGenerator, settings: SimpleNamespace, path: Path) ->
     dims = {"x": {0: torch.export.Dim("batch"), 2: m * torch.export.Dim("height_blocks"),
                   3: m * torch.export.Dim("width_blocks")}}
     program = torch.export.export(model, (example,), dynamic_shapes=dims)
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path.with_suffix(".pt2"), lambda tmp: torch.export.save(program, tmp))
     onnx_program = torch.onnx.export(model, (example,), dynamic_shapes=dims, dynamo=True, verbose=False,
                                      input_names=["real_A"], output_names=["fake_B"])

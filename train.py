@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 import checkpoint as ckpt
 import distributed as ddp
 from checkpoint import CheckpointError, Progress, RunState
-from config import DATASETS, Config, ConfigError, generator_depth, parse_args, size_multiple
+from config import DATASETS, Config, ConfigError, architecture_defaults, generator_depth, parse_args, size_multiple
 from dataset import DatasetError, PairedDataset, open_split
 from discriminator import PatchDiscriminator
 from download import ensure_dataset
@@ -41,18 +41,9 @@ from generator import UNetGenerator, translate
 from layers import init_weights, set_requires_grad
 from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
 from report import Reporter
-from utils import OutputError, exit_on_errors, resolve_device, resolve_precision, rng_state, seed_everything
+from utils import OutputError, exit_on_errors, on_signals, resolve_device, resolve_precision, seed_everything
 
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
-# Fields that fix the shape of the networks or the meaning of the data: a run cannot continue
-# from a checkpoint made with other values.
-ARCHITECTURE_FIELDS = ("direction", "image_size", "ngf", "ndf", "n_layers_D", "norm",
-                       "dataset", "input_nc", "output_nc", "num_downs")
-
-
-def architecture_defaults() -> dict[str, object]:
-    """ARCHITECTURE_FIELDS with their defaults: what a checkpoint older than a field was made with."""
-    return {f.name: f.default for f in dataclasses.fields(Config) if f.name in ARCHITECTURE_FIELDS}
 
 
 class TrainingError(RuntimeError):
@@ -268,26 +259,14 @@ def train_one_epoch(state: RunState, loader: DataLoader, report: Reporter, dirs:
             stop = ddp.any_rank(state.world, state.device, state.stop) if logged or state.world.size == 1 else False
             done = state.epoch * n_batches + p.iteration
             if stop or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-                save_latest(state, dirs)
+                check_finite(p.total, f"in epoch {state.epoch + 1}")
+                ckpt.save_latest(state, dirs["checkpoints"] / "latest.pt")
                 if stop:
                     state.stop = True
                     return None
     ddp.mean_over_ranks(p.total, state.world)  # epoch means over all processes' batches
     check_finite(p.total, f"in epoch {state.epoch + 1}")
     return dict(zip(LOSS_NAMES, (p.total / n_batches).tolist()))
-
-
-def save_latest(state: RunState, dirs: dict) -> None:
-    """latest.pt (every process calls it; rank 0 writes): the commit point of the run so far."""
-    if state.world.size > 1:
-        # Each process's partial sums become their mean (the epoch mean is unchanged), so any
-        # number of processes can resume them; every process's RNG state goes into the file.
-        ddp.mean_over_ranks(state.progress.total, state.world)
-        ddp.mean_over_ranks(state.progress.window, state.world)
-        state.rng_ranks = ddp.gather_objects(state.world, rng_state())
-    check_finite(state.progress.total, f"in epoch {state.epoch + 1}")
-    checkpoint = ckpt.full_checkpoint(state)
-    ddp.on_main(state.world, state.device, lambda: ckpt.save_checkpoint(checkpoint, dirs["checkpoints"] / "latest.pt"))
 
 
 def validate(state: RunState, val_set: PairedDataset) -> dict[str, float]:
@@ -331,26 +310,16 @@ def start(state: RunState, dirs: dict) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_signals(state: RunState) -> Iterator[None]:
-    """Ctrl-C (SIGINT) and SIGTERM ask to stop after the current iteration, with a checkpoint.
-
-    Under torchrun a Ctrl-C usually reaches each process twice (from the terminal, then relayed
-    by torchrun), so there repeats are ignored; in one process a second signal acts at once.
-    """
-    def ask_to_stop(signum, frame) -> None:
-        if state.world.is_main and not state.stop:
-            print(f"\n{signal.Signals(signum).name}: stopping after this iteration, with a checkpoint"
-                  + (" (again to abort)" if state.world.size == 1 else ""), file=sys.stderr)
+def stop_on_signals(state: RunState, report: Reporter) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM ask to stop after the current iteration, with a checkpoint;
+    in one process a second signal acts at once (under torchrun repeats are relays, ignored)."""
+    def ask_to_stop(signum: int) -> None:
+        if not state.stop:
+            report.print(f"{signal.Signals(signum).name}: stopping after this iteration, with a checkpoint"
+                         + (" (again to abort)" if state.world.size == 1 else ""))
         state.stop = True
-        if state.world.size == 1:
-            signal.signal(signum, previous[signum])
-
-    previous = {s: signal.signal(s, ask_to_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with on_signals((signal.SIGINT, signal.SIGTERM), ask_to_stop, once=state.world.size == 1):
         yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def train(cfg: Config, world: ddp.World | None = None, device: torch.device | None = None) -> None:
@@ -368,7 +337,7 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
         start(state, dirs)
         ddp.check_same_start(world, state.device, state.epoch, state.progress.iteration)
         loader = make_loader(train_set, cfg, state.device, world)
-        with Reporter(state, dirs["results"], len(train_set)) as report, stop_on_signals(state):
+        with Reporter(state, dirs["results"], len(train_set)) as report, stop_on_signals(state, report):
             while state.epoch < cfg.epochs and not state.stop:
                 loader.sampler.set_epoch(state.epoch)
                 train_set.set_epoch(state.epoch)
@@ -383,7 +352,7 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
                 state.history["epochs"].append({"epoch": state.epoch, **means, "lr": lr,
                                                 "seconds": round(time.perf_counter() - started, 2)})
                 ddp.on_main(world, state.device, lambda: end_of_epoch(state, val_set, report, dirs))
-                save_latest(state, dirs)
+                ckpt.save_latest(state, dirs["checkpoints"] / "latest.pt")
                 state.stop = ddp.any_rank(world, state.device, state.stop)
             report.finish(state, dirs)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -126,14 +127,43 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 @contextlib.contextmanager
+def on_signals(signals: tuple[int, ...], handle: Callable[[int], None], once: bool) -> Iterator[None]:
+    """Call handle(signum) instead of the default action of `signals` (e.g. KeyboardInterrupt);
+    with once, a second signal gets the previous action again (a second Ctrl-C stops at once)."""
+    def handler(signum, frame) -> None:
+        handle(signum)
+        if once:
+            signal.signal(signum, previous[signum])
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, action in previous.items():
+            signal.signal(s, action)
+
+
+@contextlib.contextmanager
 def exit_on_errors(usage: tuple[type[BaseException], ...], failures: tuple[type[BaseException], ...]) -> Iterator[None]:
     """For a script's main(): an expected error becomes one line ``error: ...`` on stderr and exit
-    status 2 (a bad setting, `usage`) or 1 (the work failed, `failures`), never a traceback."""
+    status 2 (a bad setting, `usage`) or 1 (the work failed, `failures`, or memory ran out), and
+    a Ctrl-C before the script handles signals itself exits 130; never a traceback."""
     try:
         yield
     except usage as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(str(err), 2)
     except failures as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+        fail(str(err), 1)
+    except KeyboardInterrupt:
+        fail("interrupted (Ctrl-C) before any file was written for this step; run the command again", 130)
+    except (MemoryError, RuntimeError) as err:  # torch's allocators raise RuntimeError subclasses
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not (isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text):
+            raise
+        fail(f"out of memory ({text}); try a smaller --image_size, --batch_size or --ngf/--ndf", 1)
+
+
+def fail(message: str, status: int) -> None:
+    """Print ``error: message`` on stderr and exit with `status`."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(status) from None

@@ -1,3 +1,5 @@
+import dataclasses
+import os
 import subprocess
 import sys
 
@@ -59,3 +61,17 @@ def test_choices_agree_with_the_modules_that_take_them():
     import dataset
     assert config.LAYOUTS == dataset.LAYOUTS and config.PREPROCESS_MODES == dataset.PREPROCESS_MODES
     assert config.DATASETS["facades"].splits == dataset.FACADES_COUNTS
+
+
+def test_help_and_the_readme_table_come_from_the_field_metadata(tmp_path):
+    import config
+    from conftest import ROOT
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert config.markdown_table() in readme, "README's config table: paste `python config.py --markdown`"
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, env={**os.environ, "COLUMNS": "400"})
+    assert result.returncode == 0
+    for field in dataclasses.fields(config.Config):
+        assert field.metadata["help"] and field.metadata["help"] in result.stdout, field.name
+        for choice in field.metadata["choices"] or ():
+            assert choice in result.stdout

@@ -14,7 +14,7 @@ from PIL import Image
 
 import train
 from checkpoint import CheckpointError, full_checkpoint, restore
-from config import DATASETS, FACADES_URL, Config, ConfigError, generator_depth, parse_args
+from config import DATASETS, FACADES_URL, Config, ConfigError, architecture_defaults, generator_depth, parse_args
 from conftest import ROOT
 from dataset import (FACADES_COUNTS, AlignedDataset, DatasetError, PairedFoldersDataset, list_images,
                      match_pairs)
@@ -354,12 +354,12 @@ def test_resume_refuses_other_channels_and_accepts_older_checkpoints(tmp_path):
     checkpoint = full_checkpoint(state)
     gray = train.setup(tiny(input_nc=1))
     with pytest.raises(CheckpointError) as err:
-        restore(gray, checkpoint, tmp_path / "latest.pt", train.architecture_defaults())
+        restore(gray, checkpoint, tmp_path / "latest.pt", architecture_defaults())
     assert "input_nc=3 there, 1 now" in one_line(err)
     # A checkpoint from before these fields existed was made with their defaults.
     for field in ("dataset", "input_nc", "output_nc", "num_downs"):
         del checkpoint["config"][field]
-    restore(state, checkpoint, tmp_path / "latest.pt", train.architecture_defaults())
+    restore(state, checkpoint, tmp_path / "latest.pt", architecture_defaults())
     assert state.epoch == 0
 
 

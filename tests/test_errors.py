@@ -1,0 +1,148 @@
+"""One line, never a traceback: each class of bad input to train.py and predict.py exits non-zero
+with `error: <what> <why>` and writes nothing half-done. (Data and download failures:
+test_dataset.py and test_download.py; damaged checkpoints and signals: test_resume.py.)"""
+
+import dataclasses
+import shutil
+import sys
+from pathlib import Path
+from urllib.parse import unquote_to_bytes
+
+import pytest
+import torch
+
+import train
+from checkpoint import full_checkpoint, save_checkpoint
+from conftest import error_lines, require, run_script, tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("run") / "latest.pt"
+    save_checkpoint(full_checkpoint(train.setup(tiny_config(name="tiny"))), path)
+    return path
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--threads", "99999999999"], "--threads: must be at most 2147483647"),
+    (["--image_size", str(2**40)], "--image_size: must be at most"),
+    (["--seed", "-1"], "--seed: must be in [0, 2^32)"),
+    (["--device", "cuda:x"], "--device: must be auto, cpu, cuda or cuda:N"),
+    (["--device", "gpu"], "--device: must be auto, cpu, cuda or cuda:N"),
+    (["--name", "x" * 300], "--name: must be at most 200 bytes"),
+    (["--name", "a\\b"], "--name: must be a plain folder name"),
+])
+def test_values_the_libraries_cannot_take_are_refused_before_any_work(tmp_path, argv, message):
+    result = run_script("train.py", *argv, cwd=tmp_path)
+    (line,) = error_lines(result)
+    assert result.returncode == 2 and message in line
+    assert not list(tmp_path.iterdir()), "nothing written"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda:x", "cuda", "npu"])
+def test_predict_names_a_device_it_cannot_use(tiny_checkpoint, tmp_path, device):
+    result = run_script("predict.py", "--checkpoint", tiny_checkpoint, "--device", device, "--split", "test",
+                        cwd=tmp_path)
+    (line,) = error_lines(result)
+    assert result.returncode == 2 and f"--device {device}" in line
+
+
+def run_main(monkeypatch, capsys, tmp_path, argv: list[str]) -> tuple[int, list[str]]:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv])
+    with pytest.raises(SystemExit) as stop:
+        train.main()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return stop.value.code, [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys, tmp_path, synthetic_split):
+    root = synthetic_split(n=2).parent
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "build_data", interrupted)
+    code, errors = run_main(monkeypatch, capsys, tmp_path, ["--data_root", str(root)])
+    assert code == 130 and len(errors) == 1 and "interrupted" in errors[0]
+
+
+def test_running_out_of_memory_is_one_line(monkeypatch, capsys, tmp_path, synthetic_split):
+    root = synthetic_split(n=2).parent
+
+    def too_big(*args, **kwargs):  # what torch's CPU allocator raises when malloc fails
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 bytes.")
+    monkeypatch.setattr(train, "setup", too_big)
+    code, errors = run_main(monkeypatch, capsys, tmp_path, ["--data_root", str(root), "--image_size", "4096", "--load_size", "4096"])
+    assert code == 1 and len(errors) == 1 and "out of memory" in errors[0] and "--image_size" in errors[0]
+
+
+def test_other_runtime_errors_are_not_hidden(monkeypatch, capsys, tmp_path, synthetic_split):
+    """Only the known classes become one line: a bug still shows its traceback."""
+    root = synthetic_split(n=2).parent
+    monkeypatch.setattr(train, "setup", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py", "--data_root", str(root)])
+    with pytest.raises(RuntimeError, match="a bug"):
+        train.main()
+
+
+def test_predict_refuses_a_checkpoint_name_that_leaves_the_results_folder(tmp_path, facades):
+    state = train.setup(tiny_config(name="tiny"))
+    saved = full_checkpoint(state)
+    saved["config"]["name"] = "../../escaped/x/.."
+    save_checkpoint(saved, tmp_path / "crafted.pt")
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_script("predict.py", "--checkpoint", tmp_path / "crafted.pt", "--split", "test", "--data_root",
+                        facades, cwd=work)
+    (line,) = error_lines(result)
+    assert result.returncode == 1 and "crafted.pt" in line and "--output" in line
+    assert not list(work.iterdir()) and not (tmp_path.parent / "escaped").exists()
+
+
+def test_predict_refuses_weights_it_cannot_rebuild(tmp_path):
+    torch.save({"generator": {"down.0.weight": torch.zeros(8, 3, 4, 4)}}, tmp_path / "odd.pt")
+    result = run_script("predict.py", "--checkpoint", tmp_path / "odd.pt", "--split", "test", cwd=tmp_path)
+    (line,) = error_lines(result)
+    assert result.returncode == 1 and "odd.pt" in line and "cannot rebuild the generator" in line
+
+
+def test_file_names_that_are_not_utf8_get_a_working_page(tiny_checkpoint, tmp_path, facades):
+    split = tmp_path / "data" / "test"
+    split.mkdir(parents=True)
+    name = b"caf\xe9"  # Latin-1, not UTF-8
+    shutil.copy(facades / "test" / "1.jpg", split / (name.decode("utf-8", "surrogateescape") + ".jpg"))
+    result = run_script("predict.py", "--checkpoint", tiny_checkpoint, "--split", "test", "--data_root",
+                        tmp_path / "data", "--output", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    page = (tmp_path / "out" / "index.html").read_bytes()
+    assert b"caf%E9.png" in page and b"caf\xef\xbf\xbd" in page  # linked by its bytes, shown with U+FFFD
+    assert (tmp_path / "out" / unquote_to_bytes("caf%E9.png").decode("utf-8", "surrogateescape")).is_file()
+
+
+def test_an_export_path_that_cannot_be_written_is_one_line(tiny_checkpoint, tmp_path):
+    require("onnxscript")
+    (tmp_path / "a_file").write_text("not a folder")
+    target = tmp_path / "a_file" / "model.onnx"
+    result = run_script("predict.py", "--checkpoint", tiny_checkpoint, "--export", target, cwd=tmp_path)
+    (line,) = error_lines(result)
+    assert result.returncode == 1 and "cannot write" in line and "a_file" in line
+
+
+def test_a_config_file_that_is_not_a_config_is_one_line(tmp_path):
+    for text, message in (("{not json", "cannot read a JSON object"), ('{"lr": "fast"}', "--lr: expected float"),
+                          ('{"epoch": 3}', "unknown field 'epoch'"), ("[1, 2]", "expected a JSON object")):
+        (tmp_path / "c.json").write_text(text)
+        result = run_script("train.py", "--config", tmp_path / "c.json", cwd=tmp_path)
+        (line,) = error_lines(result)
+        assert result.returncode == 2 and message in line, line
+
+
+def test_a_config_file_round_trips(tmp_path):
+    import config
+    (tmp_path / "c.json").write_text('{"config": {"lr": 0.001, "epochs": 3, "flip": false}}')
+    cfg = config.parse_args(["--config", str(tmp_path / "c.json"), "--epochs", "4"])
+    assert (cfg.lr, cfg.epochs, cfg.flip) == (0.001, 4, False)
+    assert dataclasses.replace(cfg, lr=2e-4, epochs=200, flip=True) == config.Config()
