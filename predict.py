@@ -37,13 +37,12 @@ from types import SimpleNamespace
 from urllib.parse import quote
 
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from checkpoint import CheckpointError, load_generator
 from config import ConfigError, name_problem
 from dataset import DatasetError, list_images, open_split, read_image
+from dataset import resize as resize_image
 from generator import UNetGenerator, deployable, translate
 from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
 from report import html_page, save_image
@@ -118,13 +117,13 @@ def translate_image(G: UNetGenerator, settings: SimpleNamespace, real_A: torch.T
                     resize: bool, seed: int | None = None) -> torch.Tensor:
     """fake_B (C, H, W) in [-1, 1] for one uint8 (C, H, W) input image, at the image's size:
     padded to the generator's multiple (or, with resize, resized to image_size and back)."""
-    size = list(real_A.shape[-2:])
+    height, width = real_A.shape[-2:]
     if resize:
-        real_A = TF.resize(real_A, [settings.image_size] * 2, interpolation=InterpolationMode.BICUBIC, antialias=True)
+        real_A = resize_image(real_A, settings.image_size, settings.image_size)
     real_A = real_A.float().div(127.5).sub(1.0)[None].to(device)  # (1, C, H', W') in [-1, 1]
     fake_B = translate(G, real_A, settings.eval_mode, settings.seed if seed is None else seed, amp)[0].cpu()
     if resize:
-        fake_B = TF.resize(fake_B, size, interpolation=InterpolationMode.BICUBIC, antialias=True).clamp(-1, 1)
+        fake_B = resize_image(fake_B, height, width).clamp(-1, 1)
     return fake_B
 
 

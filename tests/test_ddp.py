@@ -5,18 +5,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
 import torch
 from PIL import Image
 
 import distributed
 import train
 from config import Config, ConfigError
-from conftest import ROOT
+from conftest import ROOT, wait_for
 
 # Two images, no random crop (load_size == image_size), no flip, no dropout, constant lr: one epoch
 # is then one optimisation step on both images, whether 2 processes x batch 1 or 1 x batch 2.
@@ -24,6 +24,8 @@ from conftest import ROOT
 TINY = ["--max_images", "2", "--image_size", "32", "--load_size", "32", "--flip", "false", "--dropout", "0",
         "--ngf", "8", "--ndf", "8", "--lr_decay_epochs", "0", "--save_every", "1", "--num_samples", "1",
         "--precision", "fp32", "--log_every", "1", "--sync_bn", "true"]
+pytestmark = pytest.mark.slow  # torchrun launches of several processes
+
 LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -147,14 +149,6 @@ def resumed(runs, facades):
     finally:
         launcher.kill()
     return {"single": single, "double": subprocess.CompletedProcess(launcher.args, launcher.returncode, out, err)}
-
-
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.time() < deadline, f"{path} did not appear"
-        time.sleep(0.1)
 
 
 def rank_pid(launcher_pid: int, rank: int) -> int:

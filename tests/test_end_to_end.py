@@ -5,12 +5,14 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from PIL import Image
 
 from conftest import ROOT, html_links
 
 
+@pytest.mark.slow
 def test_train_py_writes_every_per_epoch_file(facades, tmp_path):
     args = ["--data_root", str(facades), "--epochs", "2", "--max_images", "4", "--image_size", "32",
             "--load_size", "36", "--ngf", "8", "--ndf", "8", "--num_samples", "3", "--save_every", "2",

@@ -15,7 +15,7 @@ from PIL import Image
 import train
 from checkpoint import CheckpointError, full_checkpoint, restore
 from config import DATASETS, FACADES_URL, Config, ConfigError, architecture_defaults, generator_depth, parse_args
-from conftest import ROOT
+from conftest import ROOT, tiny_config
 from dataset import (FACADES_COUNTS, AlignedDataset, DatasetError, PairedFoldersDataset, list_images,
                      match_pairs)
 from test_download import build_archive, server  # noqa: F401  (server: the 127.0.0.1 HTTP fixture)
@@ -70,9 +70,7 @@ def wide_split(tmp_path_factory, halves):
 
 
 def tiny(**overrides) -> Config:
-    settings = dict(image_size=32, load_size=36, ngf=8, ndf=8, precision="fp32", seed=3, num_samples=2,
-                    max_images=2, epochs=1, log_every=1)
-    return Config(**{**settings, **overrides})
+    return tiny_config(**{"seed": 3, "num_samples": 2, "max_images": 2, "epochs": 1, "log_every": 1, **overrides})
 
 
 def one_line(err) -> str:
@@ -428,3 +426,25 @@ def test_sets_without_an_archive_say_what_to_do(tmp_path, name, message):
         train.prepare_data_root(cfg)
     assert message in one_line(err)
     assert not (tmp_path / name).exists()
+
+
+def test_validation_and_predict_take_a_split_of_mixed_sizes(tmp_path, halves):
+    """crop, none and scale_width keep each evaluation image at its own size: validation and
+    predict.py score them one by one instead of stacking them."""
+    root = make_aligned(tmp_path / "data", halves[:2], ("train",), size=(64, 64))
+    make_aligned(tmp_path / "data", halves[:1], ("val",), size=(64, 64))
+    wide = make_aligned(tmp_path / "wide", halves[1:2], ("val",), size=(96, 64))  # 96x64 halves
+    (wide / "val" / "1.png").rename(root / "val" / "2.png")
+    assert {tuple(x.shape[-2:]) for x, _ in AlignedDataset(root / "val", "BtoA", 64, 64, train=False,
+                                                          preprocess="crop")} == {(64, 64), (64, 96)}
+    cfg = tiny(dataset="custom", data_root=str(root), preprocess="crop", checkpoint_dir=str(tmp_path / "ck"),
+               results_dir=str(tmp_path / "res"))
+    train.train(cfg)
+    row = torch.load(tmp_path / "ck" / "custom" / "latest.pt", weights_only=True)["history"]["epochs"][-1]
+    assert 0 < row["val_L1"] < 1
+    result = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--checkpoint", str(tmp_path / "ck" / "custom" /
+                             "latest.pt"), "--split", "val", "--output", str(tmp_path / "out")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with Image.open(tmp_path / "out" / "2.png") as image:
+        assert image.size == (96, 64)

@@ -61,13 +61,17 @@ def test_single_images_of_any_size_keep_their_size(checkpoint, tmp_path):
         assert image.size == (600, 400)
 
 
-def test_padding_does_not_change_an_image_of_the_right_size(checkpoint, tmp_path):
-    """The pad-and-crop path is the plain generator when nothing needs padding."""
-    G, cfg, _ = predict.load_run(checkpoint, torch.device("cpu"))
+def test_translate_is_the_plain_generator_without_padding_and_crops_back_with_it(checkpoint, tmp_path):
+    G, _, _ = predict.load_run(checkpoint, torch.device("cpu"))
     x = torch.rand(1, 3, 64, 32) * 2 - 1
+    with torch.no_grad():
+        expected = G.eval()(x)
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    assert torch.equal(predict.translate(G, x, True, 0), expected)  # a multiple of 32: no padding at all
     padded = predict.translate(G, torch.cat([x, x[..., :5, :]], dim=-2), True, 0)  # 69 rows -> pad to 96
-    plain = predict.translate(G, x, True, 0)
-    assert padded.shape == (1, 3, 69, 32) and plain.shape == (1, 3, 64, 32)
+    assert padded.shape == (1, 3, 69, 32) and torch.isfinite(padded).all()
+    assert not torch.equal(padded[..., :64, :], expected), "the extra rows are seen by the generator"
+    assert all(torch.equal(v, G.state_dict()[k]) for k, v in before.items()), "translate leaves G as it was"
 
 
 def test_folder_of_inputs(checkpoint, tmp_path):

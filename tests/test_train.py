@@ -7,12 +7,12 @@ import torch
 
 import train
 from config import Config
+from conftest import tiny_config
 from dataset import AlignedDataset
 
 
-def tiny_config(**overrides) -> Config:
-    settings = dict(image_size=32, load_size=36, ngf=8, ndf=8, precision="fp32", seed=3)
-    return Config(**{**settings, **overrides})
+def tiny(**overrides) -> Config:
+    return tiny_config(**{"seed": 3, "num_samples": 4, **overrides})
 
 
 def batch_of(folder, n=1, size=32):
@@ -21,7 +21,7 @@ def batch_of(folder, n=1, size=32):
 
 
 def test_one_step_changes_both_networks(synthetic_split):
-    state = train.setup(tiny_config())
+    state = train.setup(tiny())
     real_A, real_B = batch_of(synthetic_split(n=2, size=32), n=2)
     before = {name: [p.detach().clone() for p in getattr(state, name).parameters()] for name in ("G", "D")}
     losses = train.train_step(state, real_A, real_B)
@@ -43,7 +43,7 @@ def test_lr_schedule_is_constant_then_linear_to_zero():
 
 def test_learns_a_small_set(facades):
     """On 4 real pairs at 32 px, 300 steps bring the L1 loss clearly down."""
-    cfg = tiny_config(ngf=16, ndf=16, lr=1e-3)
+    cfg = tiny(ngf=16, ndf=16, lr=1e-3)
     state = train.setup(cfg)
     data = AlignedDataset(facades / "train", "BtoA", 32, 32, train=False, max_images=4)
     real_A = torch.stack([data[i][0] for i in range(4)])
@@ -65,7 +65,7 @@ def run_epochs(cfg: Config, tmp_path) -> list[dict]:
 def test_same_seed_gives_same_losses(synthetic_split, tmp_path):
     folder = synthetic_split(n=4, size=40).parent
     synthetic_split(n=2, size=40, name="val")
-    cfg = tiny_config(data_root=str(folder), epochs=2, num_samples=2)
+    cfg = tiny(data_root=str(folder), epochs=2, num_samples=2)
     first = run_epochs(cfg, tmp_path / "one")
     second = run_epochs(cfg, tmp_path / "two")
     strip = [{k: v for k, v in row.items() if k != "seconds"} for row in first]
