@@ -293,7 +293,7 @@ def test_generator_runs_at_those_sizes(size, num_downs):
     (["--image_size", "96", "--load_size", "100", "--num_downs", "6"], "multiple of 2^num_downs = 64, got 6"),
     (["--preprocess", "scale_width", "--load_size", "200"], "--load_size: must be >= image_size"),
     (["--preprocess", "resize"], "--preprocess: must be one of resize_and_crop, crop, scale_width, none"),
-    (["--data_layout", "stacked"], "--data_layout: must be aligned or paired_folders"),
+    (["--data_layout", "stacked"], "--data_layout: must be one of aligned, paired_folders"),
     (["--dataset", "horse2zebra"], "--dataset: must be one of facades, cityscapes, maps, edges2shoes"),
     (["--input_nc", "2"], "--input_nc: must be 1 (grayscale) or 3 (RGB), got 2"),
     (["--output_nc", "4"], "--output_nc: must be 1 (grayscale) or 3 (RGB), got 4"),

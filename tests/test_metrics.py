@@ -87,6 +87,7 @@ def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
     assert metrics.kid_subset_size(106) == 53 and metrics.kid_subset_size(10_000) == 1000
 
 
+@pytest.mark.slow
 def test_fid_and_kid_on_real_images(photo_pairs, facades):
     """With the optional package (CI installs it): a handful of real photos through Inception."""
     require_fid()  # optional for users: requirements-eval.txt

@@ -41,6 +41,7 @@ def test_lr_schedule_is_constant_then_linear_to_zero():
     assert [train.lr_factor(e, 3, 100) for e in range(3)] == pytest.approx([0.75, 0.5, 0.25])
 
 
+@pytest.mark.slow
 def test_learns_a_small_set(facades):
     """On 4 real pairs at 32 px, 300 steps bring the L1 loss clearly down."""
     cfg = tiny(ngf=16, ndf=16, lr=1e-3)
