@@ -28,6 +28,9 @@ NORMS = ("batch", "instance")
 MAX_NAME_BYTES = 200  # a run name is a folder name; room is left for the files' own names
 MAX_INT = 2**31 - 1  # integers go to C code (threads, sizes, counts) that takes a 32-bit int
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# "auto" lets a plain run log to TensorBoard when the package is there, while an explicit "true"
+# can fail loudly when it is not: a bool could not tell the default from a request.
+TENSORBOARD_MODES = ("auto", "true", "false")
 
 # The official archives of the pix2pix dataset family: one URL pattern, the set's name swapped in.
 PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{name}.tar.gz"
@@ -117,6 +120,9 @@ class Config:
     results_dir: str = option("results", "folder of the runs' result folders")
     save_every: int = option(10, "also keep the snapshot epoch_NNN.pt every N epochs (0 = never)")
     log_every: int = option(10, "progress and per-iteration loss curve every N iterations")
+    tensorboard: str = option("auto", "log to results/<name>/tensorboard/: auto = when the tensorboard package is "
+                              "installed, true = required (requirements-tensorboard.txt), false = off",
+                              TENSORBOARD_MODES)
     resume: bool = option(True, "continue checkpoints/<name>/latest.pt if it exists; false moves the old run "
                           "aside and starts over")
     resume_from: str = option("", "continue from this checkpoint file instead")

@@ -17,7 +17,9 @@ index.html, a page of input | generated | target with each image's numbers.
 With --export model.onnx, the generator is written as ONNX (dynamic batch, height and width:
 multiples of 2^depth) and as a torch.export program (model.pt2 beside it), for deployment
 without this code. The exported graph is deterministic: dropout off, and BatchNorm as the run's
-eval_mode says (false: the statistics of the input batch, as in training).
+eval_mode says (false: the statistics of the input batch, as in training). Each file written is
+printed; the ONNX model's metadata_props say how to feed it (input range [-1, 1], size multiple,
+direction, input/output channels, eval_mode): onnx.load(path).metadata_props.
 
 The generator is rebuilt from the checkpoint alone. Batch-norm mode and dropout follow the run's
 `eval_mode` (false, the paper's choice: batch statistics and dropout at test time too) unless
@@ -169,8 +171,17 @@ def gallery_page(report: dict, title: str) -> str:
     return html_page(title, [f"<p>{report['images']} images; means: {means}</p>", "<table>", *rows, "</table>"])
 
 
-def export_generator(G: UNetGenerator, settings: SimpleNamespace, path: Path) -> None:
-    """path (.onnx) and path.with_suffix(".pt2"): the deployable generator with dynamic sizes."""
+def onnx_metadata(G: UNetGenerator, settings: SimpleNamespace, epoch: int) -> dict[str, str]:
+    """What a user of model.onnx needs to feed it and read it, as ONNX metadata_props (strings)."""
+    return {"input_range": "[-1, 1]", "output_range": "[-1, 1]", "layout": "NCHW",
+            "size_multiple": str(G.size_multiple), "direction": settings.direction,
+            "input_channels": str(settings.input_nc), "output_channels": str(settings.output_nc),
+            "eval_mode": str(settings.eval_mode).lower(), "run": str(settings.name), "epoch": str(epoch)}
+
+
+def export_generator(G: UNetGenerator, settings: SimpleNamespace, path: Path, epoch: int = 0) -> list[Path]:
+    """path (.onnx) and path.with_suffix(".pt2"): the deployable generator with dynamic sizes.
+    The ONNX file carries onnx_metadata() in its metadata_props. Returns the files written."""
     missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
         raise MissingPackageError(f"ONNX export needs the optional packages {' and '.join(missing)}: "
@@ -183,9 +194,21 @@ def export_generator(G: UNetGenerator, settings: SimpleNamespace, path: Path) ->
                   3: m * torch.export.Dim("width_blocks")}}
     program = torch.export.export(model, (example,), dynamic_shapes=dims)
     atomic_write(path.with_suffix(".pt2"), lambda tmp: torch.export.save(program, tmp))
+    print(f"wrote {path.with_suffix('.pt2')} (torch.export program: torch.export.load(...).module())")
     onnx_program = torch.onnx.export(model, (example,), dynamic_shapes=dims, dynamo=True, verbose=False,
                                      input_names=["real_A"], output_names=["fake_B"])
-    atomic_write(path, lambda tmp: onnx_program.save(tmp))
+
+    def write_onnx(tmp: str) -> None:
+        import onnx
+
+        onnx_program.save(tmp)
+        # The exporter has no place for them; the onnx package adds them to the saved model.
+        exported = onnx.load(tmp)
+        onnx.helper.set_model_props(exported, onnx_metadata(G, settings, epoch))
+        onnx.save(exported, tmp)
+    atomic_write(path, write_onnx)
+    print(f"wrote {path} (ONNX: input real_A, output fake_B, NCHW in [-1, 1], sides multiples of {m})")
+    return [path.with_suffix(".pt2"), path]
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -201,7 +224,7 @@ def run(args: argparse.Namespace) -> Path:
         settings.eval_mode = args.eval_mode == "true"
     amp = autocast(device, resolve_precision("auto", device))
     if args.export:
-        export_generator(G, settings, args.export)
+        export_generator(G, settings, args.export, epoch)
         return args.export.parent
     where = args.split or "predict"
     output = args.output or Path(settings.results_dir) / settings.name / where
@@ -223,7 +246,8 @@ def main() -> None:
     args = parse_args(sys.argv[1:])
     with exit_on_errors((ConfigError,), (CheckpointError, DatasetError, OutputError, MissingPackageError)):
         output = run(args)
-    print(f"wrote {output}")
+    if not args.export:  # the export has named each file it wrote
+        print(f"wrote {output}")
 
 
 if __name__ == "__main__":

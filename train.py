@@ -40,7 +40,7 @@ from download import ensure_dataset
 from generator import UNetGenerator, translate
 from layers import init_weights, set_requires_grad
 from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
-from report import Reporter
+from report import Reporter, RunLog, check_tensorboard
 from utils import OutputError, exit_on_errors, on_signals, resolve_device, resolve_precision, seed_everything
 
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
@@ -327,8 +327,10 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
     world = world or ddp.World()
     if cfg.val_fid:
         inception_weights_path()  # a missing optional package fails now, not after the first epoch
+    check_tensorboard(cfg)  # so does --tensorboard true without the package
     dirs = {"results": Path(cfg.results_dir) / cfg.name, "checkpoints": Path(cfg.checkpoint_dir) / cfg.name}
-    with ckpt.run_lock(dirs["checkpoints"]) if world.is_main else contextlib.nullcontext():
+    lock = ckpt.run_lock(dirs["checkpoints"]) if world.is_main else contextlib.nullcontext()
+    with lock, RunLog(world.is_main) as log:  # what is printed from here on also goes to train.log
         ddp.in_turns(world, device, lambda: prepare_data_root(cfg))  # a download happens once
         train_set, val_set = build_data(cfg)  # first, so that bad data fails before any work
         state = setup(cfg, world, device)
@@ -337,7 +339,7 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
         start(state, dirs)
         ddp.check_same_start(world, state.device, state.epoch, state.progress.iteration)
         loader = make_loader(train_set, cfg, state.device, world)
-        with Reporter(state, dirs["results"], len(train_set)) as report, stop_on_signals(state, report):
+        with Reporter(state, dirs["results"], len(train_set), log, len(val_set)) as report, stop_on_signals(state, report):
             while state.epoch < cfg.epochs and not state.stop:
                 loader.sampler.set_epoch(state.epoch)
                 train_set.set_epoch(state.epoch)

@@ -2,6 +2,7 @@
 as one process with the double batch, interchangeable checkpoints, and launch errors."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -44,7 +45,10 @@ def run_train(cwd, *args, processes: int = 1, env: dict | None = None) -> subpro
 
 
 def files_under(folder) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    """The files under folder; TensorBoard event files, named by time, host and pid, as one name
+    (so two lists are equal when each run wrote as many)."""
+    return sorted(re.sub(r"tfevents\..*", "tfevents.*", str(p.relative_to(folder)))
+                  for p in folder.rglob("*") if p.is_file())
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +113,7 @@ def test_torchrun_leaves_exactly_one_set_of_outputs(runs):
         written = files_under(cwd / folder / "two")
         assert expected in written and written == files_under(cwd / folder / "one")
         assert not [name for name in written if name.endswith(".tmp")]
+    assert files_under(cwd / "results" / "two").count("tensorboard/events.out.tfevents.*") == 1  # rank 0's
     saved = checkpoint(cwd, "two", "latest.pt")
     assert saved["world_size"] == 2 and len(saved["rng_ranks"]) == 2 and saved["epoch"] == 2
 

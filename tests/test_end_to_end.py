@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, html_links
+from report import HEADER_HEIGHT
 
 
 @pytest.mark.slow
@@ -28,8 +29,8 @@ def test_train_py_writes_every_per_epoch_file(facades, tmp_path):
         with Image.open(results / "samples" / f"epoch_{epoch:03d}.png") as grid:
             grid.verify()
         with Image.open(results / "samples" / f"epoch_{epoch:03d}.png") as grid:
-            # 3 rows (input | generated | target) of 32 px images with 2 px padding
-            assert grid.size == (3 * 34 + 2, 3 * 34 + 2)
+            # 3 rows (input | generated | target) of 32 px images with 2 px padding, under the captions
+            assert grid.size == (3 * 34 + 2, HEADER_HEIGHT + 3 * 34 + 2)
     with Image.open(results / "loss.png") as plot:
         plot.verify()
     with open(results / "history.csv") as f:
@@ -45,7 +46,8 @@ def test_train_py_writes_every_per_epoch_file(facades, tmp_path):
     assert links[2:] == ["samples/epoch_002.png", "samples/epoch_001.png"]  # newest first
     best = min(rows, key=lambda row: float(row["val_L1"]))
     assert torch.load(checkpoints / "best.pt", weights_only=True)["epoch"] == int(best["epoch"])
-    assert json.loads((results / "config.json").read_text())["image_size"] == 32
+    assert json.loads((results / "config.json").read_text())["config"]["image_size"] == 32
+    assert "epoch 2/2" in (results / "train.log").read_text()
 
     checkpoint = torch.load(checkpoints / "latest.pt", weights_only=True)
     assert checkpoint["epoch"] == 2 and (checkpoints / "epoch_002.pt").exists()

@@ -67,3 +67,14 @@ def test_missing_export_packages_give_one_line(tmp_path, monkeypatch):
     with pytest.raises(predict.MissingPackageError, match="pip install -r requirements-export.txt"):
         predict.export_generator(G, cfg, tmp_path / "model.onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_onnx_carries_metadata_and_each_written_file_is_named(tmp_path, capsys):
+    onnx = require("onnx")
+    path, cfg = export(tmp_path, direction="AtoB", input_nc=1)
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in printed if line.startswith("wrote ")] == [str(path.with_suffix(".pt2")), str(path)]
+    props = {prop.key: prop.value for prop in onnx.load(str(path)).metadata_props}
+    assert props["input_range"] == props["output_range"] == "[-1, 1]"
+    assert props["size_multiple"] == "32" and props["direction"] == "AtoB" and props["eval_mode"] == "false"
+    assert (props["input_channels"], props["output_channels"]) == ("1", "3") and props["epoch"] == "1"

@@ -20,7 +20,7 @@ from dataset import (FACADES_COUNTS, AlignedDataset, DatasetError, PairedFolders
                      match_pairs)
 from test_download import build_archive, server  # noqa: F401  (server: the 127.0.0.1 HTTP fixture)
 from generator import UNetGenerator
-from report import save_sample_grid
+from report import HEADER_HEIGHT, save_sample_grid
 
 # ---------------------------------------------------------------------------------------------
 # Building layouts from real pairs
@@ -331,10 +331,10 @@ def test_grayscale_training_end_to_end(tmp_path, halves, input_nc, output_nc):
     assert checkpoint["discriminator"]["model.0.weight"].shape[1] == input_nc + output_nc
     with Image.open(tmp_path / "res" / "custom" / "samples" / "epoch_001.png") as grid:
         pixels = np.array(grid.convert("RGB")).astype(int)
-    assert pixels.shape == (2 * 34 + 2, 3 * 34 + 2, 3)  # 2 rows of input | generated | target
+    assert pixels.shape == (HEADER_HEIGHT + 2 * 34 + 2, 3 * 34 + 2, 3)  # captions, 2 rows of input | generated | target
     gray_columns = [0] + ([1, 2] if output_nc == 1 else [])
     for column in range(3):
-        cell = pixels[2:34, 2 + 34 * column:34 + 34 * column]
+        cell = pixels[HEADER_HEIGHT + 2:HEADER_HEIGHT + 34, 2 + 34 * column:34 + 34 * column]
         is_gray = (cell[..., 0] == cell[..., 1]).all() and (cell[..., 1] == cell[..., 2]).all()
         assert is_gray == (column in gray_columns), f"column {column}"
 
@@ -344,7 +344,7 @@ def test_sample_grid_pads_images_of_different_sizes(tmp_path):
             [torch.ones(3, 40, 32)] * 3]
     save_sample_grid(rows, tmp_path / "grid.png")
     with Image.open(tmp_path / "grid.png") as grid:
-        assert grid.size == (3 * 50 + 2, 2 * 42 + 2)
+        assert grid.size == (3 * 50 + 2, HEADER_HEIGHT + 2 * 42 + 2)
 
 
 def test_resume_refuses_other_channels_and_accepts_older_checkpoints(tmp_path):

@@ -43,10 +43,12 @@ def assert_same_run(a: dict, b: dict) -> None:
 
 
 def files_of(cfg) -> set[str]:
-    """The run's files, relative to its two folders."""
+    """The run's files, relative to its two folders; TensorBoard's event files are left out (each
+    process appends a new one, named by its time and pid: they are logs, like train.log)."""
     found = set()
     for top in (Path(cfg.checkpoint_dir) / cfg.name, Path(cfg.results_dir) / cfg.name):
-        found |= {f"{top.parent.name}/{p.relative_to(top)}" for p in top.rglob("*") if p.is_file()}
+        found |= {f"{top.parent.name}/{p.relative_to(top)}" for p in top.rglob("*")
+                  if p.is_file() and "tensorboard" not in p.relative_to(top).parts}
     return found
 
 
