@@ -47,7 +47,7 @@ from dataset import DatasetError, list_images, open_split, read_image
 from dataset import resize as resize_image
 from generator import UNetGenerator, deployable, translate
 from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
-from report import html_page, save_image
+from figures import html_page, save_image
 from utils import OutputError, atomic_write, autocast, exit_on_errors, resolve_device, resolve_precision, write_text
 
 # What predict.py needs of the run's config, with the defaults of checkpoints older than a field.

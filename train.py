@@ -340,7 +340,7 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
         ddp.check_same_start(world, state.device, state.epoch, state.progress.iteration)
         loader = make_loader(train_set, cfg, state.device, world)
         with Reporter(state, dirs["results"], len(train_set), log, len(val_set)) as report, stop_on_signals(state, report):
-            while state.epoch < cfg.epochs and not state.stop:
+            while state.epoch < cfg.epochs:
                 loader.sampler.set_epoch(state.epoch)
                 train_set.set_epoch(state.epoch)
                 started, lr = time.perf_counter(), state.opt_G.param_groups[0]["lr"]
@@ -355,7 +355,11 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
                                                 "seconds": round(time.perf_counter() - started, 2)})
                 ddp.on_main(world, state.device, lambda: end_of_epoch(state, val_set, report, dirs))
                 ckpt.save_latest(state, dirs["checkpoints"] / "latest.pt")
-                state.stop = ddp.any_rank(world, state.device, state.stop)
+                # Only an agreed flag may end the loop: a signal seen by one process alone
+                # would otherwise leave the others waiting in the next epoch's collectives.
+                if ddp.any_rank(world, state.device, state.stop):
+                    state.stop = True
+                    break
             report.finish(state, dirs)
 
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, html_links
-from report import HEADER_HEIGHT
+from figures import HEADER_HEIGHT
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from dataset import (FACADES_COUNTS, AlignedDataset, DatasetError, PairedFolders
                      match_pairs)
 from test_download import build_archive, server  # noqa: F401  (server: the 127.0.0.1 HTTP fixture)
 from generator import UNetGenerator
-from report import HEADER_HEIGHT, save_sample_grid
+from figures import HEADER_HEIGHT, save_sample_grid
 
 # ---------------------------------------------------------------------------------------------
 # Building layouts from real pairs

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+import figures
 import report
 import train
 from config import parse_args
@@ -116,7 +117,7 @@ def test_tensorboard_true_without_the_package_is_one_error_line(tiny, monkeypatc
                                       "--results_dir", tiny.results_dir, "--checkpoint_dir", tiny.checkpoint_dir])
     with pytest.raises(SystemExit) as exit_:
         train.main()
-    assert exit_.value.code == 2
+    assert exit_.value.code == 1  # as for --val_fid without its package: the work cannot be done here
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line]
     assert line.startswith("error: --tensorboard:") and "pip install -r requirements-tensorboard.txt" in line
     assert not Path(tiny.checkpoint_dir).exists()  # refused before any work
@@ -222,47 +223,47 @@ def test_git_version_tolerates_no_git_and_no_checkout(tmp_path, monkeypatch):
 def test_sample_grid_has_a_header_and_leaves_the_images_as_they_are(tmp_path):
     rng = torch.Generator().manual_seed(0)
     rows = [[torch.rand(3, 64, 64, generator=rng) * 2 - 1 for _ in range(3)] for _ in range(2)]
-    pixels = report.save_sample_grid(rows, tmp_path / "grid.png", title="facades, epoch 7")
+    pixels = figures.save_sample_grid(rows, tmp_path / "grid.png", title="facades, epoch 7")
     with Image.open(tmp_path / "grid.png") as grid:
         saved = np.array(grid.convert("RGB"))
-    assert saved.shape == (report.HEADER_HEIGHT + 2 * 66 + 2, 3 * 66 + 2, 3) and np.array_equal(saved, pixels)
-    top = report.HEADER_HEIGHT + 2
+    assert saved.shape == (figures.HEADER_HEIGHT + 2 * 66 + 2, 3 * 66 + 2, 3) and np.array_equal(saved, pixels)
+    top = figures.HEADER_HEIGHT + 2
     expected = (((rows[1][2] + 1) / 2).mul(255).add(0.5).clamp(0, 255).byte().permute(1, 2, 0)).numpy()
     assert np.array_equal(saved[top + 66:top + 66 + 64, 2 + 2 * 66:2 + 2 * 66 + 64], expected)  # row 2, target
-    header = saved[:report.HEADER_HEIGHT]
-    background = np.all(header == report.HEADER_BACKGROUND, axis=-1)
-    assert not background[:report.HEADER_HEIGHT // 2].all()  # the title is drawn
+    header = saved[:figures.HEADER_HEIGHT]
+    background = np.all(header == figures.HEADER_BACKGROUND, axis=-1)
+    assert not background[:figures.HEADER_HEIGHT // 2].all()  # the title is drawn
     for column in range(3):  # and a caption over each column
-        assert not background[report.HEADER_HEIGHT // 2:, 2 + 66 * column:2 + 66 * column + 64].all(), column
+        assert not background[figures.HEADER_HEIGHT // 2:, 2 + 66 * column:2 + 66 * column + 64].all(), column
 
 
 def test_captions_fit_narrow_columns(tmp_path):
     rows = [[torch.zeros(3, 32, 32)] * 3]
-    pixels = report.save_sample_grid(rows, tmp_path / "grid.png", title="a long run name, epoch 200")
-    assert pixels.shape == (report.HEADER_HEIGHT + 36, 3 * 34 + 2, 3)
+    pixels = figures.save_sample_grid(rows, tmp_path / "grid.png", title="a long run name, epoch 200")
+    assert pixels.shape == (figures.HEADER_HEIGHT + 36, 3 * 34 + 2, 3)
 
 
 def test_smoothing_is_centred_so_it_does_not_lag():
     ramp = np.arange(100, dtype=float)
-    smoothed = report.smooth(ramp, 25)
+    smoothed = figures.smooth(ramp, 25)
     assert np.allclose(smoothed[12:-12], ramp[12:-12])  # a trailing mean would be 12 points behind
-    assert report.smooth([1.0, 2.0, 3.0], 1).tolist() == [1.0, 2.0, 3.0]
+    assert figures.smooth([1.0, 2.0, 3.0], 1).tolist() == [1.0, 2.0, 3.0]
 
 
 def test_plots_have_one_legend_and_labelled_axes(tmp_path, monkeypatch):
     import matplotlib.figure
 
-    figures = []
+    saved = []
     real_savefig = matplotlib.figure.Figure.savefig
 
     def savefig(fig, *args, **kwargs):
-        figures.append(fig)
+        saved.append(fig)
         return real_savefig(fig, *args, **kwargs)
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
     epochs = [{"epoch": 1, "G_GAN": 1.0, "G_L1": 0.5}, {"epoch": 2, "G_GAN": 0.9, "G_L1": 0.4}]
     steps = {"epoch": [0.5, 1.0, 1.5, 2.0], "G_GAN": [1.1, 0.9, 0.95, 0.85], "G_L1": [0.6, 0.4, 0.45, 0.35]}
-    report.plot_curves(epochs, steps, ["G_GAN", "G_L1"], tmp_path / "loss.png", epoch_means=True)
-    (fig,) = figures
+    figures.plot_curves(epochs, steps, ["G_GAN", "G_L1"], tmp_path / "loss.png", epoch_means=True)
+    (fig,) = saved
     assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
     assert all(ax.get_ylabel() and ax.get_xlabel() == "epoch" for ax in fig.axes)
     means = fig.axes[0].lines[-1]
@@ -274,8 +275,9 @@ def test_plots_have_one_legend_and_labelled_axes(tmp_path, monkeypatch):
 def test_gallery_grids_load_lazily(tmp_path):
     (tmp_path / "samples").mkdir()
     for epoch in (1, 2):
-        report.save_sample_grid([[torch.zeros(3, 32, 32)] * 3], tmp_path / "samples" / f"epoch_{epoch:03d}.png")
-    report.write_gallery([{"epoch": 1, "lr": 1e-4}, {"epoch": 2, "lr": 1e-4}], ["G_GAN"], [], tmp_path, "run")
+        figures.save_sample_grid([[torch.zeros(3, 32, 32)] * 3], tmp_path / "samples" / f"epoch_{epoch:03d}.png")
+    figures.write_gallery([{"epoch": 1, "lr": 1e-4}, {"epoch": 2, "lr": 1e-4}], ["G_GAN"], [], tmp_path, "run")
     page = (tmp_path / "index.html").read_text()
     grids = [line for line in page.splitlines() if "samples/epoch_" in line]
     assert len(grids) == 2 and all('loading="lazy"' in line for line in grids)
+
