@@ -106,10 +106,18 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
 def translate_file(G: UNetGenerator, cfg: Config, path: Path, device: torch.device, amp,
                    resize: bool) -> torch.Tensor:
     """fake_B (C, H, W) in [-1, 1] for one input image file, at the file's size."""
+    return translate_image(G, cfg, read_image(path, cfg.input_nc), device, amp, resize)
+
+
+def translate_image(G: UNetGenerator, cfg: Config, real_A: torch.Tensor, device: torch.device, amp,
+                    resize: bool) -> torch.Tensor:
+    """fake_B (C, H, W) in [-1, 1] for one uint8 (input_nc, H, W) input image, at its size.
+
+    The one path from an input image to a photo, shared by files (translate_file) and demo.py.
+    """
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
 
-    real_A = read_image(path, cfg.input_nc)  # (C, H, W) uint8
     size = list(real_A.shape[-2:])
     if resize:
         real_A = TF.resize(real_A, [cfg.image_size] * 2, interpolation=InterpolationMode.BICUBIC, antialias=True)
