@@ -51,7 +51,7 @@ from figures import html_page, save_image
 from utils import OutputError, atomic_write, autocast, exit_on_errors, resolve_device, resolve_precision, write_text
 
 # What predict.py needs of the run's config, with the defaults of checkpoints older than a field.
-RUN_DEFAULTS = {"name": "run", "results_dir": "results", "data_root": "", "data_layout": "aligned",
+RUN_DEFAULTS = {"name": "run", "results_dir": "results", "dataset": "facades", "data_root": "", "data_layout": "aligned",
                 "direction": "BtoA", "load_size": 286, "image_size": 256, "preprocess": "resize_and_crop",
                 "input_nc": 3, "output_nc": 3, "eval_mode": False, "seed": 0}
 
