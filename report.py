@@ -346,7 +346,7 @@ class Reporter:
         left = per_iteration * (self.n_batches - state.progress.iteration)
         losses = "  ".join(f"{name} {value:.3f}" for name, value in means.items())
         return (f"epoch {state.epoch + 1}/{state.cfg.epochs}  iteration {state.progress.iteration}/{self.n_batches}"
-                f"  {losses}  {per_iteration:.2f} s/it, epoch done in {left:.0f} s")
+                f"  {losses}  {per_iteration:.2f} s/it, {left:.0f} s left in this epoch")
 
     def epoch(self, state, val_set) -> None:
         """Everything an epoch shows: the sample grid, history.csv, the plots, index.html,
