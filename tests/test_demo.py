@@ -105,7 +105,7 @@ def test_gray_input_run_takes_rgb_canvas(tmp_path):
 
 def test_palette_is_derived_from_the_label_maps(facades):
     """The constants are what k-means finds in the training label maps (here on a sample of them)."""
-    colours = facades_palette.derive_palette(facades_palette.training_label_maps(facades, limit=40),
+    colours = facades_palette.derive_palette(facades_palette.training_label_maps(facades, limit=20),
                                              samples=50_000, restarts=2)
     expected = np.array([rgb for _, rgb in facades_palette.FACADES_CLASSES])
     assert colours.shape == (12, 3)
@@ -307,10 +307,9 @@ def upload_file(driver, path: Path) -> None:
 
 
 def paint_stroke(driver, dy: int = 0) -> None:
-    """A diagonal stroke with the brush tool, dy pixels below the middle of the canvas."""
+    """A diagonal stroke (with the tool in use), dy pixels below the middle of the canvas."""
     from selenium.webdriver.common.action_chains import ActionChains
 
-    driver.find_element("css selector", '#editor button[aria-label="Brush"]').click()
     canvas = driver.find_element("css selector", "#editor .pixi-target canvas")
     (ActionChains(driver).move_to_element_with_offset(canvas, -50, dy - 50).click_and_hold()
      .move_by_offset(50, 20).move_by_offset(50, 40).release().perform())
@@ -321,7 +320,21 @@ def assert_photo(image: np.ndarray, height: int, width: int) -> None:
     assert image.std() > 1 and len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # not blank
 
 
+def pick_class(driver, name: str) -> None:
+    next(label for label in driver.find_elements("css selector", "#classes label")
+         if label.text.strip() == name).click()
+    time.sleep(0.5)  # the page selects the brush and the class's swatch in a few steps
+
+
+def canvas_pixels(driver, rgb: tuple[int, int, int]) -> int:
+    """How many pixels of the canvas on screen have exactly this colour."""
+    png = driver.find_element("css selector", "#editor .pixi-target canvas").screenshot_as_png
+    shown = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    return int((shown == np.array(rgb)).all(axis=-1).sum())
+
+
 def test_facades_demo_in_a_browser(browser, facades, facades_checkpoint):
+    colours = dict(facades_palette.FACADES_CLASSES)
     server = Server("--checkpoint", facades_checkpoint)
     try:
         url = server.url()
@@ -330,17 +343,20 @@ def test_facades_demo_in_a_browser(browser, facades, facades_checkpoint):
         first = wait_for_new_output(browser, None)  # the blank facade's photo, made on load
         assert_photo(fetch_image(first), 256, 256)
         labels = [label.text.strip() for label in browser.find_elements("css selector", "#classes label")]
-        assert labels == [name for name, _ in facades_palette.FACADES_CLASSES]
+        assert labels == list(colours)
 
         choose_start(browser, "test/2.jpg")
         example = wait_for_new_output(browser, first)  # live: the example's photo without a click
-        next(label for label in browser.find_elements("css selector", "#classes label")
-             if label.text.strip() == "door").click()
-        time.sleep(0.5)  # the brush colour is updated by a round trip to the server
+        door_before = canvas_pixels(browser, colours["door"])
+        pick_class(browser, "door")
         paint_stroke(browser)
         painted = wait_for_new_output(browser, example)  # live: the stroke reached the generator
+        assert canvas_pixels(browser, colours["door"]) > door_before + 200  # painted in door's exact colour
+
         browser.find_element("css selector", "#live input").click()  # live off: now only the button
+        pick_class(browser, "shop")
         paint_stroke(browser, dy=60)
+        assert canvas_pixels(browser, colours["shop"]) > 200
         browser.find_element("id", "generate").click()
         generated = wait_for_new_output(browser, painted)
         with Image.open(facades / "test" / "2.jpg") as pair:
