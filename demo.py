@@ -60,8 +60,10 @@ def load_model(checkpoint: Path, device_name: str) -> Model:
 
     try:
         device = resolve_device(device_name)
-    except ValueError as err:
-        raise DemoError(f"--device {device_name}: {err}") from None
+    except ValueError as err:  # a device this machine lacks; the message names --device
+        raise DemoError(str(err)) from None
+    except RuntimeError:  # torch does not know the name
+        raise DemoError(f"--device {device_name}: not a device name (auto, cpu, cuda, cuda:N)") from None
     try:
         G, cfg, epoch = predict.load_generator(checkpoint, device)
     except (CheckpointError, ValueError) as err:  # ValueError: a config the networks cannot be built from
@@ -379,6 +381,8 @@ def prepare(args: argparse.Namespace):
     and the seconds one generation takes."""
     import_gradio()
     check_port(args.host, args.port)
+    if args.data_root and not args.data_root.is_dir():  # the run's own data_root may be missing here
+        raise DemoError(f"--data_root {args.data_root}: no such folder")
     model = load_model(args.checkpoint, args.device)
     data_root = args.data_root or Path(model.config["data_root"])
     examples = example_inputs(model.config, data_root)
