@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import os
 import random
 import socket
@@ -60,8 +61,10 @@ def load_model(checkpoint: Path, device_name: str) -> Model:
 
     try:
         device = resolve_device(device_name)
-    except (ValueError, RuntimeError) as err:  # RuntimeError: a string torch cannot parse as a device
-        raise DemoError(f"--device {device_name}: {err}") from None
+    except ValueError as err:  # a device this machine lacks; the message names --device
+        raise DemoError(str(err)) from None
+    except RuntimeError:  # torch does not know the name
+        raise DemoError(f"--device {device_name}: not a device name (auto, cpu, cuda, cuda:N)") from None
     try:
         G, cfg, epoch = predict.load_run(checkpoint, device)
     except (CheckpointError, ValueError) as err:  # ValueError: a config the networks cannot be built from
@@ -190,6 +193,39 @@ def facades_brush(gr, name: str):
                     color_mode="fixed")
 
 
+def pick_swatch_js() -> str:
+    """What choosing a class does, in the browser: select the editor's brush tool and click the
+    class's swatch in its colour menu (same order as FACADES_CLASSES), then close the menu.
+
+    In the browser because a brush update from the server re-renders the editor, which drops the
+    strokes being made and reaches the page only after the queued generations. The toolbar's
+    buttons and menu are Gradio 6.31's (requirements-demo.txt pins it; tests/test_demo.py checks it).
+    """
+    names = json.dumps([name for name, _ in FACADES_CLASSES])
+    return f"""(name) => {{
+        const index = {names}.indexOf(name);
+        const editor = document.querySelector('#editor');
+        if (index < 0 || !editor) return;
+        const find = (selector) => editor.querySelectorAll(selector);
+        let tries = 0;
+        const step = () => {{  // each click re-renders the toolbar: wait for what it shows next
+            const colour = find('button[aria-label="Color"]')[0];
+            const swatch = find('menu.swatch button.color')[index];
+            if (swatch) {{
+                swatch.click();
+                // Gradio closes the menu on a mousedown outside it.
+                document.body.dispatchEvent(new MouseEvent('mousedown', {{bubbles: true}}));
+                return;
+            }}
+            if (tries++ > 60) return;
+            if (!colour) find('button[aria-label="Brush"]')[0]?.click();  // the colour menu is the brush's
+            else if (!find('menu.swatch').length) colour.click();
+            setTimeout(step, 50);
+        }};
+        step();
+    }}"""
+
+
 def input_panel(gr, starts: dict[str, Callable[[], np.ndarray]], first: np.ndarray, facades: bool) -> dict:
     """Starting point or upload, the canvas and (facades) the named class picker; returns the components."""
     ui = {"origin": gr.State(first),  # the image painting started from, for "start over"
@@ -209,9 +245,9 @@ def input_panel(gr, starts: dict[str, Callable[[], np.ndarray]], first: np.ndarr
         # Gradio's own colour swatches carry no names, so the classes are chosen here by name.
         ui["classes"] = gr.Radio([name for name, _ in FACADES_CLASSES], value="window", label="paint with",
                                  elem_id="classes")
-    gr.Markdown("Choose the brush (pencil) in the canvas's toolbar to paint; the last button there sets its "
-                "size; undo and redo are above the canvas; **start over** goes back to the starting point or "
-                "upload.")
+    gr.Markdown(("Pick a class and paint; " if facades else "Choose the brush (pencil) to paint; ")
+                + "the last button beside the canvas sets the brush size; undo and redo are above it; "
+                "**start over** goes back to the starting point or upload.")
     return ui
 
 
@@ -263,7 +299,7 @@ def connect(gr, app, model: Model, starts: dict[str, Callable[[], np.ndarray]], 
     ui["restart"].click(lambda image: image, ui["origin"], ui["editor"])
     ui["dice"].click(lambda: random.randrange(2**31), None, ui["seed"])
     if "classes" in ui:  # a new brush colour; the strokes already made stay
-        ui["classes"].change(lambda name: gr.update(brush=facades_brush(gr, name)), ui["classes"], ui["editor"])
+        ui["classes"].change(None, ui["classes"], None, js=pick_swatch_js())
 
 
 def build_app(model: Model, starts: dict[str, Callable[[], np.ndarray]], first: np.ndarray, seconds: float,
@@ -346,6 +382,8 @@ def prepare(args: argparse.Namespace):
     and the seconds one generation takes."""
     import_gradio()
     check_port(args.host, args.port)
+    if args.data_root and not args.data_root.is_dir():  # the run's own data_root may be missing here
+        raise DemoError(f"--data_root {args.data_root}: no such folder")
     model = load_model(args.checkpoint, args.device)
     data_root = args.data_root or Path(model.config["data_root"])
     examples = example_inputs(model.config, data_root)

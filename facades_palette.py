@@ -71,7 +71,8 @@ def flat_pixels(label_map: torch.Tensor, window: int = 5, tolerance: int = 24) -
     return x[0].permute(1, 2, 0)[flat]
 
 
-def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, iterations: int = 50) -> tuple[torch.Tensor, float]:
+def kmeans(points: torch.Tensor, k: int, generator: torch.Generator,
+           iterations: int = 50) -> tuple[torch.Tensor, float]:
     """Lloyd's k-means from a k-means++ start; returns (k, D) centres and the summed squared error."""
     centres = points[torch.randint(len(points), (1,), generator=generator)]
     for _ in range(k - 1):  # k-means++: next centre drawn with probability ~ squared distance

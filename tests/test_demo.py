@@ -7,7 +7,6 @@ import dataclasses
 import io
 import os
 import queue
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import train
 from config import Config
 from conftest import ROOT, require
 from checkpoint import full_checkpoint, save_checkpoint
+from dataset import read_image
 from utils import autocast, resolve_precision
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -41,7 +41,14 @@ def tiny_checkpoint(path: Path, **config) -> Path:
 
 
 @pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny facades run whose data is not on this machine (the demo then offers the blank only)."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("run") / "best.pt", data_root="no/such/folder", name="tiny")
+
+
+@pytest.fixture(scope="module")
 def facades_checkpoint(facades, tmp_path_factory) -> Path:
+    """A tiny facades run whose data_root is the real facades set (its val/test maps are the examples)."""
     return tiny_checkpoint(tmp_path_factory.mktemp("facades") / "best.pt", data_root=str(facades), name="tiny")
 
 
@@ -63,9 +70,9 @@ def custom_run(tmp_path_factory) -> tuple[Path, Path]:
 # The translate function, on its own
 # ---------------------------------------------------------------------------------------------
 
-def test_translate_image_is_predicts_file_path(facades_checkpoint, tmp_path):
+def test_translate_image_is_predicts_file_path(checkpoint, tmp_path):
     """predict.translate_image on a decoded image is exactly what predict.py writes for the file, at any size."""
-    G, cfg, _ = predict.load_run(facades_checkpoint, torch.device("cpu"))
+    G, cfg, _ = predict.load_run(checkpoint, torch.device("cpu"))
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)  # 90x70: not multiples of the generator's 64
     Image.fromarray(image).save(tmp_path / "in.png")
@@ -81,19 +88,36 @@ def test_translate_image_is_predicts_file_path(facades_checkpoint, tmp_path):
         assert from_tensor.min() >= -1 and from_tensor.max() <= 1
 
 
-def test_demo_translate_keeps_size_and_follows_the_seed(facades_checkpoint):
-    model = demo.load_model(facades_checkpoint, "cpu")
+def test_demo_translate_keeps_size_and_follows_the_seed(checkpoint):
+    model = demo.load_model(checkpoint, "cpu")
     image = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
     out = model.translate(image, 0, False)
     assert out.shape == (70, 90, 3) and out.dtype == np.uint8
     cpu = torch.device("cpu")
-    G, cfg, _ = predict.load_run(facades_checkpoint, cpu)
+    G, cfg, _ = predict.load_run(checkpoint, cpu)
     amp = autocast(cpu, resolve_precision("auto", cpu))  # as predict.run translates
     direct = predict.translate_image(G, cfg, torch.from_numpy(image).permute(2, 0, 1), cpu, amp, False)
     assert np.array_equal(out, direct.add(1).mul(127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy())
     assert np.array_equal(model.translate(image, 0, False), out)  # a seed gives one image ...
     assert not np.array_equal(model.translate(image, 1, False), out)  # ... and dropout varies with it
     assert model.translate(image, 0, True).shape == (70, 90, 3)  # --resize: back to the input's size
+
+
+def test_uploads_are_read_and_translated_as_predict_does(checkpoint, tmp_path):
+    """An upload (here RGBA, 45x30) through the demo equals predict.py on that file."""
+    rgba = np.random.default_rng(3).integers(0, 256, (30, 45, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "upload.png")
+    model = demo.load_model(checkpoint, "cpu")
+    image = demo.to_rgb(model.read(tmp_path / "upload.png"))
+    cpu = torch.device("cpu")
+    G, cfg, _ = predict.load_run(checkpoint, cpu)
+    amp = autocast(cpu, resolve_precision("auto", cpu))
+    expected = predict.translate_image(G, cfg, read_image(tmp_path / "upload.png", cfg.input_nc), cpu, amp, False)
+    assert np.array_equal(model.translate(image, cfg.seed, False),
+                          expected.add(1).mul(127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy())
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match="notes.png"):
+        model.read(tmp_path / "notes.png")
 
 
 def test_gray_input_run_takes_rgb_canvas(tmp_path):
@@ -110,7 +134,7 @@ def test_gray_input_run_takes_rgb_canvas(tmp_path):
 
 def test_palette_is_derived_from_the_label_maps(facades):
     """The constants are what k-means finds in the training label maps (here on a sample of them)."""
-    colours = facades_palette.derive_palette(facades_palette.training_label_maps(facades, limit=40),
+    colours = facades_palette.derive_palette(facades_palette.training_label_maps(facades, limit=20),
                                              samples=50_000, restarts=2)
     expected = np.array([rgb for _, rgb in facades_palette.FACADES_CLASSES])
     assert colours.shape == (12, 3)
@@ -127,11 +151,18 @@ def test_facades_starting_points_are_a_blank_and_the_label_maps(facades, facades
     assert names[0] == demo.BLANK and "val/1.jpg" in names and "test/1.jpg" in names
     assert len(names) == 1 + 100 + 106  # the val and test splits, not train
     blank = starts[demo.BLANK]()
-    facade, background = dict(facades_palette.FACADES_CLASSES)["facade"], dict(facades_palette.FACADES_CLASSES)["background"]
-    assert blank.shape == (256, 256, 3) and tuple(blank[-1, -1]) == facade and tuple(blank[0, 0]) == background
+    colours = dict(facades_palette.FACADES_CLASSES)
+    assert blank.shape == (256, 256, 3)
+    assert tuple(blank[-1, -1]) == colours["facade"] and tuple(blank[0, 0]) == colours["background"]
     with Image.open(facades / "val" / "1.jpg") as pair:
         label_map = np.asarray(pair.convert("RGB"))[:, 256:]  # BtoA: the B half is the input
     assert np.array_equal(starts["val/1.jpg"](), label_map)
+
+
+def test_a_run_whose_data_is_elsewhere_offers_the_blank(checkpoint):
+    model = demo.load_model(checkpoint, "cpu")
+    examples = demo.example_inputs(model.config, Path(model.config["data_root"]))
+    assert examples == {} and list(demo.starting_points(model.config, examples)) == [demo.BLANK]
 
 
 def test_other_runs_offer_their_inputs_and_no_blank(custom_run):
@@ -179,32 +210,48 @@ def test_missing_and_invalid_checkpoints(tmp_path, capsys):
         assert_one_error_line(err, name, why)
 
 
-def test_gradio_not_installed(facades_checkpoint, monkeypatch, capsys):
+def test_gradio_not_installed(checkpoint, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio now raises ImportError
-    code, err = run_main(["--checkpoint", facades_checkpoint], capsys)
+    code, err = run_main(["--checkpoint", checkpoint], capsys)
     assert code != 0
     assert_one_error_line(err, "gradio is not installed", "requirements-demo.txt")
 
 
-def test_port_in_use(facades_checkpoint, capsys):
+def test_port_in_use(checkpoint, capsys):
     require("gradio")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code, err = run_main(["--checkpoint", facades_checkpoint, "--port", port], capsys)
+        code, err = run_main(["--checkpoint", checkpoint, "--port", port], capsys)
     assert code != 0
     assert_one_error_line(err, f"--port {port}", "in use")
 
 
-def test_bad_port_and_host(facades_checkpoint, capsys):
-    code, err = run_main(["--checkpoint", facades_checkpoint, "--port", "70000"], capsys)
+def test_bad_settings(checkpoint, tmp_path, capsys):
+    code, err = run_main(["--checkpoint", checkpoint, "--port", "70000"], capsys)
     assert code == 2
     assert_one_error_line(err, "--port", "70000", "not a port number")
+    code, err = run_main(["--checkpoint", checkpoint, "--live", "sometimes"], capsys)
+    assert code == 2
+    assert_one_error_line(err, "--live", "sometimes")
     require("gradio")
-    code, err = run_main(["--checkpoint", facades_checkpoint, "--host", "no-such-host.invalid"], capsys)
-    assert code != 0
-    assert_one_error_line(err, "--host no-such-host.invalid")
+    port = ["--port", free_port()]
+    for args, parts in ((["--host", "no-such-host.invalid"], ["--host no-such-host.invalid"]),
+                        (["--data_root", tmp_path / "nowhere"], ["--data_root", "nowhere: no such folder"]),
+                        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"],
+                         ["--device"]),
+                        (["--device", "abacus"], ["--device abacus: not a device name"])):
+        code, err = run_main(["--checkpoint", checkpoint, *port, *args], capsys)
+        assert code != 0
+        assert_one_error_line(err, *parts)
+
+
+def test_palette_script_needs_the_data(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        facades_palette.main(["--data_root", str(tmp_path)])
+    assert exit_info.value.code != 0
+    assert_one_error_line(capsys.readouterr().err, str(tmp_path / "train"), "no such folder")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,10 +359,9 @@ def upload_file(driver, path: Path) -> None:
 
 
 def paint_stroke(driver, dy: int = 0) -> None:
-    """A diagonal stroke with the brush tool, dy pixels below the middle of the canvas."""
+    """A diagonal stroke (with the tool in use), dy pixels below the middle of the canvas."""
     from selenium.webdriver.common.action_chains import ActionChains
 
-    driver.find_element("css selector", '#editor button[aria-label="Brush"]').click()
     canvas = driver.find_element("css selector", "#editor .pixi-target canvas")
     (ActionChains(driver).move_to_element_with_offset(canvas, -50, dy - 50).click_and_hold()
      .move_by_offset(50, 20).move_by_offset(50, 40).release().perform())
@@ -326,7 +372,21 @@ def assert_photo(image: np.ndarray, height: int, width: int) -> None:
     assert image.std() > 1 and len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # not blank
 
 
+def pick_class(driver, name: str) -> None:
+    next(label for label in driver.find_elements("css selector", "#classes label")
+         if label.text.strip() == name).click()
+    time.sleep(0.5)  # the page selects the brush and the class's swatch in a few steps
+
+
+def canvas_pixels(driver, rgb: tuple[int, int, int]) -> int:
+    """How many pixels of the canvas on screen have exactly this colour."""
+    png = driver.find_element("css selector", "#editor .pixi-target canvas").screenshot_as_png
+    shown = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    return int((shown == np.array(rgb)).all(axis=-1).sum())
+
+
 def test_facades_demo_in_a_browser(browser, facades, facades_checkpoint):
+    colours = dict(facades_palette.FACADES_CLASSES)
     server = Server("--checkpoint", facades_checkpoint)
     try:
         url = server.url()
@@ -335,17 +395,20 @@ def test_facades_demo_in_a_browser(browser, facades, facades_checkpoint):
         first = wait_for_new_output(browser, None)  # the blank facade's photo, made on load
         assert_photo(fetch_image(first), 256, 256)
         labels = [label.text.strip() for label in browser.find_elements("css selector", "#classes label")]
-        assert labels == [name for name, _ in facades_palette.FACADES_CLASSES]
+        assert labels == list(colours)
 
         choose_start(browser, "test/2.jpg")
         example = wait_for_new_output(browser, first)  # live: the example's photo without a click
-        next(label for label in browser.find_elements("css selector", "#classes label")
-             if label.text.strip() == "door").click()
-        time.sleep(0.5)  # the brush colour is updated by a round trip to the server
+        door_before = canvas_pixels(browser, colours["door"])
+        pick_class(browser, "door")
         paint_stroke(browser)
         painted = wait_for_new_output(browser, example)  # live: the stroke reached the generator
+        assert canvas_pixels(browser, colours["door"]) > door_before + 200  # painted in door's exact colour
+
         browser.find_element("css selector", "#live input").click()  # live off: now only the button
+        pick_class(browser, "shop")
         paint_stroke(browser, dy=60)
+        assert canvas_pixels(browser, colours["shop"]) > 200
         browser.find_element("id", "generate").click()
         generated = wait_for_new_output(browser, painted)
         with Image.open(facades / "test" / "2.jpg") as pair:
