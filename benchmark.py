@@ -1,39 +1,59 @@
-"""Training throughput of the default recipe, the plain PyTorch way against what train.py does.
+"""Training throughput of the default recipe, the plain PyTorch way against what train.py does,
+and what the end of an epoch costs.
 
-    python benchmark.py [--data_root ../shared/datasets/facades] [--iters 15] [--repeats 3] [--json]
+    python benchmark.py [--data_root ../shared/datasets/facades] [--device auto|cpu|cuda]
+                        [--iters N] [--repeats N] [--configs baseline,fast,...] [--json]
 
-Two configurations run in two worker processes, taking turns (one block of `iters` iterations
-each, `repeats` times), so that noise from the rest of the machine hits both alike and each has
-its own peak memory:
+Configurations run in worker processes of their own, taking turns (one block of `iters`
+iterations each, `repeats` times), so that noise from the rest of the machine hits all alike and
+each has its own peak memory:
 
-- ``baseline``: as the official implementation trains: fp32, eager, stock convolutions, Adam
-  with its default implementation, subnormal floats left on, and images decoded with PIL and
-  transformed per item in a DataLoader with the official default of 4 worker processes;
+- ``baseline``: as the official implementation trains: fp32, eager, stock convolutions in NCHW,
+  Adam with its default implementation, subnormal floats left on, glibc's malloc as it comes,
+  cuDNN without autotuning, and images decoded with PIL and transformed per item in a DataLoader
+  with the official default of 4 worker processes;
 - ``fast``: exactly what ``python train.py`` does by default on this machine (train.setup,
-  train.build_data, train.make_loader, train.train_step).
+  train.build_data, train.make_loader, train.train_step);
+- ``graphs`` (the default third configuration on CUDA): ``fast`` with ``--cuda_graphs true``.
 
-Both use batch 1, 256 px, U-Net 256 and the 70x70 PatchGAN on the real facades training images.
-Reported per configuration: median seconds per iteration and images/s over the repeats, the share
-of the time spent waiting for data, warm-up (first iterations, incl. any compile) time, and peak
-resident memory of the training process (for the baseline without its 4 loader processes,
-which only flatters the baseline). The median over blocks of the per-block mean is used, after a warm-up block.
+Each uses batch 1, 256 px, U-Net 256 and the 70x70 PatchGAN on the real facades training images.
+Reported per configuration: median seconds per iteration and images/s over the blocks (after the
+warm-up iterations, which include any compiling and CUDA-graph capture), the share of the time
+spent waiting for data, warm-up time, and peak resident memory of the training process (for the
+baseline without its 4 loader processes, which only flatters the baseline).
+
+``epoch_overhead`` (measured in the ``fast`` worker after its blocks, median of
+``--epoch_repeats``): what train.py adds to each epoch at the defaults (val_every 1), on the real
+val split with the default networks: ``validate_s`` generating the val images, ``metrics_s``
+scoring them (L1, PSNR, SSIM), ``checkpoint_s`` writing latest.pt every epoch, best.pt every epoch
+(an upper bound: it is written whenever val_L1 improves) and epoch_NNN.pt amortised over
+save_every, ``other_s`` the report (sample grid, history.csv, plots, index.html), and ``share`` =
+their sum / the epoch's training time (training images x the fast s/iter). Files are written with
+train.py's own functions into a temporary folder under checkpoint_dir (the disk the runs use).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import multiprocessing as mp
 import platform
 import resource
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 BASELINE_WORKERS = 4  # the official code's default --num_threads
+DEFAULTS = {"cpu": {"iters": 15, "repeats": 3, "warmup": 3, "configs": "baseline,fast"},
+            # A GPU step takes ~10-20 ms: longer blocks; the warm-up covers cuDNN autotuning and capture.
+            "cuda": {"iters": 200, "repeats": 5, "warmup": 30, "configs": "baseline,fast,graphs"}}
 
 
 class PILAlignedDataset(torch.utils.data.Dataset):
@@ -70,37 +90,99 @@ class PILAlignedDataset(torch.utils.data.Dataset):
 
 
 def build(kind: str, data_root: str, device: str):
-    """State and a data iterator for one configuration; the networks start from the same seed."""
+    """State, data iterator and validation set of one configuration; networks from the same seed."""
+    import layers
+    import speedups
     import train
-    import utils
     from config import Config
 
-    cfg = Config(data_root=data_root, device=device)
-    if kind == "fast":
-        train_set, _ = train.build_data(cfg)
+    cfg = Config(data_root=data_root, device=device, cuda_graphs=kind == "graphs")
+    if kind in ("fast", "graphs"):
+        train_set, val_set = train.build_data(cfg)
         state = train.setup(cfg)
-        loader = train.make_loader(train_set, cfg, state.device)
-        return state, loader
-    utils.SMALL_MAP_PIXELS = 0  # stock oneDNN convolutions everywhere
+        loader = train.make_loader(train_set, cfg, state.device, state.world)
+        return state, loader, val_set, len(train_set)
+    layers.SMALL_MAP_PIXELS = 0  # stock oneDNN convolutions everywhere
+    layers.CHANNELS_LAST = False
+    speedups.TUNE_MALLOC = False
     state = train.setup(dataclasses.replace(cfg, precision="fp32"))
     torch.set_flush_denormal(False)
+    torch.backends.cudnn.benchmark = False
     state.opt_G, state.opt_D = (torch.optim.Adam(getattr(state, n).parameters(), lr=cfg.lr,
-                                                       betas=(cfg.beta1, cfg.beta2)) for n in ("G", "D"))
+                                                 betas=(cfg.beta1, cfg.beta2)) for n in ("G", "D"))
     data = PILAlignedDataset(Path(data_root) / "train", cfg.direction, cfg.load_size, cfg.image_size)
     loader = torch.utils.data.DataLoader(data, batch_size=1, shuffle=True, num_workers=BASELINE_WORKERS,
-                                         persistent_workers=True)
-    return state, loader
+                                         persistent_workers=True, pin_memory=state.device.type == "cuda")
+    return state, loader, None, len(data)
 
 
-def worker(kind: str, data_root: str, device: str, conn) -> None:
+def timed(work, sync) -> tuple[float, object]:
+    sync()
+    started = time.perf_counter()
+    result = work()
+    sync()
+    return time.perf_counter() - started, result
+
+
+def epoch_overhead(state, val_set, n_train: int, repeats: int, sync) -> dict:
+    """The end-of-epoch work of train.py at the defaults, timed part by part (see the docstring)."""
+    import checkpoint as ckpt
+    import train
+    from generator import translate_items
+    from metrics import evaluate_pairs
+    from report import Reporter
+
+    cfg = state.cfg
+    items = lambda: (val_set[i] for i in range(len(val_set)))  # noqa: E731
+    generate = lambda: [(fake, real) for _, fake, real in  # noqa: E731
+                        translate_items(state.G, items(), cfg.eval_mode, cfg.seed, state.amp, state.device)]
+    list(translate_items(state.G, (val_set[i] for i in range(2)), cfg.eval_mode, cfg.seed, state.amp,
+                         state.device))  # warm: the first calls of new shapes set up their kernels
+    parent = Path(cfg.checkpoint_dir)
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".benchmark-", dir=parent))
+    runs: dict[str, list[float]] = {}
+    sizes = {}
+    try:
+        for _ in range(repeats):
+            t_gen, pairs = timed(generate, sync)
+            t_metrics, (_, means) = timed(lambda: evaluate_pairs(pairs, False, state.device), sync)
+            t_validate, row = timed(lambda: train.validate(state, val_set), sync)  # as train.py runs it: streamed
+            state.history["epochs"].append({"epoch": len(state.history["epochs"]) + 1, "lr": cfg.lr, "seconds": 0.0,
+                                            **dict(zip(train.LOSS_NAMES, state.progress.total.tolist())), **row})
+            state.epoch = len(state.history["epochs"])
+            with contextlib.redirect_stdout(io.StringIO()):  # the report's console line
+                with Reporter(state, folder / "results", n_train) as report:
+                    t_other, _ = timed(lambda: report.epoch(state, val_set), sync)
+            writes = {}
+            for name, make in (("latest", lambda: ckpt.full_checkpoint(state)), ("snapshot", lambda: ckpt.snapshot(state))):
+                path = folder / f"{name}.pt"
+                writes[name], _ = timed(lambda: ckpt.save_checkpoint(make(), path), sync)
+                sizes[name] = path.stat().st_size
+            t_checkpoint = writes["latest"] + writes["snapshot"] * (1 + 1 / cfg.save_every)  # best.pt + epoch_NNN.pt
+            for key, value in (("validate_s", t_gen), ("metrics_s", t_metrics), ("checkpoint_s", t_checkpoint),
+                               ("other_s", t_other), ("validate_streamed_s", t_validate),
+                               ("latest_pt_s", writes["latest"]), ("snapshot_pt_s", writes["snapshot"])):
+                runs.setdefault(key, []).append(value)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    result = {key: round(statistics.median(values), 3) for key, values in runs.items()}
+    result.update({"train_images": n_train, "val_images": len(val_set), "latest_pt_mb": round(sizes["latest"] / 2**20),
+                   "snapshot_pt_mb": round(sizes["snapshot"] / 2**20), "save_every": cfg.save_every,
+                   "val_means": {k: round(v, 4) for k, v in means.items()}})
+    return result
+
+
+def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> None:
     """Run blocks of iterations when asked; answer with (seconds, data-wait seconds, iterations)."""
     import warnings
 
+    import layers
     import train
     warnings.filterwarnings("ignore", message=".*worker")  # 4 workers on 2 cores is the point
-    state, loader = build(kind, data_root, device)
+    state, loader, val_set, n_train = build(kind, data_root, device)
     batches = iter(loader)
-    sync = torch.cuda.synchronize if state.device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(state.device)) if state.device.type == "cuda" else (lambda: None)
     conn.send("ready")
     while (iters := conn.recv()) is not None:
         waited, started = 0.0, time.perf_counter()
@@ -111,15 +193,26 @@ def worker(kind: str, data_root: str, device: str, conn) -> None:
             except StopIteration:
                 batches = iter(loader)
                 real_A, real_B = next(batches)
-            real_A, real_B = real_A.to(state.device), real_B.to(state.device)
+            real_A, real_B = real_A.to(state.device, non_blocking=True), real_B.to(state.device, non_blocking=True)
             waited += time.perf_counter() - t
             losses = train.train_step(state, real_A, real_B)
         losses.tolist()  # wait for the device
         sync()
         conn.send((time.perf_counter() - started, waited, iters))
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    conn.send({"peak_rss_mb": round(peak_mb), "dtype": str(state.dtype).removeprefix("torch."),
-               "threads": torch.get_num_threads()})
+    info = {"dtype": str(state.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
+            "channels_last": layers.channels_last_pays(state.device, state.dtype),
+            "small_map_matmul": layers.SMALL_MAP_PIXELS > 0 and state.device.type == "cpu",
+            "bf16_compute_copies": any("compute_copy" in m.__dict__ for m in state.G.modules()),
+            "fused_bf16_adam_compiled": layers.FUSED_UPDATE.kernel is not None}
+    if kind == "graphs":
+        graphed = state.__dict__.get("graphed_step")
+        info["cuda_graph_in_use"] = bool(graphed and graphed.graph is not None and not graphed.failed)
+    if kind == "fast" and conn.recv() == "epoch":
+        info["epoch_overhead"] = epoch_overhead(state, val_set, n_train, epoch_repeats, sync)
+    info["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if state.device.type == "cuda":
+        info["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(state.device) / 2**20)
+    conn.send(info)
 
 
 def summarise(blocks: list[tuple[float, float, int]], warmup: tuple, info: dict) -> dict:
@@ -130,13 +223,37 @@ def summarise(blocks: list[tuple[float, float, int]], warmup: tuple, info: dict)
             "warmup_s": round(warmup[0], 2), "blocks_s_per_iter": [round(x, 4) for x in per_iter], **info}
 
 
+def machine_info(device: str) -> dict:
+    """The CPU by name and its bf16 units (lscpu's model name and flags), the GPU by name."""
+    import utils
+    cpu, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                cpu = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    info = {"cpu": cpu, "cores": mp.cpu_count(), "cpu_bf16": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"}),
+            "native_bf16": utils.cpu_has_fast_bf16(), "torch": torch.__version__}
+    if utils.resolve_device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(utils.resolve_device(device))
+    return info
+
+
 def run(args: argparse.Namespace) -> dict:
-    context = mp.get_context("spawn")  # fresh interpreters: no state shared between the two
-    kinds = ("baseline", "fast")
+    import utils
+    device_type = utils.resolve_device(args.device).type
+    for key, value in DEFAULTS[device_type].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    kinds = args.configs.split(",")
+    context = mp.get_context("spawn")  # fresh interpreters: no state shared between them
     pipes, procs = {}, []
     for kind in kinds:
         parent, child = context.Pipe()
-        proc = context.Process(target=worker, args=(kind, args.data_root, args.device, child))
+        proc = context.Process(target=worker, args=(kind, args.data_root, args.device, args.epoch_repeats, child))
         proc.start()
         pipes[kind], procs = parent, procs + [proc]
     for kind in kinds:
@@ -146,43 +263,69 @@ def run(args: argparse.Namespace) -> dict:
         pipes[kind].send(args.warmup)
         warmup[kind] = pipes[kind].recv()
     for _ in range(args.repeats):
-        for kind in kinds:  # taking turns: the other worker waits idle meanwhile
+        for kind in kinds:  # taking turns: the others wait idle meanwhile
             pipes[kind].send(args.iters)
             blocks[kind].append(pipes[kind].recv())
     result = {}
     for kind in kinds:
         pipes[kind].send(None)
+        if kind == "fast":
+            pipes[kind].send("epoch" if args.epoch_repeats else "skip")
         result[kind] = summarise(blocks[kind], warmup[kind], pipes[kind].recv())
     for proc in procs:
         proc.join()
-    result["speedup"] = round(result["baseline"]["s_per_iter"] / result["fast"]["s_per_iter"], 3)
-    result["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": mp.cpu_count(),
-                         "device": args.device, "torch": torch.__version__,
-                         "iters": args.iters, "repeats": args.repeats}
+    if "baseline" in result:
+        for kind in kinds:
+            if kind != "baseline":
+                key = "speedup" if kind == "fast" else f"speedup_{kind}"
+                result[key] = round(result["baseline"]["s_per_iter"] / result[kind]["s_per_iter"], 3)
+    overhead = result.get("fast", {}).pop("epoch_overhead", None)
+    if overhead:
+        train_s = overhead["train_images"] * result["fast"]["s_per_iter"]  # batch 1: one iteration per image
+        parts = ("validate_s", "metrics_s", "checkpoint_s", "other_s")
+        result["epoch_overhead"] = {**{k: overhead[k] for k in parts},
+                                    "share": round(sum(overhead[k] for k in parts) / train_s, 4),
+                                    "epoch_training_s": round(train_s, 1),
+                                    **{k: v for k, v in overhead.items() if k not in parts}}
+    result["machine"] = {**machine_info(args.device), "device": args.device, "iters": args.iters,
+                         "repeats": args.repeats, "warmup": args.warmup}
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_root", default="../shared/datasets/facades")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--iters", type=int, default=15, help="iterations per timed block")
-    parser.add_argument("--repeats", type=int, default=3, help="timed blocks per configuration")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--iters", type=int, help="iterations per timed block (default: CPU 15, CUDA 200)")
+    parser.add_argument("--repeats", type=int, help="timed blocks per configuration (default: CPU 3, CUDA 5)")
+    parser.add_argument("--warmup", type=int, help="untimed iterations first (default: CPU 3, CUDA 30)")
+    parser.add_argument("--configs", help="comma-separated: baseline, fast, graphs (default: CPU baseline,fast; "
+                        "CUDA baseline,fast,graphs)")
+    parser.add_argument("--epoch_repeats", type=int, default=3, help="times the end of an epoch is measured "
+                        "(median; 0 = skip it)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if not (Path(args.data_root) / "train").is_dir():
         parser.exit(2, f"error: --data_root {args.data_root}: no train/ folder with the facades images\n")
+    if args.configs and not set(args.configs.split(",")) <= {"baseline", "fast", "graphs"}:
+        parser.exit(2, f"error: --configs {args.configs}: choose from baseline, fast, graphs\n")
     result = run(args)
     if args.json:
         print(json.dumps(result, indent=2))
         return
     print(f"{'':9s} {'s/iter':>8s} {'img/s':>7s} {'data wait':>9s} {'warm-up s':>9s} {'peak MB':>8s}")
-    for kind in ("baseline", "fast"):
+    for kind in args.configs.split(","):
         r = result[kind]
-        print(f"{kind:9s} {r['s_per_iter']:8.3f} {r['images_per_s']:7.2f} {r['data_wait_share']:9.1%} "
+        print(f"{kind:9s} {r['s_per_iter']:8.4f} {r['images_per_s']:7.2f} {r['data_wait_share']:9.1%} "
               f"{r['warmup_s']:9.1f} {r['peak_rss_mb']:8d}   ({r['dtype']}, {r['threads']} threads)")
-    print(f"speedup  {result['speedup']:.2f}x   ({result['machine']})")
+    for key in [k for k in result if k.startswith("speedup")]:
+        print(f"{key}  {result[key]:.2f}x")
+    if "epoch_overhead" in result:
+        e = result["epoch_overhead"]
+        print(f"end of epoch: validate {e['validate_s']:.2f}s + metrics {e['metrics_s']:.2f}s + checkpoints "
+              f"{e['checkpoint_s']:.2f}s + report {e['other_s']:.2f}s = {e['share']:.1%} of the epoch's "
+              f"{e['epoch_training_s']:.0f}s of training")
+    print(result["machine"])
 
 
 if __name__ == "__main__":

@@ -15,12 +15,14 @@ The layer order and bias choices follow the authors' PyTorch code, so their reci
 from __future__ import annotations
 
 import contextlib
+import types
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layers import Conv2d, ConvTranspose2d, frozen_norm_stats, norm_layer
+from layers import Conv2d, ConvTranspose2d, compute_layout, frozen_norm_stats, norm_layer, same_format
 
 
 class UNetGenerator(nn.Module):
@@ -92,9 +94,95 @@ def translate(G: UNetGenerator, real_A: torch.Tensor, eval_mode: bool, seed: int
     devices = [real_A.device] if real_A.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), frozen_norm_stats(G), amp or contextlib.nullcontext():
         torch.manual_seed(seed)
-        fake_B = G(padded).float()  # (N, out_channels, H + pad_h, W + pad_w)
+        fake_B = G(compute_layout(padded)).float()  # (N, out_channels, H + pad_h, W + pad_w)
     G.train(was_training)
     return fake_B[..., :h, :w]
+
+
+def _batch_norm_per_image(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm in train mode of each image by itself: the (N, C, H, W) batch seen as one image of
+    N * C channels, so every channel of every image is normalised by its own mean and variance,
+    exactly what BatchNorm computes for that image at batch 1 (the same kernel on the same
+    numbers). Running averages are not touched (translate freezes them anyway)."""
+    if not self.training:
+        return nn.modules.batchnorm._BatchNorm.forward(self, x)
+    n, c = x.shape[:2]
+    weight = self.weight.repeat(n) if self.weight is not None else None
+    bias = self.bias.repeat(n) if self.bias is not None else None
+    y = F.batch_norm(x.reshape(1, n * c, *x.shape[2:]), None, None, weight, bias, True, 0.0, self.eps)
+    return same_format(y.view(x.shape), x)
+
+
+def _dropout_one_mask(self: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """Dropout that draws the mask of one image, as F.dropout does at batch 1 (the same random
+    numbers from the same generator state), and applies it to every image of the batch."""
+    if not self.training or self.p == 0:
+        return x
+    if x.is_cuda:  # CUDA's F.dropout is the fused native_dropout: its mask, drawn for one image
+        _, keep = torch.native_dropout(x[:1], self.p, True)
+        return x * keep * (1.0 / (1.0 - self.p))
+    noise = torch.empty_like(x[:1]).bernoulli_(1 - self.p)  # ATen's CPU dropout, step by step
+    noise.div_(1 - self.p)
+    return x * noise
+
+
+@contextlib.contextmanager
+def each_image_alone(G: nn.Module):
+    """Within it, G(batch) gives every image what G(image[None]) gives it in train mode (the
+    paper's generation: BatchNorm with the image's own statistics, dropout), when the RNG is
+    seeded before each call as translate() does: BatchNorm normalises per image and dropout draws
+    one image's mask and applies it to all. In eval mode batching changes nothing anyway."""
+    patched = [(m, _batch_norm_per_image) for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    patched += [(m, _dropout_one_mask) for m in G.modules() if type(m) is nn.Dropout]
+    saved = [m.__dict__.get("forward") for m, _ in patched]  # e.g. distributed.local_norm_stats's
+    for m, forward in patched:
+        m.forward = types.MethodType(forward, m)  # shadows the class's forward
+    try:
+        yield
+    finally:
+        for (m, _), previous in zip(patched, saved):
+            if previous is None:
+                del m.forward
+            else:
+                m.forward = previous
+
+
+def translate_each(G: UNetGenerator, real_A: torch.Tensor, eval_mode: bool, seed: int,
+                   amp: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
+    """translate() of each image alone, computed as one batch: the result equals
+    torch.cat([translate(G, a[None], eval_mode, seed, amp) for a in real_A]) (bit for bit on the
+    CPU in tests/test_networks.py, where the convolutions sum in the same order at every batch
+    size; otherwise to float rounding). real_A: (N, C, H, W), all images of one size."""
+    with each_image_alone(G):
+        return translate(G, real_A, eval_mode, seed, amp)
+
+
+# Evaluation translates this many pixels at a time (16 images of 256x256): batches amortise the
+# per-layer overheads, which dominate the small inner maps of a U-Net at batch 1.
+EVAL_BATCH_PIXELS = 16 * 256 * 256
+
+
+def translate_items(G: UNetGenerator, items: Iterable[tuple[torch.Tensor, torch.Tensor]], eval_mode: bool, seed: int,
+                    amp: contextlib.AbstractContextManager | None, device: torch.device,
+                    batch_pixels: int = EVAL_BATCH_PIXELS) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(real_A, fake_B, real_B) per (real_A, real_B) pair of (C, H, W) images, fake_B on the CPU:
+    what translate() gives each image alone, as validation and predict.py generate. Consecutive
+    images of one size go through translate_each together, up to batch_pixels at a time."""
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def flush() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        real_A = torch.stack([a for a, _ in pending]).to(device)  # (N, C, H, W)
+        fake_B = translate_each(G, real_A, eval_mode, seed, amp).cpu()
+        done = [(a, f, b) for (a, b), f in zip(pending, fake_B)]
+        pending.clear()
+        return done
+
+    for real_A, real_B in items:
+        if pending and (real_A.shape != pending[0][0].shape or (len(pending) + 1) * real_A[0].numel() > batch_pixels):
+            yield from flush()
+        pending.append((real_A, real_B))
+    if pending:
+        yield from flush()
 
 
 class BatchStatsNorm(nn.Module):

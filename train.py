@@ -37,10 +37,11 @@ from config import DATASETS, Config, ConfigError, architecture_defaults, generat
 from dataset import DatasetError, PairedDataset, open_split
 from discriminator import PatchDiscriminator
 from download import ensure_dataset
-from generator import UNetGenerator, translate
-from layers import init_weights, set_requires_grad
+from generator import UNetGenerator, translate_items
+from layers import attach_compute_copies, compute_layout, init_weights, set_requires_grad
 from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
 from report import Reporter, RunLog, check_tensorboard
+from speedups import GraphedStep, keep_freed_memory
 from utils import OutputError, exit_on_errors, on_signals, resolve_device, resolve_precision, seed_everything
 
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
@@ -151,8 +152,21 @@ def backward_G(D, real_A, real_B, fake_B, lambda_l1, amp, scaler) -> tuple[torch
 
 
 def train_step(state: RunState, real_A: torch.Tensor, real_B: torch.Tensor) -> torch.Tensor:
-    """One D update then one G update; returns the losses (G_GAN, G_L1, D_real, D_fake), detached."""
+    """One D update then one G update; returns the losses (G_GAN, G_L1, D_real, D_fake), detached.
+
+    With --cuda_graphs true (setup gives the state a GraphedStep) the same step is captured once
+    as a CUDA graph and replayed (speedups.py)."""
+    graphed = state.__dict__.get("graphed_step")
+    if graphed is not None:
+        return graphed(state, real_A, real_B)
+    return eager_step(state, real_A, real_B)
+
+
+def eager_step(state: RunState, real_A: torch.Tensor, real_B: torch.Tensor) -> torch.Tensor:
+    """train_step's work, op by op."""
     amp, scaler = state.amp, state.scaler
+    # channels_last on CUDA and for bf16 on the CPU, where the convolutions run fastest in NHWC.
+    real_A, real_B = compute_layout(real_A, state.dtype), compute_layout(real_B, state.dtype)
     with amp:
         fake_B = state.G_train(real_A)  # (N, output_nc, H, W)
     state.opt_D.zero_grad(set_to_none=True)
@@ -184,6 +198,7 @@ def setup(cfg: Config, world: ddp.World | None = None, device: torch.device | No
     # Adam's second moments and late gradients underflow into subnormal floats, which x86 CPUs
     # process up to 100x slower; flushing them to zero changes nothing measurable and saves ~25%.
     torch.set_flush_denormal(True)
+    keep_freed_memory()  # large freed blocks stay in the heap: no page faults every step (speedups.py)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
@@ -191,6 +206,8 @@ def setup(cfg: Config, world: ddp.World | None = None, device: torch.device | No
         dtype = resolve_precision(cfg.precision, device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its algorithms once, then reuses the best
     kwargs = generator_kwargs(cfg)
     G, D = UNetGenerator(**kwargs).to(device), build_discriminator(cfg).to(device)
     init_weights(G, cfg.init_gain)
@@ -202,10 +219,22 @@ def setup(cfg: Config, world: ddp.World | None = None, device: torch.device | No
         G_train, D_train = ddp.data_parallel(G, device), ddp.data_parallel(D, device)
         seed_everything(cfg.seed + world.rank)  # dropout noise differs between processes
     (opt_G, opt_D), (sched_G, sched_D) = build_optimizers(cfg, G, D)
+    if device.type == "cpu" and dtype == torch.bfloat16 and world.size == 1:
+        # bf16 weight copies that Adam writes, instead of autocast casting the fp32 weights on every
+        # forward and the gradients back on every backward (layers.attach_compute_copies).
+        for net, opt in ((G, opt_G), (D, opt_D)):
+            attach_compute_copies(net, opt, dtype)
     history = {"epochs": [], "steps": {"epoch": [], **{name: [] for name in LOSS_NAMES}}}
-    return RunState(cfg, world, device, dtype, G, D, G_train, D_train, opt_G, opt_D, sched_G, sched_D,
-                    torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), kwargs, history,
-                    Progress.start(device))
+    state = RunState(cfg, world, device, dtype, G, D, G_train, D_train, opt_G, opt_D, sched_G, sched_D,
+                     torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), kwargs, history,
+                     Progress.start(device))
+    if cfg.cuda_graphs:
+        if GraphedStep.usable(state):
+            state.graphed_step = GraphedStep(eager_step)  # read by train_step
+        elif world.is_main:
+            print("--cuda_graphs true: needs CUDA, bf16 or fp32 and one process; training without CUDA graphs",
+                  file=sys.stderr)
+    return state
 
 
 def check_finite(sums: torch.Tensor, where: str) -> None:
@@ -271,11 +300,13 @@ def train_one_epoch(state: RunState, loader: DataLoader, report: Reporter, dirs:
 
 def validate(state: RunState, val_set: PairedDataset) -> dict[str, float]:
     """Mean L1, PSNR and SSIM (and FID/KID with val_fid) of the generator on the validation split,
-    one image at a time as the paper generates (BatchNorm statistics of the image itself)."""
+    each image as the paper generates it alone (BatchNorm statistics of the image itself), several
+    at a time (generator.translate_items), each scored as soon as it is generated."""
     cfg, G = state.cfg, state.G
     with ddp.local_norm_stats(G):  # rank 0 generates alone: no synchronised BatchNorm
-        pairs = ((translate(G, real_A[None].to(state.device), cfg.eval_mode, cfg.seed, state.amp)[0].cpu(), real_B)
-                 for real_A, real_B in (val_set[i] for i in range(len(val_set))))
+        items = (val_set[i] for i in range(len(val_set)))
+        pairs = ((fake_B, real_B) for _, fake_B, real_B in
+                 translate_items(G, items, cfg.eval_mode, cfg.seed, state.amp, state.device))
         _, means = evaluate_pairs(pairs, cfg.val_fid, state.device)
     return {f"val_{name}": value for name, value in means.items() if name in ("L1", "PSNR", "SSIM", "FID", "KID")}
 
