@@ -16,13 +16,16 @@ run() {  # run NAME LIMIT_S LOG COMMAND...: the command's output in LOG, its las
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
-run benchmark 300 "$out/benchmark.json" python3 benchmark.py --device cuda --data_root "$data" --json
+run benchmark 240 "$out/benchmark.json" python3 benchmark.py --device cuda --data_root "$data" --json
 cat "$out/benchmark.json"
 run "train, default precision" 150 "$out/train_auto.log" \
     python3 train.py --device cuda --data_root "$data" --epochs 1 --lr_decay_epochs 0 --name gpu_auto
 run "train, fp32" 150 "$out/train_fp32.log" \
     python3 train.py --device cuda --data_root "$data" --epochs 1 --lr_decay_epochs 0 --name gpu_fp32 --precision fp32
+run "train, default precision, CUDA graphs" 150 "$out/train_graphs.log" \
+    python3 train.py --device cuda --data_root "$data" --epochs 1 --lr_decay_epochs 0 --name gpu_graphs --cuda_graphs true
+cp results/gpu_graphs/history.csv "$out/history_graphs.csv"
 cp results/gpu_auto/history.csv "$out/history_auto.csv"; cp results/gpu_fp32/history.csv "$out/history_fp32.csv"
 run "predict --split test" 120 "$out/predict.log" \
     python3 predict.py --checkpoint checkpoints/gpu_auto/latest.pt --split test --data_root "$data" --device cuda
-run "CUDA tests" 180 "$out/tests.log" python3 -m pytest -q -p no:cacheprovider tests -k cuda
+run "CUDA tests" 120 "$out/tests.log" python3 -m pytest -q -p no:cacheprovider tests -k cuda
