@@ -205,7 +205,7 @@ def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> 
             "bf16_compute_copies": any("compute_copy" in m.__dict__ for m in state.G.modules()),
             "fused_bf16_adam_compiled": layers.FUSED_UPDATE.kernel is not None}
     if kind == "graphs":
-        graphed = state.__dict__.get("graphed_step")
+        graphed = state.graphed_step
         info["cuda_graph_in_use"] = bool(graphed and graphed.graph is not None and not graphed.failed)
     if kind == "fast" and conn.recv() == "epoch":
         info["epoch_overhead"] = epoch_overhead(state, val_set, n_train, epoch_repeats, sync)

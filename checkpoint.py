@@ -86,6 +86,7 @@ class RunState:
     epoch: int = 0  # epochs completed
     stop: bool = False  # a signal asked to stop after the current iteration
     rng_ranks: list | None = None  # every process's RNG state, gathered for the next checkpoint
+    graphed_step: Any = None  # with --cuda_graphs: the training step as a replayed CUDA graph (speedups.py)
 
     @property
     def amp(self) -> contextlib.AbstractContextManager:

@@ -28,15 +28,15 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 import checkpoint as ckpt
 import distributed as ddp
 from checkpoint import CheckpointError, Progress, RunState
-from config import DATASETS, Config, ConfigError, architecture_defaults, generator_depth, parse_args, size_multiple
-from dataset import DatasetError, PairedDataset, open_split
+from config import Config, ConfigError, architecture_defaults, generator_depth, parse_args
+from data import build_data, make_loader, prepare_data_root
+from dataset import DatasetError, PairedDataset
 from discriminator import PatchDiscriminator
-from download import ensure_dataset
 from generator import UNetGenerator, translate_items
 from layers import attach_compute_copies, compute_layout, init_weights, set_requires_grad
 from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
@@ -51,9 +51,7 @@ class TrainingError(RuntimeError):
     """Training cannot go on (a loss became NaN or infinite); the message says where."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Networks, optimizers, data
-# ---------------------------------------------------------------------------------------------
+# --- Networks and optimizers ---
 
 def generator_kwargs(cfg: Config) -> dict:
     """UNetGenerator's constructor arguments; checkpoints store them, so no config rebuilds it."""
@@ -82,49 +80,7 @@ def build_optimizers(cfg: Config, G: nn.Module, D: nn.Module) -> tuple[list, lis
     return opts, scheds
 
 
-def make_dataset(cfg: Config, folder: Path, train: bool, max_images: int = 0) -> PairedDataset:
-    """The pairs of one split folder in the config's layout, preprocessing and channels; train=True
-    gives random crops and flips, False the deterministic items of grids and validation."""
-    return open_split(folder, cfg.data_layout, direction=cfg.direction, load_size=cfg.load_size,
-                      image_size=cfg.image_size, train=train, flip=cfg.flip, seed=cfg.seed, max_images=max_images,
-                      preprocess=cfg.preprocess, input_nc=cfg.input_nc, output_nc=cfg.output_nc,
-                      multiple=size_multiple(cfg))
-
-
-def prepare_data_root(cfg: Config) -> Path:
-    """data_root, downloaded first when it is the missing folder of a set of the pix2pix family."""
-    info = DATASETS[cfg.dataset]
-    return ensure_dataset(cfg.data_root, cfg.dataset, cfg.download_url, info.splits, cfg.download_sha256,
-                          missing_hint=info.note)
-
-
-def build_data(cfg: Config) -> tuple[PairedDataset, PairedDataset]:
-    """The training set (random jitter) and the validation set: val/, else test/, else train/."""
-    root = prepare_data_root(cfg)
-    if not (root / "train").is_dir():
-        raise DatasetError(f"{root / 'train'}: no such folder (data_root must hold train/ and val/)")
-    train_set = make_dataset(cfg, root / "train", train=True, max_images=cfg.max_images)
-    train_set.check_batchable(cfg.batch_size)
-    val_split = next(root / s for s in ("val", "test", "train") if (root / s).is_dir())
-    return train_set, make_dataset(cfg, val_split, train=False, max_images=cfg.max_images)
-
-
-def make_loader(train_set: PairedDataset, cfg: Config, device: torch.device, world: ddp.World) -> DataLoader:
-    """Batches in the main process: items are slices of a tensor cache, so workers would only cost.
-
-    A fresh seeded permutation every epoch, the same in every process, of which each process takes
-    every world.size-th index (DistributedSampler). The loader's own generator keeps its per-epoch
-    seed draw out of the global stream that dropout draws from, so a resumed run's dropout goes on
-    exactly where it stopped.
-    """
-    sampler = DistributedSampler(train_set, num_replicas=world.size, rank=world.rank, shuffle=True, seed=cfg.seed)
-    return DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, pin_memory=device.type == "cuda",
-                      generator=torch.Generator().manual_seed(cfg.seed))
-
-
-# ---------------------------------------------------------------------------------------------
-# One iteration: the named GAN steps of the official code
-# ---------------------------------------------------------------------------------------------
+# --- One iteration: the named GAN steps of the official code ---
 
 def gan_loss(logits: torch.Tensor, target_is_real: bool) -> torch.Tensor:
     """BCE between every patch logit and the label 1 (real) or 0 (fake), in fp32."""
@@ -156,10 +112,8 @@ def train_step(state: RunState, real_A: torch.Tensor, real_B: torch.Tensor) -> t
 
     With --cuda_graphs true (setup gives the state a GraphedStep) the same step is captured once
     as a CUDA graph and replayed (speedups.py)."""
-    graphed = state.__dict__.get("graphed_step")
-    if graphed is not None:
-        return graphed(state, real_A, real_B)
-    return eager_step(state, real_A, real_B)
+    step = state.graphed_step or eager_step
+    return step(state, real_A, real_B)
 
 
 def eager_step(state: RunState, real_A: torch.Tensor, real_B: torch.Tensor) -> torch.Tensor:
@@ -183,9 +137,7 @@ def eager_step(state: RunState, real_A: torch.Tensor, real_B: torch.Tensor) -> t
     return torch.stack([loss_G_GAN, loss_G_L1, loss_D_real, loss_D_fake]).detach()
 
 
-# ---------------------------------------------------------------------------------------------
-# The run
-# ---------------------------------------------------------------------------------------------
+# --- The run ---
 
 def setup(cfg: Config, world: ddp.World | None = None, device: torch.device | None = None) -> RunState:
     """Seed, pick device and precision, build networks and optimizers, and an empty history.
@@ -230,7 +182,7 @@ def setup(cfg: Config, world: ddp.World | None = None, device: torch.device | No
                      Progress.start(device))
     if cfg.cuda_graphs:
         if GraphedStep.usable(state):
-            state.graphed_step = GraphedStep(eager_step)  # read by train_step
+            state.graphed_step = GraphedStep(eager_step)  # train_step replays it
         elif world.is_main:
             print("--cuda_graphs true: needs CUDA, bf16 or fp32 and one process; training without CUDA graphs",
                   file=sys.stderr)

@@ -16,6 +16,7 @@ import train
 from checkpoint import CheckpointError, full_checkpoint, restore
 from config import DATASETS, FACADES_URL, Config, ConfigError, architecture_defaults, generator_depth, parse_args
 from conftest import ROOT, tiny_config
+from data import make_dataset
 from dataset import (FACADES_COUNTS, AlignedDataset, DatasetError, PairedFoldersDataset, list_images,
                      match_pairs)
 from test_download import build_archive, server  # noqa: F401  (server: the 127.0.0.1 HTTP fixture)
@@ -257,7 +258,7 @@ def test_make_dataset_maps_the_config(tmp_path, halves):
     root = make_paired(tmp_path, halves[:2])
     cfg = tiny(dataset="custom", data_root=str(root), data_layout="paired_folders", preprocess="scale_width",
                input_nc=1, direction="BtoA")
-    data = train.make_dataset(cfg, root / "val", train=False, max_images=1)
+    data = make_dataset(cfg, root / "val", train=False, max_images=1)
     assert isinstance(data, PairedFoldersDataset) and len(data) == 1
     assert data[0][0].shape == (1, 32, 32) and data[0][1].shape == (3, 32, 32)
 
