@@ -37,7 +37,7 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> None:
 
 
 # oneDNN, PyTorch's CPU convolution library, is tuned for large feature maps. On the U-Net's inner
-# levels (16x16 pixels and less, 512-1024 channels) its forward+backward runs 1.3-3x slower than
+# levels at batch 1 (16x16 pixels and less, 512-1024 channels) its forward+backward runs 1.3-3x slower than
 # the same arithmetic as one matrix product, in fp32 and in bf16 alike (docs/performance.md).
 # These two subclasses keep the parameters, state_dict and results of nn.Conv2d /
 # nn.ConvTranspose2d and only take that route for small maps on the CPU; everywhere else they are
@@ -46,10 +46,12 @@ SMALL_MAP_PIXELS = 16 * 16
 
 
 def _small_cpu_map(x: torch.Tensor) -> bool:
+    """Small enough for the matrix product: the batch's pixels (the product's other dimension) at
+    most SMALL_MAP_PIXELS. A batch of 16 (validation) takes it only for maps up to 4x4."""
     # Exported graphs (ONNX, TorchScript) get the stock layers: they run elsewhere, at any size.
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
         return False
-    return x.device.type == "cpu" and x.shape[-2] * x.shape[-1] <= SMALL_MAP_PIXELS
+    return x.device.type == "cpu" and x.shape[0] * x.shape[-2] * x.shape[-1] <= SMALL_MAP_PIXELS
 
 
 def _compute_weight(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -74,11 +76,14 @@ def same_format(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class Conv2d(nn.Conv2d):
-    """nn.Conv2d computed as unfold + matmul for small CPU feature maps (groups=1, dilation=1)."""
+    """nn.Conv2d computed as unfold + matmul for small CPU feature maps at batch 1 (groups=1,
+    dilation=1). For batches oneDNN is faster: unfold of a batch, and a batched product that
+    repeats the weight per image, cost more than they save (docs/performance.md)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = _compute_weight(self, x)
-        if not _small_cpu_map(x) or self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros":
+        if (x.shape[0] != 1 or not _small_cpu_map(x) or self.groups != 1 or self.dilation != (1, 1)
+                or self.padding_mode != "zeros"):
             return self._conv_forward(x, weight, self.bias)
         n, _, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
@@ -105,7 +110,12 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         n, c_in, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         # Every input pixel spreads a (C_out, kh, kw) patch; fold sums the overlapping patches.
-        cols = torch.matmul(weight.flatten(1).t(), x.to(weight.dtype).reshape(n, c_in, h * w))  # (N, C_out*kh*kw, h*w)
+        x = x.to(weight.dtype)
+        if n == 1:
+            cols = torch.matmul(weight.flatten(1).t(), x.reshape(n, c_in, h * w))  # (N, C_out*kh*kw, h*w)
+        else:  # one product for the whole batch: pixels as rows (a view of channels_last input)
+            rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c_in)
+            cols = (rows @ weight.flatten(1)).view(n, h * w, -1).transpose(1, 2)  # (N, C_out*kh*kw, h*w)
         size = ((h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw)
         out = F.fold(cols, size, self.kernel_size, padding=self.padding, stride=self.stride)  # (N, C_out, H, W)
         if self.bias is not None:
@@ -158,7 +168,7 @@ class ComputeCopy:
     def __init__(self, param: nn.Parameter, dtype: torch.dtype) -> None:
         self.param, self.dtype = param, dtype
         self.tensor = torch.empty_like(param, dtype=dtype).requires_grad_(param.requires_grad)
-        self.version = -1  # the parameter's version counter when the copy was last written
+        self.version: int | None = -1  # the parameter's version counter when the copy was last written
 
     def current(self) -> torch.Tensor:
         if self.version != self.param._version:
@@ -214,21 +224,32 @@ class _FusedUpdate:
 FUSED_UPDATE = _FusedUpdate()
 
 
-def attach_compute_copies(module: nn.Module, optimizer: torch.optim.Optimizer, dtype: torch.dtype) -> int:
+def attach_compute_copies(module: nn.Module, optimizer: torch.optim.Optimizer | None, dtype: torch.dtype) -> int:
     """Give every Conv2d/ConvTranspose2d of `module` a `dtype` compute copy of its weight, which
     the layers use under CPU autocast to `dtype`, and make `optimizer` (a torch.optim.Adam of
-    those parameters, weight decay 0) update those weights from their copies' gradients.
+    those parameters, weight decay 0; None for inference) update those weights from their
+    copies' gradients.
 
     The optimizer's state and state_dict stay those of torch.optim.Adam. Returns the number of
     weights that got a copy."""
     copies: dict[torch.Tensor, ComputeCopy] = {}
     for m in module.modules():
-        if isinstance(m, (Conv2d, ConvTranspose2d)) and m.weight.dtype == torch.float32:
+        if isinstance(m, (Conv2d, ConvTranspose2d)) and m.weight.dtype == torch.float32 and "compute_copy" not in m.__dict__:
             m.compute_copy = ComputeCopy(m.weight, dtype)  # a plain attribute: not in the state_dict
             copies[m.weight] = m.compute_copy
-    if copies:
+    if copies and optimizer is not None:
         optimizer.register_step_pre_hook(lambda opt, args, kwargs: _step_copies(opt, copies))
+        optimizer.register_step_post_hook(lambda opt, args, kwargs: _refresh_copies(copies))
     return len(copies)
+
+
+def _refresh_copies(copies: dict[torch.Tensor, ComputeCopy]) -> None:
+    """After optimizer.step(): rewrite the copies whose weights Adam's own step updated (torch's
+    fused Adam does not bump the version counter, so current() would not notice)."""
+    for copy in copies.values():
+        if copy.version is None:
+            copy.version = -1
+            copy.current()
 
 
 def _step_copies(optimizer: torch.optim.Optimizer, copies: dict[torch.Tensor, ComputeCopy]) -> None:
@@ -243,10 +264,11 @@ def _step_copies(optimizer: torch.optim.Optimizer, copies: dict[torch.Tensor, Co
             if copy is None or copy.tensor.grad is None:
                 continue
             grad, copy.tensor.grad = copy.tensor.grad, None
-            if not fused_ok or not (p.is_contiguous() and grad.is_contiguous()):
-                p.grad = grad.float()  # Adam's own step takes it; the copy refreshes on next use
-                continue
             state = optimizer.state[p]
+            if not fused_ok or not all(t.is_contiguous() for t in (p, grad, *(state.get(k, p) for k in ("exp_avg", "exp_avg_sq")))):
+                p.grad = grad.float()  # Adam's own step takes it; the post-hook rewrites the copy
+                copy.version = None
+                continue
             if not state:  # as torch.optim.Adam initialises it, so state_dicts are interchangeable
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)

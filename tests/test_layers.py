@@ -1,0 +1,182 @@
+"""layers.py's fast paths against the stock layers: the matrix-product convolutions (forward and
+gradients, fp32 and bf16, odd sizes), and the bf16 compute copies that Adam writes."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import layers
+
+# (in, out, kernel, stride, padding, input height, width): the U-Net's 4/2/1 and odd cases.
+CONV_CASES = [(5, 7, 4, 2, 1, 6, 4), (3, 6, 3, 1, 1, 5, 7), (4, 5, 4, 2, 1, 1, 1), (6, 3, 2, 2, 0, 9, 7),
+              (8, 4, 4, 1, 2, 3, 5)]
+
+
+@pytest.fixture(autouse=True)
+def matmul_for_every_map(monkeypatch):
+    monkeypatch.setattr(layers, "SMALL_MAP_PIXELS", 10**9)  # every test map takes the matrix product
+
+
+def pair_of(kind: str, cin: int, cout: int, k: int, s: int, p: int, bias: bool):
+    """A fast layer and the stock layer with the same parameters."""
+    fast_cls, stock_cls = {"conv": (layers.Conv2d, nn.Conv2d), "transposed": (layers.ConvTranspose2d, nn.ConvTranspose2d)}[kind]
+    torch.manual_seed(0)
+    fast = fast_cls(cin, cout, k, s, p, bias=bias)
+    nn.init.normal_(fast.weight, 0.0, 0.2)
+    if bias:
+        nn.init.normal_(fast.bias, 0.0, 0.2)
+    stock = stock_cls(cin, cout, k, s, p, bias=bias)
+    stock.load_state_dict(fast.state_dict())
+    return fast, stock
+
+
+def forward_backward(layer: nn.Module, x: torch.Tensor, dtype: torch.dtype):
+    """Output and the gradients of input, weight and bias for a fixed upstream gradient."""
+    x = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        y = layer(x)
+    upstream = torch.linspace(-1, 1, y.numel()).reshape(y.shape)
+    (y.float() * upstream).sum().backward()
+    grads = [x.grad, layer.weight.grad] + ([layer.bias.grad] if layer.bias is not None else [])
+    layer.zero_grad(set_to_none=True)
+    return y.float(), grads
+
+
+@pytest.mark.parametrize("kind", ["conv", "transposed"])
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("n", [1, 3], ids=["batch1", "batch3"])
+def test_matmul_convolutions_match_the_stock_layers(kind, case, dtype, bias, n):
+    """Conv2d takes the product at batch 1, ConvTranspose2d at any batch (its own formulation
+    for batches)."""
+    cin, cout, k, s, p, h, w = case
+    out = [(n - 1) * s - 2 * p + k if kind == "transposed" else (n + 2 * p - k) // s + 1 for n in (h, w)]
+    if min(out) < 1:
+        pytest.skip("no output pixels")
+    fast, stock = pair_of(kind, cin, cout, k, s, p, bias)
+    x = torch.randn(n, cin, h, w, generator=torch.Generator().manual_seed(1))
+    y_fast, g_fast = forward_backward(fast, x, dtype)
+    y_stock, g_stock = forward_backward(stock, x, dtype)
+    assert y_fast.shape == y_stock.shape
+    # fp32: the same sums in another order. bf16: both round their operands to bf16 and
+    # accumulate in fp32, so they differ by a few bf16 roundings of the outputs.
+    # Tolerances relative to each tensor's largest entry (a gradient summed over many terms can
+    # cancel to nearly 0 in one entry).
+    rel = 1e-5 if dtype == torch.float32 else 0.02
+    for a, b in zip([y_fast, *g_fast], [y_stock, *g_stock]):
+        a, b = a.float(), b.float()
+        torch.testing.assert_close(a, b, atol=rel * max(1.0, b.abs().max().item()), rtol=rel)
+
+
+@pytest.mark.parametrize("kind", ["conv", "transposed"])
+@pytest.mark.parametrize("n", [1, 2])
+def test_matmul_convolutions_keep_channels_last(kind, n):
+    fast, stock = pair_of(kind, 6, 4, 4, 2, 1, bias=True)
+    x = torch.randn(n, 6, 5, 7).contiguous(memory_format=torch.channels_last)
+    y = fast(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, stock(x), atol=1e-5, rtol=1e-5)
+
+
+def test_which_maps_take_the_matrix_product(monkeypatch):
+    monkeypatch.setattr(layers, "SMALL_MAP_PIXELS", 256)
+    assert layers._small_cpu_map(torch.zeros(1, 3, 16, 16))
+    assert not layers._small_cpu_map(torch.zeros(2, 3, 16, 16))  # a batch of 2 has 512 pixels
+    assert not layers._small_cpu_map(torch.zeros(1, 3, 32, 16))
+    calls = []
+    monkeypatch.setattr(torch.nn.functional, "unfold", lambda *a, **k: calls.append(1) or 1 / 0)
+    layers.Conv2d(3, 4, 4, 2, 1)(torch.zeros(2, 3, 4, 4))  # a batch: oneDNN, no unfold
+    assert not calls
+
+
+# ---------------------------------------------------------------------------------------------
+# bf16 compute copies
+# ---------------------------------------------------------------------------------------------
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(layers.Conv2d(3, 8, 4, 2, 1), nn.BatchNorm2d(8), nn.LeakyReLU(0.2),
+                        layers.ConvTranspose2d(8, 3, 4, 2, 1, bias=False))
+    layers.init_weights(net)
+    return net
+
+
+def adam(net: nn.Module) -> torch.optim.Adam:
+    return torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.5, 0.999), fused=True)
+
+
+def train_steps(net: nn.Module, opt: torch.optim.Optimizer, steps: int) -> list[float]:
+    losses = []
+    for i in range(steps):
+        x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(i))
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = (net(x).float() - x).abs().mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["fused-kernel", "fallback"])
+def test_compute_copies_train_as_autocast_does(compiled, monkeypatch):
+    """Adam updating the fp32 weights from the copies' bf16 gradients (and writing the copies)
+    takes the steps that autocast + torch's fused Adam take, to fp32 rounding."""
+    if not compiled:
+        monkeypatch.setattr(layers, "FUSED_UPDATE", layers._FusedUpdate())
+        layers.FUSED_UPDATE.failed = True  # as when no C++ compiler is there
+    plain, fast = small_net(), small_net()
+    opt_plain, opt_fast = adam(plain), adam(fast)
+    assert layers.attach_compute_copies(fast, opt_fast, torch.bfloat16) == 2
+    assert train_steps(fast, opt_fast, 5) == pytest.approx(train_steps(plain, opt_plain, 5), rel=1e-4)
+    for a, b in zip(plain.parameters(), fast.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # Adam's state and the state_dicts are those of plain torch (checkpoints stay interchangeable).
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    assert opt_fast.state_dict()["state"].keys() == opt_plain.state_dict()["state"].keys()
+    for s_fast, s_plain in zip(opt_fast.state.values(), opt_plain.state.values()):
+        assert s_fast.keys() == s_plain.keys() and s_fast["step"] == s_plain["step"]
+    conv = fast[0]
+    assert torch.equal(conv.compute_copy.current(), conv.weight.detach().bfloat16())
+    assert conv.compute_copy.tensor.grad is None  # consumed by the step
+    assert (conv.weight.grad is None) == compiled  # the fallback hands Adam an fp32 gradient
+
+
+def test_compute_copy_follows_a_loaded_checkpoint_and_freezing():
+    net = small_net()
+    opt = adam(net)
+    layers.attach_compute_copies(net, opt, torch.bfloat16)
+    conv = net[0]
+    conv.compute_copy.current()
+    other = small_net()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+    net.load_state_dict(other.state_dict())  # changes the weights behind the copy's back
+    assert torch.equal(conv.compute_copy.current(), other[0].weight.detach().bfloat16())
+    layers.set_requires_grad(net, False)
+    assert not conv.compute_copy.tensor.requires_grad
+    layers.set_requires_grad(net, True)
+    assert conv.compute_copy.tensor.requires_grad
+    clone = copy.deepcopy(net)  # e.g. generator.deployable: a plain copy works as before
+    with torch.no_grad():
+        assert clone(torch.randn(1, 3, 8, 8)).shape == (1, 3, 8, 8)
+
+
+def test_compute_copies_only_under_bf16_autocast():
+    net = small_net()
+    layers.attach_compute_copies(net, adam(net), torch.bfloat16)
+    x = torch.randn(1, 3, 8, 8)
+    conv = net[0]
+    assert layers._compute_weight(conv, x) is conv.weight  # fp32: the parameter itself
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layers._compute_weight(conv, x) is conv.compute_copy.tensor
+
+
+def test_compute_layout():
+    x = torch.zeros(2, 3, 4, 4)
+    assert layers.compute_layout(x, torch.bfloat16).is_contiguous(memory_format=torch.channels_last)
+    assert layers.compute_layout(x, torch.float32).is_contiguous()  # fp32 on the CPU: NCHW is faster
