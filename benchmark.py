@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_root", default="../shared/datasets/facades")
+    parser.add_argument("--data_root", default="data/facades", help="the facades folder (default: the project's data/facades)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--iters", type=int, help="iterations per timed block (default: CPU 15, CUDA 200)")
     parser.add_argument("--repeats", type=int, help="timed blocks per configuration (default: CPU 3, CUDA 5)")
