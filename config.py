@@ -388,8 +388,8 @@ def main() -> None:
         print(markdown_table(), end="")
         return
     cfg = parse_or_exit(description=__doc__)
-    for field in fields(cfg):
-        print(f"{field.name:16s} {getattr(cfg, field.name)!r}")
+    for f in fields(cfg):
+        print(f"{f.name:16s} {getattr(cfg, f.name)!r}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Sequence, TextIO
+from typing import Iterator, TextIO
 
 import numpy as np
 import torch

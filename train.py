@@ -16,7 +16,6 @@ Under ``torchrun --nproc_per_node N train.py`` the same script trains with Distr
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import math
 import signal
