@@ -147,13 +147,13 @@ def epoch_overhead(state, val_set, n_train: int, repeats: int, sync) -> dict:
         for _ in range(repeats):
             t_gen, pairs = timed(generate, sync)
             t_metrics, (_, means) = timed(lambda: evaluate_pairs(pairs, False, state.device), sync)
-            t_validate, row = timed(lambda: train.validate(state, val_set), sync)  # as train.py runs it: streamed
+            t_validate, (row, samples) = timed(lambda: train.validate(state, val_set), sync)  # as train.py runs it: streamed
             state.history["epochs"].append({"epoch": len(state.history["epochs"]) + 1, "lr": cfg.lr, "seconds": 0.0,
                                             **dict(zip(train.LOSS_NAMES, state.progress.total.tolist())), **row})
             state.epoch = len(state.history["epochs"])
             with contextlib.redirect_stdout(io.StringIO()):  # the report's console line
                 with Reporter(state, folder / "results", n_train) as report:
-                    t_other, _ = timed(lambda: report.epoch(state, val_set), sync)
+                    t_other, _ = timed(lambda: report.epoch(state, val_set, samples), sync)
             writes = {}
             for name, make in (("latest", lambda: ckpt.full_checkpoint(state)), ("snapshot", lambda: ckpt.snapshot(state))):
                 path = folder / f"{name}.pt"

@@ -1,5 +1,5 @@
 """The run's state and its checkpoints: what they hold, writing and reading them, continuing a
-run from one, and the lock that gives a run one owner.
+run from one, the lock that gives a run one owner, and stopping on a signal with a checkpoint.
 
 A checkpoint is a dict of tensors and plain data, loadable with
 ``torch.load(path, weights_only=True)``. Two kinds:
@@ -30,14 +30,15 @@ import datetime
 import fcntl
 import os
 import shutil
+import signal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from distributed import World, gather_objects, mean_over_ranks, on_main
-from utils import atomic_write, autocast, rng_state, set_rng_state
+from utils import atomic_write, autocast, on_signals, rng_state, set_rng_state
 
 FULL_KEYS = ("generator", "discriminator", "opt_G", "opt_D", "sched_G", "sched_D", "scaler", "epoch",
              "progress", "config", "history", "rng")
@@ -148,7 +149,18 @@ def generator_kwargs_of(checkpoint: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+    with _without_crc32():
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+def _without_crc32() -> contextlib.AbstractContextManager:
+    """torch.save without the zip records' CRC-32s, which torch.load never checks: computing them
+    is a third of the time of writing latest.pt (docs/performance.md). Older torch: a no-op."""
+    try:
+        from torch.utils.serialization import config
+        return config.patch({"save.compute_crc32": False})
+    except (ImportError, AttributeError, KeyError):
+        return contextlib.nullcontext()
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -301,6 +313,20 @@ def load_latest(path: Path, device: torch.device) -> dict:
 # The run's folders: one owner, leftovers, starting over
 # ---------------------------------------------------------------------------------------------
 
+def resume_or_start(state: RunState, dirs: dict, architecture: dict[str, object]) -> None:
+    """Continue resume_from, or this run's latest.pt, or start over (moving an old run aside)."""
+    cfg, latest = state.cfg, dirs["checkpoints"] / "latest.pt"
+    if cfg.resume_from or (cfg.resume and latest.exists()):
+        path = Path(cfg.resume_from) if cfg.resume_from else latest
+        checkpoint = load_checkpoint(path, state.device) if cfg.resume_from else load_latest(path, state.device)
+        restore(state, checkpoint, path, architecture)
+        if state.world.is_main:
+            print(f"resuming {path}: epoch {state.epoch + 1}, iteration {state.progress.iteration}")
+    elif not cfg.resume and state.world.is_main:
+        for moved in move_aside(dirs["checkpoints"], dirs["results"]):
+            print(f"--resume false: the previous run's files are now in {moved}")
+
+
 @contextlib.contextmanager
 def run_lock(checkpoints: Path) -> Iterator[None]:
     """Hold the run for this process: a second process on the same checkpoint folder stops at once.
@@ -347,3 +373,16 @@ def move_aside(*folders: Path) -> list[Path]:
             shutil.move(str(folder), str(target))
             moved.append(target)
     return moved
+
+
+@contextlib.contextmanager
+def stop_on_signals(state: RunState, print_line: Callable[[str], None]) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM ask to stop after the current iteration, with a checkpoint;
+    in one process a second signal acts at once (under torchrun repeats are relays, ignored)."""
+    def ask_to_stop(signum: int) -> None:
+        if not state.stop:
+            print_line(f"{signal.Signals(signum).name}: stopping after this iteration, with a checkpoint"
+                       + (" (again to abort)" if state.world.size == 1 else ""))
+        state.stop = True
+    with on_signals((signal.SIGINT, signal.SIGTERM), ask_to_stop, once=state.world.size == 1):
+        yield

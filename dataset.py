@@ -34,8 +34,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Expected number of images per split of the official facades archive, used to verify a download.
@@ -216,6 +214,10 @@ def side_channels(direction: str, input_nc: int, output_nc: int) -> tuple[int, i
 
 def resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Bicubic, antialiased resize of a uint8 (..., H, W) image, as the official code does."""
+    # Imported here: torchvision takes 1.5 s to import, which a script stopping at a bad argument need not pay.
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
     return TF.resize(image, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 

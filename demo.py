@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from facades_palette import FACADES_CLASSES
+from facades_palette import FACADES_CLASSES, blank_facade, hex_colour
 
 MAX_EXAMPLES = 500  # a longer dropdown of starting points is no help (edges2shoes has 200 val images)
 BLANK = "a blank facade"
@@ -109,10 +109,6 @@ def example_inputs(config: dict[str, Any], data_root: Path) -> dict[str, Callabl
     return examples
 
 
-# ---------------------------------------------------------------------------------------------
-# Images
-# ---------------------------------------------------------------------------------------------
-
 def to_rgb(image: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 from (H, W), (H, W, 1), (H, W, 3) or (H, W, 4): the editor shows RGB."""
     if image.ndim == 2:
@@ -120,19 +116,6 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     if image.shape[-1] == 1:
         image = np.repeat(image, 3, axis=-1)
     return np.ascontiguousarray(image[..., :3])
-
-
-def blank_facade(size: int) -> np.ndarray:
-    """A size x size label map: all facade, with a strip of background (sky) on top."""
-    colours = dict(FACADES_CLASSES)
-    image = np.empty((size, size, 3), np.uint8)
-    image[:] = colours["facade"]
-    image[: size // 16] = colours["background"]
-    return image
-
-
-def hex_colour(rgb: tuple[int, int, int]) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
 def editor_image(value: Any) -> np.ndarray | None:
@@ -396,18 +379,16 @@ def prepare(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> None:
+    from utils import exit_on_errors
+
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
+    with exit_on_errors((), (DemoError,)):
         app, seconds = prepare(args)
-    except DemoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
-    try:
-        app.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True,
-                   prevent_thread_lock=True, css=class_css())
-    except OSError as err:  # the port was taken between check_port and now
-        print(f"error: --port {args.port}: cannot listen on {args.host}:{args.port} ({err})", file=sys.stderr)
-        raise SystemExit(1) from None
+        try:
+            app.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True,
+                       prevent_thread_lock=True, css=class_css())
+        except OSError as err:  # the port was taken between check_port and now
+            raise DemoError(f"--port {args.port}: cannot listen on {args.host}:{args.port} ({err})") from None
     print(f"demo running at http://{args.host}:{args.port} (one generation: {seconds:.2f} s; Ctrl-C stops it)",
           flush=True)
     if args.share:  # quiet=True keeps Gradio from printing it

@@ -60,6 +60,19 @@ FACADES_CLASSES: tuple[tuple[str, tuple[int, int, int]], ...] = (
 )
 
 
+def hex_colour(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def blank_facade(size: int) -> np.ndarray:
+    """A size x size label map (H, W, 3) uint8: all facade, with a strip of background (sky) on top."""
+    colours = dict(FACADES_CLASSES)
+    image = np.empty((size, size, 3), np.uint8)
+    image[:] = colours["facade"]
+    image[: size // 16] = colours["background"]
+    return image
+
+
 def flat_pixels(label_map: torch.Tensor, window: int = 5, tolerance: int = 24) -> torch.Tensor:
     """(N, 3) float colours of the pixels of a uint8 (3, H, W) map whose window x window
     neighbourhood varies by at most `tolerance` per channel: the insides of regions, where

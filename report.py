@@ -348,14 +348,14 @@ class Reporter:
         return (f"epoch {state.epoch + 1}/{state.cfg.epochs}  iteration {state.progress.iteration}/{self.n_batches}"
                 f"  {losses}  {per_iteration:.2f} s/it, {left:.0f} s left in this epoch")
 
-    def epoch(self, state, val_set) -> None:
-        """Everything an epoch shows: the sample grid, history.csv, the plots, index.html,
-        TensorBoard's epoch values, and a line."""
+    def epoch(self, state, val_set, samples: list[list[torch.Tensor]] | None = None) -> None:
+        """Everything an epoch shows: the sample grid (of `samples`, validation's first rows, or
+        made here), history.csv, the plots, index.html, TensorBoard's epoch values, and a line."""
         if not self.active:
             return
         cfg, history = state.cfg, state.history
         row = history["epochs"][-1]
-        grid = save_sample_grid(sample_rows(state, val_set), self.folder / "samples" / f"epoch_{state.epoch:03d}.png",
+        grid = save_sample_grid(samples or sample_rows(state, val_set), self.folder / "samples" / f"epoch_{state.epoch:03d}.png",
                                 title=f"{cfg.name}, epoch {state.epoch}")
         write_csv(history["epochs"], self.folder / "history.csv")
         plot_curves(history["epochs"], history["steps"], self.loss_names, self.folder / "loss.png", epoch_means=True)
@@ -390,12 +390,9 @@ class Reporter:
 
 
 def sample_rows(state, val_set) -> list[list[torch.Tensor]]:
-    """The first num_samples validation pairs as rows input | generated | target."""
-    from generator import translate
+    """The first num_samples validation pairs as rows [input, generated, target]."""
+    from generator import translate_items
 
-    cfg, rows = state.cfg, []
-    for index in range(min(cfg.num_samples, len(val_set))):
-        real_A, real_B = val_set[index]
-        fake_B = translate(state.G, real_A[None].to(state.device), cfg.eval_mode, cfg.seed, state.amp)[0].cpu()
-        rows.append([real_A, fake_B, real_B])
-    return rows
+    cfg = state.cfg
+    items = (val_set[i] for i in range(min(cfg.num_samples, len(val_set))))
+    return [list(row) for row in translate_items(state.G, items, cfg.eval_mode, cfg.seed, state.amp, state.device)]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ from layers import attach_compute_copies, compute_layout, init_weights, set_requ
 from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
 from report import Reporter, RunLog, check_tensorboard
 from speedups import GraphedStep, keep_freed_memory
-from utils import OutputError, exit_on_errors, on_signals, resolve_device, resolve_precision, seed_everything
+from utils import OutputError, exit_on_errors, resolve_device, resolve_precision, seed_everything
 
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
 
@@ -249,59 +248,39 @@ def train_one_epoch(state: RunState, loader: DataLoader, report: Reporter, dirs:
     return dict(zip(LOSS_NAMES, (p.total / n_batches).tolist()))
 
 
-def validate(state: RunState, val_set: PairedDataset) -> dict[str, float]:
+def validate(state: RunState, val_set: PairedDataset) -> tuple[dict[str, float], list[list[torch.Tensor]]]:
     """Mean L1, PSNR and SSIM (and FID/KID with val_fid) of the generator on the validation split,
     each image as the paper generates it alone (BatchNorm statistics of the image itself), several
-    at a time (generator.translate_items), each scored as soon as it is generated."""
-    cfg, G = state.cfg, state.G
+    at a time (generator.translate_items), each scored as soon as it is generated. Also returns the
+    first num_samples [real_A, fake_B, real_B] for the sample grid, which need not be made again."""
+    cfg, G, samples = state.cfg, state.G, []
+
+    def scored(triples: Iterator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for real_A, fake_B, real_B in triples:
+            if len(samples) < cfg.num_samples:
+                samples.append([real_A, fake_B, real_B])
+            yield fake_B, real_B
     with ddp.local_norm_stats(G):  # rank 0 generates alone: no synchronised BatchNorm
         items = (val_set[i] for i in range(len(val_set)))
-        pairs = ((fake_B, real_B) for _, fake_B, real_B in
-                 translate_items(G, items, cfg.eval_mode, cfg.seed, state.amp, state.device))
-        _, means = evaluate_pairs(pairs, cfg.val_fid, state.device)
-    return {f"val_{name}": value for name, value in means.items() if name in ("L1", "PSNR", "SSIM", "FID", "KID")}
+        _, means = evaluate_pairs(scored(translate_items(G, items, cfg.eval_mode, cfg.seed, state.amp, state.device)),
+                                  cfg.val_fid, state.device)
+    return {f"val_{k}": v for k, v in means.items() if k in ("L1", "PSNR", "SSIM", "FID", "KID")}, samples
 
 
 def end_of_epoch(state: RunState, val_set: PairedDataset, report: Reporter, dirs: dict) -> None:
     """Validate, report, checkpoint: rank 0 alone (on_main), latest.pt last (the commit point)."""
-    cfg, row = state.cfg, state.history["epochs"][-1]
+    cfg, row, samples = state.cfg, state.history["epochs"][-1], None
     if cfg.val_every and state.epoch % cfg.val_every == 0:
-        row.update(validate(state, val_set))
+        metrics, samples = validate(state, val_set)
+        row.update(metrics)
     with ddp.local_norm_stats(state.G):
-        report.epoch(state, val_set)
+        report.epoch(state, val_set, samples)
     snapshot = ckpt.snapshot(state)
     if cfg.save_every and state.epoch % cfg.save_every == 0:
         ckpt.save_checkpoint(snapshot, dirs["checkpoints"] / f"epoch_{state.epoch:03d}.pt")
     scores = [r["val_L1"] for r in state.history["epochs"] if "val_L1" in r]
     if "val_L1" in row and row["val_L1"] == min(scores):
         ckpt.save_checkpoint(snapshot, dirs["checkpoints"] / "best.pt")
-
-
-def start(state: RunState, dirs: dict) -> None:
-    """Continue resume_from, or this run's latest.pt, or start over (moving an old run aside)."""
-    cfg, latest = state.cfg, dirs["checkpoints"] / "latest.pt"
-    if cfg.resume_from or (cfg.resume and latest.exists()):
-        path = Path(cfg.resume_from) if cfg.resume_from else latest
-        checkpoint = ckpt.load_checkpoint(path, state.device) if cfg.resume_from else ckpt.load_latest(path, state.device)
-        ckpt.restore(state, checkpoint, path, architecture_defaults())
-        if state.world.is_main:
-            print(f"resuming {path}: epoch {state.epoch + 1}, iteration {state.progress.iteration}")
-    elif not cfg.resume and state.world.is_main:
-        for moved in ckpt.move_aside(dirs["checkpoints"], dirs["results"]):
-            print(f"--resume false: the previous run's files are now in {moved}")
-
-
-@contextlib.contextmanager
-def stop_on_signals(state: RunState, report: Reporter) -> Iterator[None]:
-    """Ctrl-C (SIGINT) and SIGTERM ask to stop after the current iteration, with a checkpoint;
-    in one process a second signal acts at once (under torchrun repeats are relays, ignored)."""
-    def ask_to_stop(signum: int) -> None:
-        if not state.stop:
-            report.print(f"{signal.Signals(signum).name}: stopping after this iteration, with a checkpoint"
-                         + (" (again to abort)" if state.world.size == 1 else ""))
-        state.stop = True
-    with on_signals((signal.SIGINT, signal.SIGTERM), ask_to_stop, once=state.world.size == 1):
-        yield
 
 
 def train(cfg: Config, world: ddp.World | None = None, device: torch.device | None = None) -> None:
@@ -318,10 +297,10 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
         state = setup(cfg, world, device)
         if world.is_main:
             ckpt.remove_stale_temporaries(dirs["checkpoints"], dirs["results"], dirs["results"] / "samples")
-        start(state, dirs)
+        ckpt.resume_or_start(state, dirs, architecture_defaults())
         ddp.check_same_start(world, state.device, state.epoch, state.progress.iteration)
         loader = make_loader(train_set, cfg, state.device, world)
-        with Reporter(state, dirs["results"], len(train_set), log, len(val_set)) as report, stop_on_signals(state, report):
+        with Reporter(state, dirs["results"], len(train_set), log, len(val_set)) as report, ckpt.stop_on_signals(state, report.print):
             while state.epoch < cfg.epochs:
                 loader.sampler.set_epoch(state.epoch)
                 train_set.set_epoch(state.epoch)

@@ -385,6 +385,7 @@ def canvas_pixels(driver, rgb: tuple[int, int, int]) -> int:
     return int((shown == np.array(rgb)).all(axis=-1).sum())
 
 
+@pytest.mark.slow  # a headless browser drives the app
 def test_facades_demo_in_a_browser(browser, facades, facades_checkpoint):
     colours = dict(facades_palette.FACADES_CLASSES)
     server = Server("--checkpoint", facades_checkpoint)
@@ -419,6 +420,7 @@ def test_facades_demo_in_a_browser(browser, facades, facades_checkpoint):
         server.stop()
 
 
+@pytest.mark.slow  # a headless browser drives the app
 def test_other_data_demo_uploads_in_a_browser(browser, custom_run, tmp_path):
     """A run on other data: no palette, its own examples, and an upload of any size translated at it."""
     checkpoint, root = custom_run

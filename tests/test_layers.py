@@ -81,6 +81,31 @@ def test_matmul_convolutions_keep_channels_last(kind, n):
     torch.testing.assert_close(y, stock(x), atol=1e-5, rtol=1e-5)
 
 
+def is_really_channels_last(t: torch.Tensor) -> bool:
+    """By the strides, which also tell the two formats of a 1x1 map apart."""
+    return t.stride(1) == 1 and t.stride(-1) == t.shape[1]
+
+
+def test_the_decoder_stays_channels_last_below_a_1x1_bottleneck():
+    """A 1x1 map is contiguous in both formats; in bf16 the matrix product's result on one is
+    channels_last, so the U-Net's decoder runs in NHWC from its bottleneck up (in NCHW it had a
+    layout conversion per layer and ran batched generation ~20 % slower)."""
+    fast, _ = pair_of("transposed", 8, 4, 4, 2, 1, bias=False)
+    x = torch.randn(2, 8, 1, 1)  # NCHW strides, as an out-of-place ReLU leaves a 1x1 map
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert is_really_channels_last(fast(x))
+    assert fast(x).is_contiguous() and not is_really_channels_last(fast(x))  # fp32 on the CPU: NCHW
+    from generator import UNetGenerator
+    torch.manual_seed(0)
+    G = UNetGenerator(ngf=4, num_downs=5)  # 32 px: a 1x1 bottleneck
+    seen = []
+    for up in G.up:
+        up.register_forward_hook(lambda module, args, out: seen.append(is_really_channels_last(out)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = G(layers.compute_layout(torch.randn(2, 3, 32, 32), torch.bfloat16))
+    assert all(seen) and len(seen) == 4 and is_really_channels_last(out)
+
+
 def test_which_maps_take_the_matrix_product(monkeypatch):
     monkeypatch.setattr(layers, "SMALL_MAP_PIXELS", 256)
     assert layers._small_cpu_map(torch.zeros(1, 3, 16, 16))

@@ -133,6 +133,7 @@ def test_bad_tensorboard_value_is_one_error_line(tmp_path):
 # Logs
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # three training runs
 def test_output_to_a_file_has_no_carriage_returns_and_train_log_spans_resumes(tiny, tmp_path):
     """Run with stdout and stderr in files, then resume from the run's own config.json: plain
     lines only, and train.log holds both runs' lines."""

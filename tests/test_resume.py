@@ -121,6 +121,7 @@ def test_stale_temporary_files_are_removed_at_the_next_start(tiny, tmp_path):
     assert not leftover.exists()
 
 
+@pytest.mark.slow  # two training processes, one killed
 def test_second_process_on_a_run_stops_and_the_hold_dies_with_the_first(tiny, tmp_path):
     cfg = dataclasses.replace(tiny, epochs=200)
     first = start_script("train.py", *cli_args(cfg), cwd=tmp_path)
