@@ -82,8 +82,16 @@ def ssim(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     size = 2 * SSIM_RADIUS + 1
     if min(h, w) < size:
         raise ValueError(f"SSIM needs images of at least {size}x{size}, got {h}x{w}")
-    x, y = fake.float() - SSIM_SHIFT, real.float() - SSIM_SHIFT
-    maps = torch.stack([x, y, x * x, y * y, x * y], dim=1).view(n, 5 * c, h, w)  # (N, 5C, H, W)
+    # The five maps x, y, x^2, y^2, xy of every channel, written straight into one channels_last
+    # (N, 5C, H, W) tensor: oneDNN's depthwise convolution runs 4x faster on it than on NCHW.
+    maps = torch.empty(n, h, w, 5, c, device=fake.device)
+    x, y = maps[..., 0, :], maps[..., 1, :]
+    torch.sub(fake.float().permute(0, 2, 3, 1), SSIM_SHIFT, out=x)
+    torch.sub(real.float().permute(0, 2, 3, 1), SSIM_SHIFT, out=y)
+    torch.mul(x, x, out=maps[..., 2, :])
+    torch.mul(y, y, out=maps[..., 3, :])
+    torch.mul(x, y, out=maps[..., 4, :])
+    maps = maps.view(n, h, w, 5 * c).permute(0, 3, 1, 2)  # (N, 5C, H, W), channels_last
     taps = _gaussian_taps(fake.device)
     for shape in ((size, 1), (1, size)):  # along the rows, then along the columns
         maps = F.conv2d(maps, taps.view(1, 1, *shape).expand(5 * c, 1, *shape), groups=5 * c)
