@@ -109,20 +109,30 @@ def save_sample_grid(rows: Sequence[Sequence[torch.Tensor]], path: str | Path, t
     height, width = max(i.shape[-2] for i in images), max(i.shape[-1] for i in images)
     images = torch.stack([F.pad(i, (0, width - i.shape[-1], 0, height - i.shape[-2]), value=-1.0)
                           for i in images])  # (N, 3, height, width)
-    grid = make_grid(images, nrow=len(rows[0]), padding=GRID_PADDING, normalize=True, value_range=(-1, 1))
-    # The 8-bit levels exactly as torchvision's save_image rounds them (the metrics assume it).
-    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
-    image = captioned(pixels, title, list(captions)[:len(rows[0])], width)
-    # zlib level 1: a third of the time of PIL's default 6, for a file about 10 % larger.
-    atomic_write(path, lambda tmp: image.save(tmp, format="png", compress_level=1))
+    grid = make_grid(images, nrow=len(rows[0]), padding=GRID_PADDING, pad_value=-1.0)  # (3, H, W), black lines
+    image = captioned(to_pixels(grid), title, list(captions)[:len(rows[0])], width)
+    atomic_write(path, lambda tmp: image.save(tmp, format="png", compress_level=PNG_COMPRESS_LEVEL))
     return np.asarray(image)
 
 
-def save_image(image: torch.Tensor, path: str | Path) -> None:
-    """Save one (C, H, W) image in [-1, 1] as an 8-bit PNG (C = 1 gray, C = 3 RGB)."""
-    from torchvision.utils import save_image as save
+# zlib level 1: a third of the time of PIL's default level 6, for files about 10 % larger.
+PNG_COMPRESS_LEVEL = 1
 
-    atomic_write(path, lambda tmp: save(image.float().cpu(), tmp, format="png", normalize=True, value_range=(-1, 1)))
+
+def to_pixels(image: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [-1, 1] -> (H, W, C) uint8, with torchvision's save_image arithmetic (make_grid's
+    normalize, then x * 255 + 0.5, clamped, truncated): metrics.to_levels assumes exactly these."""
+    unit = image.float().cpu().clamp(-1.0, 1.0).add(1.0).div(2.0)
+    return unit.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
+
+
+def save_image(image: torch.Tensor, path: str | Path) -> None:
+    """Save one (C, H, W) image in [-1, 1] as an 8-bit RGB PNG (C = 1: gray, as torchvision's
+    save_image writes it)."""
+    from PIL import Image
+
+    picture = Image.fromarray(to_pixels(image.expand(3, -1, -1)))
+    atomic_write(path, lambda tmp: picture.save(tmp, format="png", compress_level=PNG_COMPRESS_LEVEL))
 
 
 # ---------------------------------------------------------------------------------------------

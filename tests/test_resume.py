@@ -278,11 +278,12 @@ def test_signal_saves_and_exits_0(tiny, tmp_path, signum):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "run the same command to resume" in out
-    assert latest(cfg)["epoch"] < 30
-    # The same command continues without a gap or a repeat.
-    result = run_script("train.py", *cli_args(cfg), cwd=tmp_path)
+    stopped_at = latest(cfg)["epoch"]
+    assert stopped_at < 30
+    # The same command continues without a gap or a repeat (for two more epochs: enough to see it).
+    result = run_script("train.py", *cli_args(cfg), "--epochs", str(stopped_at + 2), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert [row["epoch"] for row in latest(cfg)["history"]["epochs"]] == list(range(1, 31))
+    assert [row["epoch"] for row in latest(cfg)["history"]["epochs"]] == list(range(1, stopped_at + 3))
 
 
 def test_extending_a_finished_run_follows_the_new_lr_schedule(synthetic_split, tmp_path):
