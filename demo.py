@@ -57,7 +57,7 @@ def load_model(checkpoint: Path, device_name: str) -> Model:
     from dataset import DatasetError, read_image, to_tensor
     from PIL import Image
     from checkpoint import CheckpointError
-    from utils import autocast, resolve_device, resolve_precision
+    from utils import resolve_device
 
     try:
         device = resolve_device(device_name)
@@ -69,7 +69,7 @@ def load_model(checkpoint: Path, device_name: str) -> Model:
         G, cfg, epoch = predict.load_run(checkpoint, device)
     except (CheckpointError, ValueError) as err:  # ValueError: a config the networks cannot be built from
         raise DemoError(str(err)) from None
-    amp = autocast(device, resolve_precision("auto", device))
+    amp = predict.inference_precision(G, device)
 
     def translate(image: np.ndarray, seed: int, resize: bool) -> np.ndarray:
         real_A = to_tensor(Image.fromarray(image), cfg.input_nc)  # as predict reads a file: gray or RGB
