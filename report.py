@@ -355,7 +355,8 @@ class Reporter:
             return
         cfg, history = state.cfg, state.history
         row = history["epochs"][-1]
-        grid = save_sample_grid(samples or sample_rows(state, val_set), self.folder / "samples" / f"epoch_{state.epoch:03d}.png",
+        rows = samples or sample_rows(state, val_set)
+        grid = save_sample_grid(rows, self.folder / "samples" / f"epoch_{state.epoch:03d}.png",
                                 title=f"{cfg.name}, epoch {state.epoch}")
         write_csv(history["epochs"], self.folder / "history.csv")
         plot_curves(history["epochs"], history["steps"], self.loss_names, self.folder / "loss.png", epoch_means=True)

@@ -300,7 +300,8 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
         ckpt.resume_or_start(state, dirs, architecture_defaults())
         ddp.check_same_start(world, state.device, state.epoch, state.progress.iteration)
         loader = make_loader(train_set, cfg, state.device, world)
-        with Reporter(state, dirs["results"], len(train_set), log, len(val_set)) as report, ckpt.stop_on_signals(state, report.print):
+        report = Reporter(state, dirs["results"], len(train_set), log, len(val_set))
+        with report, ckpt.stop_on_signals(state, report.print):
             while state.epoch < cfg.epochs:
                 loader.sampler.set_epoch(state.epoch)
                 train_set.set_epoch(state.epoch)
