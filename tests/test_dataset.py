@@ -271,11 +271,17 @@ def test_an_entry_named_like_an_image_that_is_no_file_is_named(synthetic_split, 
     assert str(err.value) == f"{folder / '3.png'}: named like an image but is {what}; move or rename it"
 
 
-def test_unreadable_file_is_named(synthetic_split):
-    if os.geteuid() == 0:
-        pytest.skip("root reads any file, whatever its permissions")
+def test_unreadable_file_is_named(synthetic_split, monkeypatch):
     folder = synthetic_split(n=2)
     (folder / "2.png").chmod(0)
+    if os.geteuid() == 0:  # root reads any file whatever its permissions: refuse it as the OS would
+        real_open = Image.open
+
+        def refusing_open(path, *args, **kwargs):
+            if os.path.basename(path) == "2.png":
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, *args, **kwargs)
+        monkeypatch.setattr(Image, "open", refusing_open)
     with pytest.raises(DatasetError, match=r"2\.png: cannot decode image \(PermissionError"):
         AlignedDataset(folder, "BtoA", 32, 32, train=False)
 
