@@ -110,6 +110,19 @@ def cli_args(cfg) -> list[str]:
     return [f"--{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)]
 
 
+def run_main(main, argv: list, cwd: Path, monkeypatch, capsys) -> tuple[int, str, list[str]]:
+    """A script's main() with argv, called in this process in cwd: (exit status, stderr, its
+    `error:` lines). For error paths that stop before any work; run_script's interpreter and
+    torch import cost 2 s a test (one subprocess test per script keeps the real process path)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["script.py", *map(str, argv)])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return stop.value.code, err, [line for line in err.splitlines() if line.startswith("error:")]
+
+
 def run_script(script: str, *args, cwd, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
     """python <script> args, as a user runs it; the timeout turns a hang into a failure."""
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,

@@ -12,9 +12,10 @@ from urllib.parse import unquote_to_bytes
 import pytest
 import torch
 
+import predict
 import train
 from checkpoint import full_checkpoint, save_checkpoint
-from conftest import error_lines, require, run_script, tiny_config
+from conftest import error_lines, require, run_main, run_script, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -33,30 +34,18 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     (["--name", "x" * 300], "--name: must be at most 200 bytes"),
     (["--name", "a\\b"], "--name: must be a plain folder name"),
 ])
-def test_values_the_libraries_cannot_take_are_refused_before_any_work(tmp_path, argv, message):
-    result = run_script("train.py", *argv, cwd=tmp_path)
-    (line,) = error_lines(result)
-    assert result.returncode == 2 and message in line
+def test_values_the_libraries_cannot_take_are_refused_before_any_work(tmp_path, argv, message, monkeypatch, capsys):
+    code, _, (line,) = run_main(train.main, argv, tmp_path, monkeypatch, capsys)
+    assert code == 2 and message in line
     assert not list(tmp_path.iterdir()), "nothing written"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("device", ["cuda:x", "cuda", "npu"])
-def test_predict_names_a_device_it_cannot_use(tiny_checkpoint, tmp_path, device):
-    result = run_script("predict.py", "--checkpoint", tiny_checkpoint, "--device", device, "--split", "test",
-                        cwd=tmp_path)
-    (line,) = error_lines(result)
-    assert result.returncode == 2 and f"--device {device}" in line
-
-
-def run_main(monkeypatch, capsys, tmp_path, argv: list[str]) -> tuple[int, list[str]]:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["train.py", *argv])
-    with pytest.raises(SystemExit) as stop:
-        train.main()
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return stop.value.code, [line for line in err.splitlines() if line.startswith("error:")]
+def test_predict_names_a_device_it_cannot_use(tiny_checkpoint, tmp_path, device, monkeypatch, capsys):
+    argv = ["--checkpoint", tiny_checkpoint, "--device", device, "--split", "test"]
+    code, _, (line,) = run_main(predict.main, argv, tmp_path, monkeypatch, capsys)
+    assert code == 2 and f"--device {device}" in line
 
 
 def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys, tmp_path, synthetic_split):
@@ -65,7 +54,7 @@ def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys, tmp_path, synth
     def interrupted(cfg):
         raise KeyboardInterrupt
     monkeypatch.setattr(train, "build_data", interrupted)
-    code, errors = run_main(monkeypatch, capsys, tmp_path, ["--data_root", str(root)])
+    code, _, errors = run_main(train.main, ["--data_root", root], tmp_path, monkeypatch, capsys)
     assert code == 130 and len(errors) == 1 and "interrupted" in errors[0]
 
 
@@ -75,7 +64,8 @@ def test_running_out_of_memory_is_one_line(monkeypatch, capsys, tmp_path, synthe
     def too_big(*args, **kwargs):  # what torch's CPU allocator raises when malloc fails
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 bytes.")
     monkeypatch.setattr(train, "setup", too_big)
-    code, errors = run_main(monkeypatch, capsys, tmp_path, ["--data_root", str(root), "--image_size", "4096", "--load_size", "4096"])
+    code, _, errors = run_main(train.main, ["--data_root", root, "--image_size", "4096", "--load_size", "4096"], tmp_path,
+                               monkeypatch, capsys)
     assert code == 1 and len(errors) == 1 and "out of memory" in errors[0] and "--image_size" in errors[0]
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 import predict
 import train
 from config import Config
-from conftest import ROOT, html_links, require, require_fid
+from conftest import ROOT, html_links, require, require_fid, run_main
 from checkpoint import full_checkpoint, save_checkpoint
 
 
@@ -117,7 +117,7 @@ def predict_cli(*argv, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("case", ["missing checkpoint", "not a checkpoint", "no images", "no such input",
                                   "no split"])
-def test_errors_are_one_line(case, checkpoint, tmp_path):
+def test_errors_are_one_line(case, checkpoint, tmp_path, monkeypatch, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "junk.pt").write_bytes(b"this is not a checkpoint")
     args = {"missing checkpoint": ["--checkpoint", tmp_path / "nope.pt", tmp_path / "empty"],
@@ -130,10 +130,10 @@ def test_errors_are_one_line(case, checkpoint, tmp_path):
                 "no images": "empty: no images in this folder",
                 "no such input": "nothing.png: no such file or folder",
                 "no split": "test: no such split folder"}[case]
-    result = predict_cli(*args, cwd=tmp_path)
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    code, err, _ = run_main(predict.main, args, tmp_path, monkeypatch, capsys)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err
     assert not (tmp_path / "results").exists()  # nothing written
 
 

@@ -13,7 +13,7 @@ import torch
 import checkpoint
 import train
 from checkpoint import CheckpointError
-from conftest import cli_args, error_lines, run_script, start_script, tiny_config, wait_for
+from conftest import cli_args, error_lines, run_main, run_script, start_script, tiny_config, wait_for
 from utils import OutputError
 
 
@@ -192,7 +192,7 @@ def test_shape_mismatch_names_the_parameter(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["generator_only", "epoch_is_text", "progress_missing", "weights_are_lists"])
-def test_checkpoints_that_load_but_do_not_fit_are_one_line(tiny, tmp_path, damage):
+def test_checkpoints_that_load_but_do_not_fit_are_one_line(tiny, tmp_path, damage, monkeypatch, capsys):
     train.train(dataclasses.replace(tiny, epochs=1))
     saved = latest(tiny)
     if damage == "generator_only":
@@ -204,9 +204,9 @@ def test_checkpoints_that_load_but_do_not_fit_are_one_line(tiny, tmp_path, damag
     else:
         saved["discriminator"] = {k: v.tolist() for k, v in saved["discriminator"].items()}
     torch.save(saved, tmp_path / "damaged.pt")
-    result = run_script("train.py", *cli_args(tiny), "--resume_from", tmp_path / "damaged.pt", cwd=tmp_path)
-    (line,) = error_lines(result)
-    assert result.returncode == 1 and "damaged.pt" in line
+    code, _, (line,) = run_main(train.main, [*cli_args(tiny), "--resume_from", tmp_path / "damaged.pt"], tmp_path,
+                                monkeypatch, capsys)
+    assert code == 1 and "damaged.pt" in line
 
 
 def test_failed_write_keeps_the_previous_checkpoint(tiny, monkeypatch):
