@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from distributed import World, gather_objects, mean_over_ranks, on_main
-from utils import atomic_write, autocast, on_signals, rng_state, set_rng_state
+from utils import atomic_write, autocast, first_line, on_signals, rng_state, set_rng_state
 
 FULL_KEYS = ("generator", "discriminator", "opt_G", "opt_D", "sched_G", "sched_D", "scaler", "epoch",
              "progress", "config", "history", "rng")
@@ -171,7 +171,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many kinds for a file that is not a safe checkpoint
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err) or type(err).__name__
         raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("generator"), dict):
         raise CheckpointError(f"{path}: not a pix2pix checkpoint (no generator weights)")

@@ -26,6 +26,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from utils import first_line
+
 
 @dataclasses.dataclass(frozen=True)
 class World:
@@ -86,7 +88,7 @@ def join_process_group(device_name: str, world: World) -> torch.device:
         # device_id binds nccl to this process's GPU at once, so a broken GPU setup fails here.
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
     except Exception as err:  # rendezvous, network and backend failures come as many types
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err) or type(err).__name__
         raise DistributedError(f"rank {world.rank} cannot form the {backend} process group of {world.size} "
                                f"processes ({reason})") from None
     return device

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils import first_line
+
 
 def norm_layer(kind: str, channels: int) -> nn.Module:
     """BatchNorm (the paper's choice) or InstanceNorm, with learned scale and shift for both."""
@@ -221,8 +223,7 @@ class _FusedUpdate:
             except Exception as err:  # any failure of the compiler stack: the plain route works
                 self.failed = True
                 warnings.warn(f"the fused bf16 Adam step could not be compiled ({type(err).__name__}: "
-                              f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); using the "
-                              f"slower plain step", stacklevel=2)
+                              f"{first_line(err)}); using the slower plain step", stacklevel=2)
         return self.kernel
 
 

@@ -36,6 +36,8 @@ from typing import Callable
 
 import torch
 
+from utils import first_line
+
 TUNE_MALLOC = True  # benchmark.py's baseline turns it off: plain PyTorch
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 _malloc_tuned = False
@@ -54,6 +56,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl, say): leave the allocator alone
         _malloc_tuned = False
     return _malloc_tuned
+
 
 WARMUP_STEPS = 3  # eager steps before the capture (PyTorch's examples use 3; DDP would need 11)
 
@@ -124,9 +127,8 @@ class GraphedStep:
 
     def _give_up(self, state, err: Exception) -> None:
         self.failed, self.graph, self.inputs, self.losses = True, None, None, None
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        warnings.warn(f"--cuda_graphs: capturing the training step failed ({type(err).__name__}: {reason}); "
-                      f"training goes on without CUDA graphs", stacklevel=3)
+        warnings.warn(f"--cuda_graphs: capturing the training step failed ({type(err).__name__}: "
+                      f"{first_line(err)}); training goes on without CUDA graphs", stacklevel=3)
         torch.cuda.synchronize(state.device)
         for opt in (state.opt_D, state.opt_G):
             opt.zero_grad(set_to_none=True)

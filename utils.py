@@ -157,10 +157,16 @@ def exit_on_errors(usage: tuple[type[BaseException], ...], failures: tuple[type[
     except KeyboardInterrupt:
         fail("interrupted (Ctrl-C) before any file was written for this step; run the command again", 130)
     except (MemoryError, RuntimeError) as err:  # torch's allocators raise RuntimeError subclasses
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = first_line(err) or type(err).__name__
         if not (isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text):
             raise
         fail(f"out of memory ({text}); try a smaller --image_size, --batch_size or --ngf/--ndf", 1)
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, '' when it has none: enough for a one-line error."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def fail(message: str, status: int) -> None:
