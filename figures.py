@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from metrics import to_levels
 from utils import atomic_write, write_text
 
 
@@ -120,10 +121,9 @@ PNG_COMPRESS_LEVEL = 1
 
 
 def to_pixels(image: torch.Tensor) -> np.ndarray:
-    """(C, H, W) in [-1, 1] -> (H, W, C) uint8, with torchvision's save_image arithmetic (make_grid's
-    normalize, then x * 255 + 0.5, clamped, truncated): metrics.to_levels assumes exactly these."""
-    unit = image.float().cpu().clamp(-1.0, 1.0).add(1.0).div(2.0)
-    return unit.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
+    """(C, H, W) in [-1, 1] -> (H, W, C) uint8: torchvision's save_image levels (metrics.to_levels),
+    the ones the metrics are computed on."""
+    return to_levels(image.cpu(), torch.uint8).permute(1, 2, 0).numpy()
 
 
 def save_image(image: torch.Tensor, path: str | Path) -> None:
