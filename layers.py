@@ -74,12 +74,13 @@ def same_format(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The matrix-product result in the input's memory format (channels_last in, channels_last out).
     A 1x1 map is contiguous in both formats: its result takes the layout its dtype computes
     fastest in, else the U-Net's decoder would run in NCHW from its 1x1 bottleneck on."""
-    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    if x.dim() == 4 and x.shape[-2:] == (1, 1):
+    if x.dim() != 4:
+        return out
+    if x.shape[-2:] == (1, 1):
         channels_last = channels_last_pays(out.device, out.dtype)
-    if x.dim() == 4 and channels_last:
-        return out.contiguous(memory_format=torch.channels_last)
-    return out
+    else:
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 class Conv2d(nn.Conv2d):
