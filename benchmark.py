@@ -51,9 +51,11 @@ from pathlib import Path
 import torch
 
 BASELINE_WORKERS = 4  # the official code's default --num_threads
-DEFAULTS = {"cpu": {"iters": 15, "repeats": 3, "warmup": 3, "configs": "baseline,fast"},
-            # A GPU step takes ~10-20 ms: longer blocks; the warm-up covers cuDNN autotuning and capture.
-            "cuda": {"iters": 200, "repeats": 5, "warmup": 30, "configs": "baseline,fast,graphs"}}
+DEFAULTS = {
+    "cpu": {"iters": 15, "repeats": 3, "warmup": 3, "configs": "baseline,fast"},
+    # A GPU step takes ~10-20 ms: longer blocks; the warm-up covers cuDNN autotuning and capture.
+    "cuda": {"iters": 200, "repeats": 5, "warmup": 30, "configs": "baseline,fast,graphs"},
+}
 
 
 class PILAlignedDataset(torch.utils.data.Dataset):
@@ -61,6 +63,7 @@ class PILAlignedDataset(torch.utils.data.Dataset):
 
     def __init__(self, folder: Path, direction: str, load_size: int, image_size: int) -> None:
         from dataset import list_images
+
         self.files, self.direction = list_images(folder), direction
         self.load_size, self.image_size = load_size, image_size
 
@@ -72,6 +75,7 @@ class PILAlignedDataset(torch.utils.data.Dataset):
 
         from PIL import Image
         from torchvision import transforms
+
         pair = Image.open(self.files[index]).convert("RGB")
         w, h = pair.size
         A, B = pair.crop((0, 0, w // 2, h)), pair.crop((w // 2, 0, w, h))
@@ -85,6 +89,7 @@ class PILAlignedDataset(torch.utils.data.Dataset):
             image = image.resize(size, Image.BICUBIC)
             image = image.crop((left, top, left + self.image_size, top + self.image_size))
             return to_tensor(image.transpose(Image.FLIP_LEFT_RIGHT) if flip else image)
+
         real_A, real_B = jitter(A), jitter(B)
         return (real_A, real_B) if self.direction == "AtoB" else (real_B, real_A)
 
@@ -108,11 +113,19 @@ def build(kind: str, data_root: str, device: str):
     state = train.setup(dataclasses.replace(cfg, precision="fp32"))
     torch.set_flush_denormal(False)
     torch.backends.cudnn.benchmark = False
-    state.opt_G, state.opt_D = (torch.optim.Adam(getattr(state, n).parameters(), lr=cfg.lr,
-                                                 betas=(cfg.beta1, cfg.beta2)) for n in ("G", "D"))
+    state.opt_G, state.opt_D = (
+        torch.optim.Adam(getattr(state, n).parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        for n in ("G", "D")
+    )
     data = PILAlignedDataset(Path(data_root) / "train", cfg.direction, cfg.load_size, cfg.image_size)
-    loader = torch.utils.data.DataLoader(data, batch_size=1, shuffle=True, num_workers=BASELINE_WORKERS,
-                                         persistent_workers=True, pin_memory=state.device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=1,
+        shuffle=True,
+        num_workers=BASELINE_WORKERS,
+        persistent_workers=True,
+        pin_memory=state.device.type == "cuda",
+    )
     return state, loader, None, len(data)
 
 
@@ -133,11 +146,17 @@ def epoch_overhead(state, val_set, n_train: int, repeats: int, sync) -> dict:
     from report import Reporter
 
     cfg = state.cfg
-    items = lambda: (val_set[i] for i in range(len(val_set)))  # noqa: E731
-    generate = lambda: [(fake, real) for _, fake, real in  # noqa: E731
-                        translate_items(state.G, items(), cfg.eval_mode, cfg.seed, state.amp, state.device)]
-    list(translate_items(state.G, (val_set[i] for i in range(2)), cfg.eval_mode, cfg.seed, state.amp,
-                         state.device))  # warm: the first calls of new shapes set up their kernels
+
+    def generate() -> list:
+        items = (val_set[i] for i in range(len(val_set)))
+        triples = translate_items(state.G, items, cfg.eval_mode, cfg.seed, state.amp, state.device)
+        return [(fake, real) for _, fake, real in triples]
+
+    list(
+        translate_items(
+            state.G, (val_set[i] for i in range(2)), cfg.eval_mode, cfg.seed, state.amp, state.device
+        )
+    )  # warm: the first calls of new shapes set up their kernels
     parent = Path(cfg.checkpoint_dir)
     parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=".benchmark-", dir=parent))
@@ -146,30 +165,59 @@ def epoch_overhead(state, val_set, n_train: int, repeats: int, sync) -> dict:
     try:
         for _ in range(repeats):
             t_gen, pairs = timed(generate, sync)
-            t_metrics, (_, means) = timed(lambda: evaluate_pairs(pairs, False, state.device), sync)
-            t_validate, (row, samples) = timed(lambda: train.validate(state, val_set), sync)  # as train.py runs it: streamed
-            state.history["epochs"].append({"epoch": len(state.history["epochs"]) + 1, "lr": cfg.lr, "seconds": 0.0,
-                                            **dict(zip(train.LOSS_NAMES, state.progress.total.tolist())), **row})
+            t_metrics, (_, means) = timed(
+                lambda pairs=pairs: evaluate_pairs(pairs, False, state.device), sync
+            )
+            t_validate, (row, samples) = timed(
+                lambda: train.validate(state, val_set), sync
+            )  # as train.py runs it: streamed
+            state.history["epochs"].append(
+                {
+                    "epoch": len(state.history["epochs"]) + 1,
+                    "lr": cfg.lr,
+                    "seconds": 0.0,
+                    **dict(zip(train.LOSS_NAMES, state.progress.total.tolist())),
+                    **row,
+                }
+            )
             state.epoch = len(state.history["epochs"])
             with contextlib.redirect_stdout(io.StringIO()):  # the report's console line
                 with Reporter(state, folder / "results", n_train) as report:
-                    t_other, _ = timed(lambda: report.epoch(state, val_set, samples), sync)
+                    t_other, _ = timed(lambda samples=samples: report.epoch(state, val_set, samples), sync)
             writes = {}
-            for name, make in (("latest", lambda: ckpt.full_checkpoint(state)), ("snapshot", lambda: ckpt.snapshot(state))):
+            for name, make in (
+                ("latest", lambda: ckpt.full_checkpoint(state)),
+                ("snapshot", lambda: ckpt.snapshot(state)),
+            ):
                 path = folder / f"{name}.pt"
-                writes[name], _ = timed(lambda: ckpt.save_checkpoint(make(), path), sync)
+                writes[name], _ = timed(lambda make=make, path=path: ckpt.save_checkpoint(make(), path), sync)
                 sizes[name] = path.stat().st_size
-            t_checkpoint = writes["latest"] + writes["snapshot"] * (1 + 1 / cfg.save_every)  # best.pt + epoch_NNN.pt
-            for key, value in (("validate_s", t_gen), ("metrics_s", t_metrics), ("checkpoint_s", t_checkpoint),
-                               ("other_s", t_other), ("validate_streamed_s", t_validate),
-                               ("latest_pt_s", writes["latest"]), ("snapshot_pt_s", writes["snapshot"])):
+            t_checkpoint = writes["latest"] + writes["snapshot"] * (
+                1 + 1 / cfg.save_every
+            )  # best.pt + epoch_NNN.pt
+            for key, value in (
+                ("validate_s", t_gen),
+                ("metrics_s", t_metrics),
+                ("checkpoint_s", t_checkpoint),
+                ("other_s", t_other),
+                ("validate_streamed_s", t_validate),
+                ("latest_pt_s", writes["latest"]),
+                ("snapshot_pt_s", writes["snapshot"]),
+            ):
                 runs.setdefault(key, []).append(value)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     result = {key: round(statistics.median(values), 3) for key, values in runs.items()}
-    result.update({"train_images": n_train, "val_images": len(val_set), "latest_pt_mb": round(sizes["latest"] / 2**20),
-                   "snapshot_pt_mb": round(sizes["snapshot"] / 2**20), "save_every": cfg.save_every,
-                   "val_means": {k: round(v, 4) for k, v in means.items()}})
+    result.update(
+        {
+            "train_images": n_train,
+            "val_images": len(val_set),
+            "latest_pt_mb": round(sizes["latest"] / 2**20),
+            "snapshot_pt_mb": round(sizes["snapshot"] / 2**20),
+            "save_every": cfg.save_every,
+            "val_means": {k: round(v, 4) for k, v in means.items()},
+        }
+    )
     return result
 
 
@@ -179,6 +227,7 @@ def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> 
 
     import layers
     import train
+
     warnings.filterwarnings("ignore", message=".*worker")  # 4 workers on 2 cores is the point
     state, loader, val_set, n_train = build(kind, data_root, device)
     batches = iter(loader)
@@ -193,17 +242,23 @@ def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> 
             except StopIteration:
                 batches = iter(loader)
                 real_A, real_B = next(batches)
-            real_A, real_B = real_A.to(state.device, non_blocking=True), real_B.to(state.device, non_blocking=True)
+            real_A, real_B = (
+                real_A.to(state.device, non_blocking=True),
+                real_B.to(state.device, non_blocking=True),
+            )
             waited += time.perf_counter() - t
             losses = train.train_step(state, real_A, real_B)
         losses.tolist()  # wait for the device
         sync()
         conn.send((time.perf_counter() - started, waited, iters))
-    info = {"dtype": str(state.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
-            "channels_last": layers.channels_last_pays(state.device, state.dtype),
-            "small_map_matmul": layers.SMALL_MAP_PIXELS > 0 and state.device.type == "cpu",
-            "bf16_compute_copies": any("compute_copy" in m.__dict__ for m in state.G.modules()),
-            "fused_bf16_adam_compiled": layers.FUSED_UPDATE.kernel is not None}
+    info = {
+        "dtype": str(state.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "channels_last": layers.channels_last_pays(state.device, state.dtype),
+        "small_map_matmul": layers.SMALL_MAP_PIXELS > 0 and state.device.type == "cpu",
+        "bf16_compute_copies": any("compute_copy" in m.__dict__ for m in state.G.modules()),
+        "fused_bf16_adam_compiled": layers.FUSED_UPDATE.kernel is not None,
+    }
     if kind == "graphs":
         graphed = state.graphed_step
         info["cuda_graph_in_use"] = bool(graphed and graphed.graph is not None and not graphed.failed)
@@ -218,14 +273,20 @@ def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> 
 def summarise(blocks: list[tuple[float, float, int]], warmup: tuple, info: dict) -> dict:
     per_iter = [seconds / iters for seconds, _, iters in blocks]
     s = statistics.median(per_iter)
-    return {"s_per_iter": round(s, 4), "images_per_s": round(1 / s, 3),
-            "data_wait_share": round(sum(b[1] for b in blocks) / sum(b[0] for b in blocks), 4),
-            "warmup_s": round(warmup[0], 2), "blocks_s_per_iter": [round(x, 4) for x in per_iter], **info}
+    return {
+        "s_per_iter": round(s, 4),
+        "images_per_s": round(1 / s, 3),
+        "data_wait_share": round(sum(b[1] for b in blocks) / sum(b[0] for b in blocks), 4),
+        "warmup_s": round(warmup[0], 2),
+        "blocks_s_per_iter": [round(x, 4) for x in per_iter],
+        **info,
+    }
 
 
 def machine_info(device: str) -> dict:
     """The CPU by name and its bf16 units (lscpu's model name and flags), the GPU by name."""
     import utils
+
     cpu, flags = platform.processor() or platform.machine(), set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -235,8 +296,13 @@ def machine_info(device: str) -> dict:
             elif key.strip() == "flags":
                 flags = set(value.split())
                 break
-    info = {"cpu": cpu, "cores": mp.cpu_count(), "cpu_bf16": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"}),
-            "native_bf16": utils.cpu_has_fast_bf16(), "torch": torch.__version__}
+    info = {
+        "cpu": cpu,
+        "cores": mp.cpu_count(),
+        "cpu_bf16": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"}),
+        "native_bf16": utils.cpu_has_fast_bf16(),
+        "torch": torch.__version__,
+    }
     if utils.resolve_device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(utils.resolve_device(device))
     return info
@@ -244,6 +310,7 @@ def machine_info(device: str) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     import utils
+
     device_type = utils.resolve_device(args.device).type
     for key, value in DEFAULTS[device_type].items():
         if getattr(args, key) is None:
@@ -253,7 +320,9 @@ def run(args: argparse.Namespace) -> dict:
     pipes, procs = {}, {}
     for kind in kinds:
         parent, child = context.Pipe()
-        procs[kind] = context.Process(target=worker, args=(kind, args.data_root, args.device, args.epoch_repeats, child))
+        procs[kind] = context.Process(
+            target=worker, args=(kind, args.data_root, args.device, args.epoch_repeats, child)
+        )
         procs[kind].start()
         pipes[kind] = parent
     for kind in kinds:
@@ -284,26 +353,44 @@ def run(args: argparse.Namespace) -> dict:
     if overhead:
         train_s = overhead["train_images"] * result["fast"]["s_per_iter"]  # batch 1: one iteration per image
         parts = ("validate_s", "metrics_s", "checkpoint_s", "other_s")
-        result["epoch_overhead"] = {**{k: overhead[k] for k in parts},
-                                    "share": round(sum(overhead[k] for k in parts) / train_s, 4),
-                                    "epoch_training_s": round(train_s, 1),
-                                    **{k: v for k, v in overhead.items() if k not in parts}}
-    result["machine"] = {**machine_info(args.device), "device": args.device, "iters": args.iters,
-                         "repeats": args.repeats, "warmup": args.warmup}
+        result["epoch_overhead"] = {
+            **{k: overhead[k] for k in parts},
+            "share": round(sum(overhead[k] for k in parts) / train_s, 4),
+            "epoch_training_s": round(train_s, 1),
+            **{k: v for k, v in overhead.items() if k not in parts},
+        }
+    result["machine"] = {
+        **machine_info(args.device),
+        "device": args.device,
+        "iters": args.iters,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+    }
     return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_root", default="data/facades", help="the facades folder (default: the project's data/facades)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data_root", default="data/facades", help="the facades folder (default: the project's data/facades)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--iters", type=int, help="iterations per timed block (default: CPU 15, CUDA 200)")
     parser.add_argument("--repeats", type=int, help="timed blocks per configuration (default: CPU 3, CUDA 5)")
     parser.add_argument("--warmup", type=int, help="untimed iterations first (default: CPU 3, CUDA 30)")
-    parser.add_argument("--configs", help="comma-separated: baseline, fast, graphs (default: CPU baseline,fast; "
-                        "CUDA baseline,fast,graphs)")
-    parser.add_argument("--epoch_repeats", type=int, default=3, help="times the end of an epoch is measured "
-                        "(median; 0 = skip it)")
+    parser.add_argument(
+        "--configs",
+        help="comma-separated: baseline, fast, graphs (default: CPU baseline,fast; "
+        "CUDA baseline,fast,graphs)",
+    )
+    parser.add_argument(
+        "--epoch_repeats",
+        type=int,
+        default=3,
+        help="times the end of an epoch is measured (median; 0 = skip it)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if not (Path(args.data_root) / "train").is_dir():
@@ -317,15 +404,19 @@ def main() -> None:
     print(f"{'':9s} {'s/iter':>8s} {'img/s':>7s} {'data wait':>9s} {'warm-up s':>9s} {'peak MB':>8s}")
     for kind in args.configs.split(","):
         r = result[kind]
-        print(f"{kind:9s} {r['s_per_iter']:8.4f} {r['images_per_s']:7.2f} {r['data_wait_share']:9.1%} "
-              f"{r['warmup_s']:9.1f} {r['peak_rss_mb']:8d}   ({r['dtype']}, {r['threads']} threads)")
+        print(
+            f"{kind:9s} {r['s_per_iter']:8.4f} {r['images_per_s']:7.2f} {r['data_wait_share']:9.1%} "
+            f"{r['warmup_s']:9.1f} {r['peak_rss_mb']:8d}   ({r['dtype']}, {r['threads']} threads)"
+        )
     for key in [k for k in result if k.startswith("speedup")]:
         print(f"{key}  {result[key]:.2f}x")
     if "epoch_overhead" in result:
         e = result["epoch_overhead"]
-        print(f"end of epoch: validate {e['validate_s']:.2f}s + metrics {e['metrics_s']:.2f}s + checkpoints "
-              f"{e['checkpoint_s']:.2f}s + report {e['other_s']:.2f}s = {e['share']:.1%} of the epoch's "
-              f"{e['epoch_training_s']:.0f}s of training")
+        print(
+            f"end of epoch: validate {e['validate_s']:.2f}s + metrics {e['metrics_s']:.2f}s + checkpoints "
+            f"{e['checkpoint_s']:.2f}s + report {e['other_s']:.2f}s = {e['share']:.1%} of the epoch's "
+            f"{e['epoch_training_s']:.0f}s of training"
+        )
     print(result["machine"])
 
 

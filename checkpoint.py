@@ -40,8 +40,20 @@ from torch import nn
 from distributed import World, gather_objects, mean_over_ranks, on_main
 from utils import atomic_write, autocast, first_line, on_signals, rng_state, set_rng_state
 
-FULL_KEYS = ("generator", "discriminator", "opt_G", "opt_D", "sched_G", "sched_D", "scaler", "epoch",
-             "progress", "config", "history", "rng")
+FULL_KEYS = (
+    "generator",
+    "discriminator",
+    "opt_G",
+    "opt_D",
+    "sched_G",
+    "sched_D",
+    "scaler",
+    "epoch",
+    "progress",
+    "config",
+    "history",
+    "rng",
+)
 
 
 class CheckpointError(RuntimeError):
@@ -51,6 +63,7 @@ class CheckpointError(RuntimeError):
 @dataclasses.dataclass
 class Progress:
     """Where the current epoch stands: iterations done and loss sums, kept on the device."""
+
     total: torch.Tensor  # (4,) sums of G_GAN, G_L1, D_real, D_fake over the epoch's iterations
     window: torch.Tensor  # (4,) the same since the last log point
     iteration: int = 0
@@ -68,6 +81,7 @@ class RunState:
     G and D are the bare networks (for generating and checkpoints); G_train and D_train are what
     the training step calls: the same networks, or their DDP wrappers under torchrun.
     """
+
     cfg: Any  # the run's Config
     world: World
     device: torch.device
@@ -98,25 +112,42 @@ class RunState:
 # Contents
 # ---------------------------------------------------------------------------------------------
 
+
 def snapshot(state: RunState) -> dict:
     """best.pt / epoch_NNN.pt: the networks, how to rebuild them, the config, epoch and metrics."""
-    return {"kind": "snapshot", "generator": state.G.state_dict(), "discriminator": state.D.state_dict(),
-            "generator_kwargs": state.generator_kwargs, "config": dataclasses.asdict(state.cfg),
-            "epoch": state.epoch, "history": state.history,
-            "metrics": state.history["epochs"][-1] if state.history["epochs"] else {}}
+    return {
+        "kind": "snapshot",
+        "generator": state.G.state_dict(),
+        "discriminator": state.D.state_dict(),
+        "generator_kwargs": state.generator_kwargs,
+        "config": dataclasses.asdict(state.cfg),
+        "epoch": state.epoch,
+        "history": state.history,
+        "metrics": state.history["epochs"][-1] if state.history["epochs"] else {},
+    }
 
 
 def full_checkpoint(state: RunState) -> dict:
     """latest.pt: the snapshot plus optimizers, schedules, progress within the epoch and RNG states."""
     p = state.progress
-    return {**snapshot(state), "kind": "full",
-            "opt_G": state.opt_G.state_dict(), "opt_D": state.opt_D.state_dict(),
-            "sched_G": state.sched_G.state_dict(), "sched_D": state.sched_D.state_dict(),
-            "scaler": state.scaler.state_dict(),
-            "progress": {"iteration": p.iteration, "total": p.total.tolist(), "window": p.window.tolist(),
-                         "in_window": p.in_window},
-            "rng": rng_state(), "world_size": state.world.size,
-            **({"rng_ranks": state.rng_ranks} if state.rng_ranks else {})}
+    return {
+        **snapshot(state),
+        "kind": "full",
+        "opt_G": state.opt_G.state_dict(),
+        "opt_D": state.opt_D.state_dict(),
+        "sched_G": state.sched_G.state_dict(),
+        "sched_D": state.sched_D.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "progress": {
+            "iteration": p.iteration,
+            "total": p.total.tolist(),
+            "window": p.window.tolist(),
+            "in_window": p.in_window,
+        },
+        "rng": rng_state(),
+        "world_size": state.world.size,
+        **({"rng_ranks": state.rng_ranks} if state.rng_ranks else {}),
+    }
 
 
 def save_latest(state: RunState, path: Path) -> None:
@@ -138,15 +169,20 @@ def generator_kwargs_of(checkpoint: dict) -> dict:
         return dict(checkpoint["generator_kwargs"])
     weights, config = checkpoint["generator"], checkpoint.get("config", {})
     first, last = weights["down.0.weight"], weights["final.1.weight"]  # (ngf, in, 4, 4), (2 ngf, out, 4, 4)
-    return {"in_channels": first.shape[1], "out_channels": last.shape[1], "ngf": first.shape[0],
-            "num_downs": 1 + sum(1 for k in weights if k.startswith("down.") and k.endswith(".1.weight")),
-            "norm": "batch" if any(k.endswith("running_mean") for k in weights) else "instance",
-            "dropout": config.get("dropout", 0.5)}
+    return {
+        "in_channels": first.shape[1],
+        "out_channels": last.shape[1],
+        "ngf": first.shape[0],
+        "num_downs": 1 + sum(1 for k in weights if k.startswith("down.") and k.endswith(".1.weight")),
+        "norm": "batch" if any(k.endswith("running_mean") for k in weights) else "instance",
+        "dropout": config.get("dropout", 0.5),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # Writing and reading
 # ---------------------------------------------------------------------------------------------
+
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
     with _without_crc32():
@@ -158,6 +194,7 @@ def _without_crc32() -> contextlib.AbstractContextManager:
     is a third of the time of writing latest.pt (docs/performance.md). Older torch: a no-op."""
     try:
         from torch.utils.serialization import config
+
         return config.patch({"save.compute_crc32": False})
     except (ImportError, AttributeError, KeyError):
         return contextlib.nullcontext()
@@ -177,7 +214,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: not a pix2pix checkpoint (no generator weights)")
     for key, kind in (("config", dict), ("epoch", int), ("history", dict), ("generator_kwargs", dict)):
         if key in checkpoint and not isinstance(checkpoint[key], kind):
-            raise CheckpointError(f"{path}: not a pix2pix checkpoint ({key} is a {type(checkpoint[key]).__name__})")
+            raise CheckpointError(
+                f"{path}: not a pix2pix checkpoint ({key} is a {type(checkpoint[key]).__name__})"
+            )
     return checkpoint
 
 
@@ -189,9 +228,13 @@ def check_state_dict(module: nn.Module, saved: dict, what: str, path: str | Path
             where = "missing from the checkpoint" if key not in saved else "not in the configured network"
             raise CheckpointError(f"{path}: {what} parameter {key} is {where}")
         if not isinstance(saved[key], torch.Tensor) or tuple(saved[key].shape) != tuple(expected[key].shape):
-            shape = tuple(saved[key].shape) if isinstance(saved[key], torch.Tensor) else type(saved[key]).__name__
-            raise CheckpointError(f"{path}: {what} parameter {key} has shape {shape} in the "
-                                  f"checkpoint but {tuple(expected[key].shape)} in the configured network")
+            shape = (
+                tuple(saved[key].shape) if isinstance(saved[key], torch.Tensor) else type(saved[key]).__name__
+            )
+            raise CheckpointError(
+                f"{path}: {what} parameter {key} has shape {shape} in the "
+                f"checkpoint but {tuple(expected[key].shape)} in the configured network"
+            )
 
 
 def load_generator(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
@@ -212,6 +255,7 @@ def load_generator(path: str | Path, device: torch.device) -> tuple[nn.Module, d
 # Continuing a run
 # ---------------------------------------------------------------------------------------------
 
+
 def restore(state: RunState, checkpoint: dict, path: Path, architecture: dict[str, object]) -> None:
     """Load a checkpoint into the run's state (the networks first; a full one also the optimizers,
     schedules, progress and RNG states). `architecture`: the config fields that fix the networks
@@ -220,11 +264,15 @@ def restore(state: RunState, checkpoint: dict, path: Path, architecture: dict[st
     changed = [f for f in architecture if saved.get(f) != getattr(state.cfg, f)]
     if changed:
         detail = ", ".join(f"{f}={saved.get(f)!r} there, {getattr(state.cfg, f)!r} now" for f in changed)
-        raise CheckpointError(f"{path} cannot continue with this config ({detail}); use another --name or "
-                              f"--resume false to start over")
+        raise CheckpointError(
+            f"{path} cannot continue with this config ({detail}); use another --name or "
+            f"--resume false to start over"
+        )
     if not isinstance(checkpoint.get("discriminator"), dict):
-        raise CheckpointError(f"{path}: holds no discriminator weights, so training cannot continue from it; "
-                              f"use a latest.pt, best.pt or epoch_NNN.pt written by train.py")
+        raise CheckpointError(
+            f"{path}: holds no discriminator weights, so training cannot continue from it; "
+            f"use a latest.pt, best.pt or epoch_NNN.pt written by train.py"
+        )
     for net, key in ((state.G, "generator"), (state.D, "discriminator")):
         check_state_dict(net, checkpoint[key], key, path)
         net.load_state_dict(checkpoint[key])
@@ -235,7 +283,10 @@ def restore(state: RunState, checkpoint: dict, path: Path, architecture: dict[st
     else:
         # A snapshot: drop the points of later iterations (there are none) and start Adam afresh.
         if state.world.is_main:
-            print(f"{path} is a snapshot without optimizer state: Adam starts fresh from epoch {state.epoch + 1}")
+            print(
+                f"{path} is a snapshot without optimizer state: "
+                f"Adam starts fresh from epoch {state.epoch + 1}"
+            )
     _follow_schedule(state)
 
 
@@ -244,8 +295,12 @@ def _restore_training(state: RunState, checkpoint: dict, path: Path) -> None:
         for key in ("opt_G", "opt_D", "sched_G", "sched_D", "scaler"):
             getattr(state, key).load_state_dict(checkpoint[key])
         p = checkpoint["progress"]
-        state.progress = Progress(torch.tensor(p["total"], device=state.device),
-                                  torch.tensor(p["window"], device=state.device), p["iteration"], p["in_window"])
+        state.progress = Progress(
+            torch.tensor(p["total"], device=state.device),
+            torch.tensor(p["window"], device=state.device),
+            p["iteration"],
+            p["in_window"],
+        )
         set_rng_state(checkpoint["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: its training state does not fit this run ({err!r})") from None
@@ -278,11 +333,16 @@ def _restore_across_world_sizes(state: RunState, checkpoint: dict, path: Path) -
     saved = (int(checkpoint.get("world_size", 1)), checkpoint["config"].get("batch_size", cfg.batch_size))
     if state.progress.iteration and saved != (world.size, cfg.batch_size):
         if world.is_main:
-            print(f"{path}: saved within epoch {state.epoch + 1} by {saved[0]} process(es) of batch {saved[1]}; "
-                  f"that epoch starts again with {world.size} of batch {cfg.batch_size}")
+            print(
+                f"{path}: saved within epoch {state.epoch + 1} "
+                f"by {saved[0]} process(es) of batch {saved[1]}; "
+                f"that epoch starts again with {world.size} of batch {cfg.batch_size}"
+            )
         state.progress = Progress.start(state.device)
         steps = state.history["steps"]
-        keep = [i for i, at in enumerate(steps["epoch"]) if at <= state.epoch]  # drop the restarted epoch's points
+        keep = [
+            i for i, at in enumerate(steps["epoch"]) if at <= state.epoch
+        ]  # drop the restarted epoch's points
         for key in steps:
             steps[key] = [steps[key][i] for i in keep]
 
@@ -304,8 +364,12 @@ def load_latest(path: Path, device: torch.device) -> dict:
         return load_checkpoint(path, device)
     except CheckpointError as err:
         fallback = newest_loadable_snapshot(path.parent)
-        way_out = (f"continue from the newest loadable snapshot with --resume_from {fallback}" if fallback
-                   else "no snapshot beside it loads either; --resume false starts over (the old files are moved aside)")
+        way_out = (
+            f"continue from the newest loadable snapshot with --resume_from {fallback}"
+            if fallback
+            else "no snapshot beside it loads either; "
+            "--resume false starts over (the old files are moved aside)"
+        )
         raise CheckpointError(f"{err}; {way_out}") from None
 
 
@@ -313,12 +377,15 @@ def load_latest(path: Path, device: torch.device) -> dict:
 # The run's folders: one owner, leftovers, starting over
 # ---------------------------------------------------------------------------------------------
 
+
 def resume_or_start(state: RunState, dirs: dict, architecture: dict[str, object]) -> None:
     """Continue resume_from, or this run's latest.pt, or start over (moving an old run aside)."""
     cfg, latest = state.cfg, dirs["checkpoints"] / "latest.pt"
     if cfg.resume_from or (cfg.resume and latest.exists()):
         path = Path(cfg.resume_from) if cfg.resume_from else latest
-        checkpoint = load_checkpoint(path, state.device) if cfg.resume_from else load_latest(path, state.device)
+        checkpoint = (
+            load_checkpoint(path, state.device) if cfg.resume_from else load_latest(path, state.device)
+        )
         restore(state, checkpoint, path, architecture)
         if state.world.is_main:
             print(f"resuming {path}: epoch {state.epoch + 1}, iteration {state.progress.iteration}")
@@ -346,8 +413,10 @@ def run_lock(checkpoints: Path) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise CheckpointError(f"{checkpoints}: this run is being trained by {holder}; wait for it to end, "
-                                  f"or use another --name") from None
+            raise CheckpointError(
+                f"{checkpoints}: this run is being trained by {holder}; wait for it to end, "
+                f"or use another --name"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"process {os.getpid()} (since {datetime.datetime.now():%Y-%m-%d %H:%M:%S})\n")
@@ -379,10 +448,14 @@ def move_aside(*folders: Path) -> list[Path]:
 def stop_on_signals(state: RunState, print_line: Callable[[str], None]) -> Iterator[None]:
     """Ctrl-C (SIGINT) and SIGTERM ask to stop after the current iteration, with a checkpoint;
     in one process a second signal acts at once (under torchrun repeats are relays, ignored)."""
+
     def ask_to_stop(signum: int) -> None:
         if not state.stop:
-            print_line(f"{signal.Signals(signum).name}: stopping after this iteration, with a checkpoint"
-                       + (" (again to abort)" if state.world.size == 1 else ""))
+            print_line(
+                f"{signal.Signals(signum).name}: stopping after this iteration, with a checkpoint"
+                + (" (again to abort)" if state.world.size == 1 else "")
+            )
         state.stop = True
+
     with on_signals((signal.SIGINT, signal.SIGTERM), ask_to_stop, once=state.world.size == 1):
         yield

@@ -40,6 +40,7 @@ FACADES_URL = PIX2PIX_URL.format(name="facades")
 @dataclass(frozen=True)
 class DatasetInfo:
     """What the project knows about one set of the pix2pix family (see the README's table)."""
+
     direction: str  # the official direction: which side of each pair is the generator's input
     splits: dict[str, int]  # split folders a download must hold -> image count (0 = any, not none)
     downloadable: bool = True  # False: no official archive may be fetched; `note` says what to do
@@ -52,11 +53,17 @@ DATASETS = {
     "facades": DatasetInfo("BtoA", {"train": 400, "val": 100, "test": 106}),
     # A = street photo, B = label map. Not served any more for license reasons (the official
     # download script refuses it too); the count is the official one of the training set.
-    "cityscapes": DatasetInfo("BtoA", {"train": 2975}, downloadable=False, note=(
-        "the Cityscapes license forbids redistributing it: download gtFine_trainvaltest.zip and "
-        "leftImg8bit_trainvaltest.zip from https://www.cityscapes-dataset.com, combine them with the "
-        "official datasets/prepare_cityscapes_dataset.py and put the result there, or pass "
-        "--download_url of an archive you may use")),
+    "cityscapes": DatasetInfo(
+        "BtoA",
+        {"train": 2975},
+        downloadable=False,
+        note=(
+            "the Cityscapes license forbids redistributing it: download gtFine_trainvaltest.zip and "
+            "leftImg8bit_trainvaltest.zip from https://www.cityscapes-dataset.com, combine them with the "
+            "official datasets/prepare_cityscapes_dataset.py and put the result there, or pass "
+            "--download_url of an archive you may use"
+        ),
+    ),
     # A = aerial photo, B = map; 1096 training images is the official count.
     "maps": DatasetInfo("AtoB", {"train": 1096, "val": 0}),
     # A = edge map, B = photo.
@@ -65,8 +72,12 @@ DATASETS = {
     # A = night, B = day of the same webcam view (BtoA is the official day2night model).
     "night2day": DatasetInfo("AtoB", {"train": 0, "val": 0, "test": 0}),
     # Your own pairs in data_root: nothing is downloaded; A -> B unless --direction says otherwise.
-    "custom": DatasetInfo("AtoB", {"train": 0}, downloadable=False,
-                          note="put your own train/ and val/ split folders there, or pass --data_root"),
+    "custom": DatasetInfo(
+        "AtoB",
+        {"train": 0},
+        downloadable=False,
+        note="put your own train/ and val/ split folders there, or pass --data_root",
+    ),
 }
 
 
@@ -79,14 +90,22 @@ def option(default, help: str, choices: Sequence[str] | None = None):
 @dataclass
 class Config:
     # --- data ---
-    data_root: str = option("", "folder holding train/ val/ test/ (\"\" = data/<dataset>); downloaded if missing")
-    download_url: str = option("", "where a missing set is fetched from (\"\" = the official archive of <dataset>)")
+    data_root: str = option(
+        "", 'folder holding train/ val/ test/ ("" = data/<dataset>); downloaded if missing'
+    )
+    download_url: str = option(
+        "", 'where a missing set is fetched from ("" = the official archive of <dataset>)'
+    )
     download_sha256: str = option("", "if set, the downloaded archive's SHA-256 must match")
-    direction: str = option("", "which side is the input: \"\" = the dataset's official one (facades: BtoA, "
-                            "labels -> photo)", ("", "AtoB", "BtoA"))
+    direction: str = option(
+        "",
+        'which side is the input: "" = the dataset\'s official one (facades: BtoA, labels -> photo)',
+        ("", "AtoB", "BtoA"),
+    )
     load_size: int = option(286, "both halves are resized to this square size (scale_width: this width) ...")
-    image_size: int = option(256, "... then randomly cropped to this size; a multiple of 32 (evaluation: "
-                             "resized to it)")
+    image_size: int = option(
+        256, "... then randomly cropped to this size; a multiple of 32 (evaluation: resized to it)"
+    )
     flip: bool = option(True, "random horizontal flip, the same for both halves of a pair")
     max_images: int = option(0, "use only the first N images of each split (0 = all); for quick tries")
 
@@ -108,39 +127,59 @@ class Config:
     lr_decay_epochs: int = option(100, "... of which the last ones decay the lr linearly towards 0")
 
     # --- evaluation ---
-    eval_mode: bool = option(False, "false (the paper): batch statistics and dropout also when generating; "
-                             "true: running averages, no dropout")
+    eval_mode: bool = option(
+        False,
+        "false (the paper): batch statistics and dropout also when generating; "
+        "true: running averages, no dropout",
+    )
     num_samples: int = option(4, "validation images shown in each epoch's sample grid")
     val_every: int = option(1, "L1 / PSNR / SSIM on the whole val split every N epochs (0 = never)")
     val_fid: bool = option(False, "validation also computes FID and KID (needs requirements-eval.txt)")
 
     # --- run ---
-    name: str = option("", "run name (\"\" = the dataset's): outputs go to checkpoints/<name>/ and results/<name>/")
+    name: str = option(
+        "", 'run name ("" = the dataset\'s): outputs go to checkpoints/<name>/ and results/<name>/'
+    )
     checkpoint_dir: str = option("checkpoints", "folder of the runs' checkpoint folders")
     results_dir: str = option("results", "folder of the runs' result folders")
     save_every: int = option(10, "also keep the snapshot epoch_NNN.pt every N epochs (0 = never)")
     log_every: int = option(10, "progress and per-iteration loss curve every N iterations")
-    tensorboard: str = option("auto", "log to results/<name>/tensorboard/: auto = when the tensorboard package is "
-                              "installed, true = required (requirements-tensorboard.txt), false = off",
-                              TENSORBOARD_MODES)
-    resume: bool = option(True, "continue checkpoints/<name>/latest.pt if it exists; false moves the old run "
-                          "aside and starts over")
+    tensorboard: str = option(
+        "auto",
+        "log to results/<name>/tensorboard/: auto = when the tensorboard package is "
+        "installed, true = required (requirements-tensorboard.txt), false = off",
+        TENSORBOARD_MODES,
+    )
+    resume: bool = option(
+        True,
+        "continue checkpoints/<name>/latest.pt if it exists; false moves the old run aside and starts over",
+    )
     resume_from: str = option("", "continue from this checkpoint file instead")
-    checkpoint_every: int = option(0, "also write latest.pt every N iterations, mid-epoch (0 = per epoch only)")
+    checkpoint_every: int = option(
+        0, "also write latest.pt every N iterations, mid-epoch (0 = per epoch only)"
+    )
     seed: int = option(0, "seeds python, numpy and torch; the data order and augmentation derive from it")
     device: str = option("auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N")
-    precision: str = option("auto", "auto = bf16 on GPUs and on CPUs with native bf16, else fp32; fp16 on "
-                            "CUDA only", PRECISIONS)
+    precision: str = option(
+        "auto", "auto = bf16 on GPUs and on CPUs with native bf16, else fp32; fp16 on CUDA only", PRECISIONS
+    )
     threads: int = option(0, "CPU threads for torch (0 = one per core)")
-    cuda_graphs: bool = option(False, "on CUDA, replay each training step as one captured CUDA graph (bf16/fp32, "
-                               "one process): far fewer kernel launches at batch 1; falls back to eager if capture fails")
+    cuda_graphs: bool = option(
+        False,
+        "on CUDA, replay each training step as one captured CUDA graph (bf16/fp32, "
+        "one process): far fewer kernel launches at batch 1; falls back to eager if capture fails",
+    )
 
     # --- datasets, layouts, sizes and channels ---
-    dataset: str = option("facades", "a set of the pix2pix family (downloaded by name) or custom", tuple(DATASETS))
-    data_layout: str = option("aligned", "aligned: A|B in one file; paired_folders: <split>/A/ and <split>/B/",
-                              LAYOUTS)
-    preprocess: str = option("resize_and_crop", "how images become training crops (README: Your own data)",
-                             PREPROCESS_MODES)
+    dataset: str = option(
+        "facades", "a set of the pix2pix family (downloaded by name) or custom", tuple(DATASETS)
+    )
+    data_layout: str = option(
+        "aligned", "aligned: A|B in one file; paired_folders: <split>/A/ and <split>/B/", LAYOUTS
+    )
+    preprocess: str = option(
+        "resize_and_crop", "how images become training crops (README: Your own data)", PREPROCESS_MODES
+    )
     input_nc: int = option(3, "channels of the generator's input real_A: 1 (grayscale) or 3 (RGB)")
     output_nc: int = option(3, "channels of its output fake_B and of the target real_B: 1 or 3")
     num_downs: int = option(0, "U-Net down-sampling levels (0 = halvings of image_size, at most 8)")
@@ -202,8 +241,18 @@ def is_valid_unet_size(image_size: int) -> bool:
 
 # Fields that fix the shape of the networks or the meaning of the data: a run cannot continue
 # from a checkpoint made with other values.
-ARCHITECTURE_FIELDS = ("direction", "image_size", "ngf", "ndf", "n_layers_D", "norm",
-                       "dataset", "input_nc", "output_nc", "num_downs")
+ARCHITECTURE_FIELDS = (
+    "direction",
+    "image_size",
+    "ngf",
+    "ndf",
+    "n_layers_D",
+    "norm",
+    "dataset",
+    "input_nc",
+    "output_nc",
+    "num_downs",
+)
 
 
 def architecture_defaults() -> dict[str, object]:
@@ -237,9 +286,12 @@ def _data_checks(cfg: Config) -> list[tuple[str, bool, str]]:
         ("input_nc", cfg.input_nc in (1, 3), "must be 1 (grayscale) or 3 (RGB)"),
         ("output_nc", cfg.output_nc in (1, 3), "must be 1 (grayscale) or 3 (RGB)"),
         ("num_downs", depth_ok, "must be 0 (derived from image_size) or >= 5 (the U-Net's shortest form)"),
-        ("num_downs", not depth_ok or cfg.num_downs == 0 or cfg.image_size % 2**cfg.num_downs == 0,
-         f"the U-Net halves the image num_downs times, so image_size ({cfg.image_size}) must be a "
-         f"multiple of 2^num_downs = {2**cfg.num_downs if depth_ok else 0}"),
+        (
+            "num_downs",
+            not depth_ok or cfg.num_downs == 0 or cfg.image_size % 2**cfg.num_downs == 0,
+            f"the U-Net halves the image num_downs times, so image_size ({cfg.image_size}) must be a "
+            f"multiple of 2^num_downs = {2**cfg.num_downs if depth_ok else 0}",
+        ),
     ]
 
 
@@ -259,8 +311,13 @@ def _range_checks(cfg: Config) -> list[tuple[str, bool, str]]:
     for f in fields(cfg):
         value = getattr(cfg, f.name)
         if f.metadata.get("choices") and not (f.name == "direction" and value == ""):
-            checks.append((f.name, value in f.metadata["choices"],
-                           f"must be one of {', '.join(c for c in f.metadata['choices'] if c)}"))
+            checks.append(
+                (
+                    f.name,
+                    value in f.metadata["choices"],
+                    f"must be one of {', '.join(c for c in f.metadata['choices'] if c)}",
+                )
+            )
         if f.type == "int":
             checks.append((f.name, abs(value) <= MAX_INT, f"must be at most {MAX_INT}"))
     return checks
@@ -269,38 +326,54 @@ def _range_checks(cfg: Config) -> list[tuple[str, bool, str]]:
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first field whose value cannot work."""
     resizes = cfg.preprocess in ("resize_and_crop", "scale_width")  # only these use load_size
-    checks = _range_checks(cfg) + _data_checks(cfg) + [
-        ("data_root", bool(cfg.data_root), "must name a folder"),
-        ("direction", cfg.direction in ("AtoB", "BtoA"), "must be AtoB or BtoA"),
-        ("seed", 0 <= cfg.seed < 2**32, "must be in [0, 2^32) (numpy's seed range)"),
-        ("image_size", is_valid_unet_size(cfg.image_size),
-         "must be a multiple of 32 (the U-Net halves it at least 5 times)"),
-        ("load_size", not resizes or cfg.load_size >= cfg.image_size,
-         "must be >= image_size (it is cropped to it)"),
-        ("max_images", cfg.max_images >= 0, "must be >= 0"),
-        ("ngf", cfg.ngf > 0, "must be > 0"),
-        ("ndf", cfg.ndf > 0, "must be > 0"),
-        ("n_layers_D", 1 <= cfg.n_layers_D <= int(math.log2(max(cfg.image_size, 1))) - 2,
-         "must be between 1 and log2(image_size) - 2"),
-        ("dropout", 0.0 <= cfg.dropout < 1.0, "must be in [0, 1)"),
-        ("init_gain", cfg.init_gain > 0, "must be > 0"),
-        ("batch_size", cfg.batch_size >= 1, "must be >= 1"),
-        ("lr", cfg.lr > 0, "must be > 0"),
-        ("beta1", 0.0 <= cfg.beta1 < 1.0, "must be in [0, 1)"),
-        ("beta2", 0.0 <= cfg.beta2 < 1.0, "must be in [0, 1)"),
-        ("lambda_l1", cfg.lambda_l1 >= 0, "must be >= 0"),
-        ("epochs", cfg.epochs >= 1, "must be >= 1"),
-        ("lr_decay_epochs", cfg.lr_decay_epochs >= 0, "must be >= 0"),
-        ("num_samples", cfg.num_samples >= 1, "must be >= 1"),
-        ("val_every", cfg.val_every >= 0, "must be >= 0"),
-        ("name", name_problem(cfg.name) is None, name_problem(cfg.name) or ""),
-        ("save_every", cfg.save_every >= 0, "must be >= 0"),
-        ("log_every", cfg.log_every >= 1, "must be >= 1"),
-        ("checkpoint_every", cfg.checkpoint_every >= 0, "must be >= 0"),
-        ("device", re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", cfg.device) is not None,
-         "must be auto, cpu, cuda or cuda:N"),
-        ("threads", cfg.threads >= 0, "must be >= 0"),
-    ]
+    checks = (
+        _range_checks(cfg)
+        + _data_checks(cfg)
+        + [
+            ("data_root", bool(cfg.data_root), "must name a folder"),
+            ("direction", cfg.direction in ("AtoB", "BtoA"), "must be AtoB or BtoA"),
+            ("seed", 0 <= cfg.seed < 2**32, "must be in [0, 2^32) (numpy's seed range)"),
+            (
+                "image_size",
+                is_valid_unet_size(cfg.image_size),
+                "must be a multiple of 32 (the U-Net halves it at least 5 times)",
+            ),
+            (
+                "load_size",
+                not resizes or cfg.load_size >= cfg.image_size,
+                "must be >= image_size (it is cropped to it)",
+            ),
+            ("max_images", cfg.max_images >= 0, "must be >= 0"),
+            ("ngf", cfg.ngf > 0, "must be > 0"),
+            ("ndf", cfg.ndf > 0, "must be > 0"),
+            (
+                "n_layers_D",
+                1 <= cfg.n_layers_D <= int(math.log2(max(cfg.image_size, 1))) - 2,
+                "must be between 1 and log2(image_size) - 2",
+            ),
+            ("dropout", 0.0 <= cfg.dropout < 1.0, "must be in [0, 1)"),
+            ("init_gain", cfg.init_gain > 0, "must be > 0"),
+            ("batch_size", cfg.batch_size >= 1, "must be >= 1"),
+            ("lr", cfg.lr > 0, "must be > 0"),
+            ("beta1", 0.0 <= cfg.beta1 < 1.0, "must be in [0, 1)"),
+            ("beta2", 0.0 <= cfg.beta2 < 1.0, "must be in [0, 1)"),
+            ("lambda_l1", cfg.lambda_l1 >= 0, "must be >= 0"),
+            ("epochs", cfg.epochs >= 1, "must be >= 1"),
+            ("lr_decay_epochs", cfg.lr_decay_epochs >= 0, "must be >= 0"),
+            ("num_samples", cfg.num_samples >= 1, "must be >= 1"),
+            ("val_every", cfg.val_every >= 0, "must be >= 0"),
+            ("name", name_problem(cfg.name) is None, name_problem(cfg.name) or ""),
+            ("save_every", cfg.save_every >= 0, "must be >= 0"),
+            ("log_every", cfg.log_every >= 1, "must be >= 1"),
+            ("checkpoint_every", cfg.checkpoint_every >= 0, "must be >= 0"),
+            (
+                "device",
+                re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", cfg.device) is not None,
+                "must be auto, cpu, cuda or cuda:N",
+            ),
+            ("threads", cfg.threads >= 0, "must be >= 0"),
+        ]
+    )
     for name, ok, rule in checks:
         if not ok:
             raise ConfigError(f"--{name}: {rule}, got {getattr(cfg, name)!r}")
@@ -339,13 +412,23 @@ def parse_args(argv: Sequence[str] | None = None, description: str | None = None
     Raises ConfigError (one line, naming the field) for an unknown field, a value that is not of
     the field's type, or a value that cannot work. Scripts turn it into exit status 2.
     """
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False, exit_on_error=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", metavar="FILE.json", help="start from the fields of this JSON file "
-                        "(e.g. results/<name>/config.json); options given here still override them")
+    parser = argparse.ArgumentParser(
+        description=description,
+        allow_abbrev=False,
+        exit_on_error=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE.json",
+        help="start from the fields of this JSON file "
+        "(e.g. results/<name>/config.json); options given here still override them",
+    )
     defaults = Config()
     for f in fields(Config):
-        parser.add_argument(f"--{f.name}", default=None, metavar=f.type.upper(), help=_help(f, getattr(defaults, f.name)))
+        parser.add_argument(
+            f"--{f.name}", default=None, metavar=f.type.upper(), help=_help(f, getattr(defaults, f.name))
+        )
     # argparse would print its usage and exit on a bad option; we want our own one-line error.
     try:
         known, unknown = parser.parse_known_args(argv)
@@ -355,8 +438,13 @@ def parse_args(argv: Sequence[str] | None = None, description: str | None = None
         option = next((u for u in unknown if u.startswith("-")), unknown[0])
         raise ConfigError(f"{option}: unknown setting (see --help for the fields of config.py)")
     values = _from_file(known.config) if known.config else {}
-    values.update({f.name: _convert(f, getattr(known, f.name)) for f in fields(Config)
-                   if getattr(known, f.name) is not None})
+    values.update(
+        {
+            f.name: _convert(f, getattr(known, f.name))
+            for f in fields(Config)
+            if getattr(known, f.name) is not None
+        }
+    )
     # A new Config, not a replace of the defaults: fields left empty follow the chosen dataset.
     cfg = Config(**values)
     validate(cfg)

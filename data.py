@@ -17,17 +17,29 @@ from download import ensure_dataset
 def make_dataset(cfg: Config, folder: Path, train: bool, max_images: int = 0) -> PairedDataset:
     """The pairs of one split folder in the config's layout, preprocessing and channels; train=True
     gives random crops and flips, False the deterministic items of grids and validation."""
-    return open_split(folder, cfg.data_layout, direction=cfg.direction, load_size=cfg.load_size,
-                      image_size=cfg.image_size, train=train, flip=cfg.flip, seed=cfg.seed, max_images=max_images,
-                      preprocess=cfg.preprocess, input_nc=cfg.input_nc, output_nc=cfg.output_nc,
-                      multiple=size_multiple(cfg))
+    return open_split(
+        folder,
+        cfg.data_layout,
+        direction=cfg.direction,
+        load_size=cfg.load_size,
+        image_size=cfg.image_size,
+        train=train,
+        flip=cfg.flip,
+        seed=cfg.seed,
+        max_images=max_images,
+        preprocess=cfg.preprocess,
+        input_nc=cfg.input_nc,
+        output_nc=cfg.output_nc,
+        multiple=size_multiple(cfg),
+    )
 
 
 def prepare_data_root(cfg: Config) -> Path:
     """data_root, downloaded first when it is the missing folder of a set of the pix2pix family."""
     info = DATASETS[cfg.dataset]
-    return ensure_dataset(cfg.data_root, cfg.dataset, cfg.download_url, info.splits, cfg.download_sha256,
-                          missing_hint=info.note)
+    return ensure_dataset(
+        cfg.data_root, cfg.dataset, cfg.download_url, info.splits, cfg.download_sha256, missing_hint=info.note
+    )
 
 
 def build_data(cfg: Config) -> tuple[PairedDataset, PairedDataset]:
@@ -49,6 +61,13 @@ def make_loader(train_set: PairedDataset, cfg: Config, device: torch.device, wor
     seed draw out of the global stream that dropout draws from, so a resumed run's dropout goes on
     exactly where it stopped.
     """
-    sampler = DistributedSampler(train_set, num_replicas=world.size, rank=world.rank, shuffle=True, seed=cfg.seed)
-    return DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, pin_memory=device.type == "cuda",
-                      generator=torch.Generator().manual_seed(cfg.seed))
+    sampler = DistributedSampler(
+        train_set, num_replicas=world.size, rank=world.rank, shuffle=True, seed=cfg.seed
+    )
+    return DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )

@@ -66,8 +66,11 @@ def scan_folder(folder: str | Path) -> tuple[list[Path], list[str]]:
     for path in images:
         _require_file(path)
     _refuse_same_stems(folder, images)
-    others = sorted(p.name for p in entries if p.suffix.lower() not in IMAGE_EXTENSIONS
-                    and p.is_file() and not p.name.startswith("."))
+    others = sorted(
+        p.name
+        for p in entries
+        if p.suffix.lower() not in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
+    )
     return images, others
 
 
@@ -84,8 +87,7 @@ def _require_file(path: Path) -> None:
     skipped silently, and the user would miss an image they think is there."""
     if path.is_file():
         return
-    what = ("a folder" if path.is_dir() else "a broken link" if path.is_symlink()
-            else "not a regular file")
+    what = "a folder" if path.is_dir() else "a broken link" if path.is_symlink() else "not a regular file"
     raise DatasetError(f"{path}: named like an image but is {what}; move or rename it")
 
 
@@ -93,9 +95,11 @@ def _refuse_same_stems(folder: Path, images: list[Path]) -> None:
     seen: dict[str, Path] = {}
     for path in images:
         if path.stem in seen:
-            raise DatasetError(f"{folder}: {seen[path.stem].name} and {path.name} have the same name without "
-                               f"extension; keep one (pairs are matched and predictions named by that name, "
-                               f"so which one is meant is ambiguous)")
+            raise DatasetError(
+                f"{folder}: {seen[path.stem].name} and {path.name} have the same name without "
+                f"extension; keep one (pairs are matched and predictions named by that name, "
+                f"so which one is meant is ambiguous)"
+            )
         seen[path.stem] = path
 
 
@@ -106,8 +110,10 @@ def list_images(folder: str | Path) -> list[Path]:
 
 def _warn_ignored(folder: Path, ignored: list[str]) -> None:
     if ignored:
-        print(f"warning: {folder}: ignored {len(ignored)} files that are not images "
-              f"(e.g. {ignored[0]})", file=sys.stderr)
+        print(
+            f"warning: {folder}: ignored {len(ignored)} files that are not images (e.g. {ignored[0]})",
+            file=sys.stderr,
+        )
 
 
 def decode_image(path: Path) -> Image.Image:
@@ -165,7 +171,7 @@ def _nominal_white(mode: str, peak: float) -> float:
     if mode.startswith("I;16"):
         return 65535.0
     if mode == "I":
-        return 65535.0 if peak <= 65535 else 2.0 ** 32 - 1
+        return 65535.0 if peak <= 65535 else 2.0**32 - 1
     return next((white for white in (1.0, 255.0, 65535.0) if peak <= white), peak)
 
 
@@ -192,18 +198,24 @@ def read_pair(path: Path, channels: tuple[int, int] = (3, 3)) -> tuple[torch.Ten
     if width % 2 or width < 2:
         raise DatasetError(f"{path}: width {width} is odd, so it cannot be split into A|B halves")
     half = width // 2
-    return (to_tensor(image.crop((0, 0, half, height)), channels[0]),
-            to_tensor(image.crop((half, 0, width, height)), channels[1]))
+    return (
+        to_tensor(image.crop((0, 0, half, height)), channels[0]),
+        to_tensor(image.crop((half, 0, width, height)), channels[1]),
+    )
 
 
-def read_two(path_A: Path, path_B: Path, channels: tuple[int, int] = (3, 3)) -> tuple[torch.Tensor, torch.Tensor]:
+def read_two(
+    path_A: Path, path_B: Path, channels: tuple[int, int] = (3, 3)
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode the two files of a paired_folders pair, each turned upright by its own EXIF tag (one
     may be a sideways phone photo, the other not); they must then have the same size to be aligned."""
     image_A, image_B = decode_image(path_A), decode_image(path_B)
     if image_A.size != image_B.size:
         (wa, ha), (wb, hb) = image_A.size, image_B.size
-        raise DatasetError(f"{path_A} is {wa}x{ha} but {path_B} is {wb}x{hb}: the two images of a pair "
-                           f"must have the same size (pixel (x, y) of A corresponds to pixel (x, y) of B)")
+        raise DatasetError(
+            f"{path_A} is {wa}x{ha} but {path_B} is {wb}x{hb}: the two images of a pair "
+            f"must have the same size (pixel (x, y) of A corresponds to pixel (x, y) of B)"
+        )
     return to_tensor(image_A, channels[0]), to_tensor(image_B, channels[1])
 
 
@@ -214,7 +226,7 @@ def side_channels(direction: str, input_nc: int, output_nc: int) -> tuple[int, i
 
 def resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Bicubic, antialiased resize of a uint8 (..., H, W) image, as the official code does."""
-    # Imported here: torchvision takes 1.5 s to import, which a script stopping at a bad argument need not pay.
+    # Imported here: a script stopping at a bad argument need not pay for importing torchvision.
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
 
@@ -231,8 +243,17 @@ class PairedDataset(Dataset):
     In evaluation mode with crop, none or scale_width the items keep their own height and width.
     """
 
-    def __init__(self, direction: str, load_size: int, image_size: int, train: bool, flip: bool = True,
-                 seed: int = 0, preprocess: str = "resize_and_crop", multiple: int = 1) -> None:
+    def __init__(
+        self,
+        direction: str,
+        load_size: int,
+        image_size: int,
+        train: bool,
+        flip: bool = True,
+        seed: int = 0,
+        preprocess: str = "resize_and_crop",
+        multiple: int = 1,
+    ) -> None:
         if preprocess not in PREPROCESS_MODES:
             raise ValueError(f"preprocess must be one of {PREPROCESS_MODES}, got {preprocess!r}")
         self.direction, self.load_size, self.image_size = direction, load_size, image_size
@@ -265,13 +286,17 @@ class PairedDataset(Dataset):
             new_height = max(round(target * height / width), size if self.train else 1)
             return resize(image, new_height, target)
         if self.train and self.preprocess == "crop" and (height < size or width < size):
-            raise DatasetError(f"{name}: {width}x{height} is smaller than the {size}x{size} crop of "
-                               f"--preprocess crop; use --preprocess resize_and_crop or scale_width, or a "
-                               f"smaller --image_size")
+            raise DatasetError(
+                f"{name}: {width}x{height} is smaller than the {size}x{size} crop of "
+                f"--preprocess crop; use --preprocess resize_and_crop or scale_width, or a "
+                f"smaller --image_size"
+            )
         if self.train and self.preprocess == "none" and (height % self.multiple or width % self.multiple):
-            raise DatasetError(f"{name}: {width}x{height} is not a multiple of {self.multiple} (the generator "
-                               f"halves it {self.multiple.bit_length() - 1} times) as --preprocess none needs; "
-                               f"use --preprocess crop or scale_width, or resize the images")
+            raise DatasetError(
+                f"{name}: {width}x{height} is not a multiple of {self.multiple} (the generator "
+                f"halves it {self.multiple.bit_length() - 1} times) as --preprocess none needs; "
+                f"use --preprocess crop or scale_width, or resize the images"
+            )
         return image
 
     def __len__(self) -> int:
@@ -293,9 +318,11 @@ class PairedDataset(Dataset):
         sizes = self.sizes() if self.preprocess == "none" else {}
         if batch_size > 1 and len(sizes) > 1:
             (h1, w1), (h2, w2) = list(sizes)[:2]
-            raise DatasetError(f"--batch_size {batch_size} with --preprocess none needs training images of one "
-                               f"size, but {sizes[(h1, w1)]} is {w1}x{h1} and {sizes[(h2, w2)]} is {w2}x{h2}; "
-                               f"use --batch_size 1 or --preprocess crop")
+            raise DatasetError(
+                f"--batch_size {batch_size} with --preprocess none needs training images of one "
+                f"size, but {sizes[(h1, w1)]} is {w1}x{h1} and {sizes[(h2, w2)]} is {w2}x{h2}; "
+                f"use --batch_size 1 or --preprocess crop"
+            )
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         real_A, real_B = self.real_A[index], self.real_B[index]  # uint8 (C, H, W)
@@ -304,8 +331,9 @@ class PairedDataset(Dataset):
         # [0, 255] -> [-1, 1]
         return real_A.float().div_(127.5).sub_(1.0), real_B.float().div_(127.5).sub_(1.0)
 
-    def _augment(self, real_A: torch.Tensor, real_B: torch.Tensor,
-                 index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _augment(
+        self, real_A: torch.Tensor, real_B: torch.Tensor, index: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The same random crop and horizontal flip for both images of a pair."""
         rng = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & (2**63 - 1))
         if self.preprocess != "none":
@@ -313,8 +341,8 @@ class PairedDataset(Dataset):
             height, width = real_A.shape[-2:]
             top = int(torch.randint(0, height - size + 1, (), generator=rng))
             left = int(torch.randint(0, width - size + 1, (), generator=rng))
-            real_A = real_A[..., top:top + size, left:left + size]
-            real_B = real_B[..., top:top + size, left:left + size]
+            real_A = real_A[..., top : top + size, left : left + size]
+            real_B = real_B[..., top : top + size, left : left + size]
         if self.flip and torch.rand((), generator=rng).item() < 0.5:
             real_A, real_B = real_A.flip(-1), real_B.flip(-1)
         return real_A, real_B
@@ -333,10 +361,22 @@ class AlignedDataset(PairedDataset):
     and real_B.
     """
 
-    def __init__(self, folder: str | Path, direction: str, load_size: int, image_size: int,
-                 train: bool, flip: bool = True, seed: int = 0, max_images: int = 0, *,
-                 preprocess: str = "resize_and_crop", input_nc: int = 3, output_nc: int = 3,
-                 multiple: int = 1) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        direction: str,
+        load_size: int,
+        image_size: int,
+        train: bool,
+        flip: bool = True,
+        seed: int = 0,
+        max_images: int = 0,
+        *,
+        preprocess: str = "resize_and_crop",
+        input_nc: int = 3,
+        output_nc: int = 3,
+        multiple: int = 1,
+    ) -> None:
         super().__init__(direction, load_size, image_size, train, flip, seed, preprocess, multiple)
         files, ignored = scan_folder(folder)
         _warn_ignored(Path(folder), ignored)
@@ -361,13 +401,16 @@ def match_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
     (files_A, ignored_A), (files_B, ignored_B) = scan_folder(folder / "A"), scan_folder(folder / "B")
     _warn_ignored(folder, [f"A/{n}" for n in ignored_A] + [f"B/{n}" for n in ignored_B])
     by_A, by_B = _by_stem(files_A), _by_stem(files_B)
-    unmatched = ([f"A/{by_A[s].name}" for s in by_A if s not in by_B]
-                 + [f"B/{by_B[s].name}" for s in by_B if s not in by_A])
+    unmatched = [f"A/{by_A[s].name}" for s in by_A if s not in by_B] + [
+        f"B/{by_B[s].name}" for s in by_B if s not in by_A
+    ]
     if unmatched:
         listed = ", ".join(unmatched[:MAX_LISTED])
         more = f" and {len(unmatched) - MAX_LISTED} more" if len(unmatched) > MAX_LISTED else ""
-        raise DatasetError(f"{folder}: {len(unmatched)} files have no partner of the same name in the other "
-                           f"folder: {listed}{more}")
+        raise DatasetError(
+            f"{folder}: {len(unmatched)} files have no partner of the same name in the other "
+            f"folder: {listed}{more}"
+        )
     return [(path, by_B[stem]) for stem, path in by_A.items()]
 
 
@@ -377,14 +420,26 @@ class PairedFoldersDataset(PairedDataset):
     The same preprocessing, modes and arguments as AlignedDataset.
     """
 
-    def __init__(self, folder: str | Path, direction: str, load_size: int, image_size: int,
-                 train: bool, flip: bool = True, seed: int = 0, max_images: int = 0, *,
-                 preprocess: str = "resize_and_crop", input_nc: int = 3, output_nc: int = 3,
-                 multiple: int = 1) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        direction: str,
+        load_size: int,
+        image_size: int,
+        train: bool,
+        flip: bool = True,
+        seed: int = 0,
+        max_images: int = 0,
+        *,
+        preprocess: str = "resize_and_crop",
+        input_nc: int = 3,
+        output_nc: int = 3,
+        multiple: int = 1,
+    ) -> None:
         super().__init__(direction, load_size, image_size, train, flip, seed, preprocess, multiple)
         pairs = match_pairs(folder)
         self.files = _first([a for a, _ in pairs], max_images)  # the A file of each pair
-        pairs = pairs[:len(self.files)]
+        pairs = pairs[: len(self.files)]
         if not pairs:
             raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in A/ and B/")
         channels = side_channels(direction, input_nc, output_nc)

@@ -38,13 +38,19 @@ LIVE_SECONDS = 1.0  # generate after every stroke only when one generation takes
 # change of where checkpoints are loaded (or images read) touches only them.
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class Model:
     """A trained generator as the app sees it: plain data and numpy images, no project types."""
+
     config: dict[str, Any]  # the run's resolved config (dataset, data_root, direction, eval_mode, seed, ...)
     epoch: int  # epochs it was trained for
-    translate: Callable[[np.ndarray, int, bool], np.ndarray]  # (H, W, C) uint8, seed, resize -> (H, W, 3|1) uint8
-    read: Callable[[Path], np.ndarray]  # an input image file, decoded as predict.py decodes it -> (H, W, 3|1) uint8
+    translate: Callable[
+        [np.ndarray, int, bool], np.ndarray
+    ]  # (H, W, C) uint8, seed, resize -> (H, W, 3|1) uint8
+    read: Callable[
+        [Path], np.ndarray
+    ]  # an input image file, decoded as predict.py decodes it -> (H, W, 3|1) uint8
 
 
 class DemoError(RuntimeError):
@@ -53,10 +59,11 @@ class DemoError(RuntimeError):
 
 def load_model(checkpoint: Path, device_name: str) -> Model:
     """The checkpoint's generator behind a numpy-in, numpy-out translate (predict.py's path)."""
-    import predict
-    from dataset import DatasetError, read_image, to_tensor
     from PIL import Image
+
+    import predict
     from checkpoint import CheckpointError
+    from dataset import DatasetError, read_image, to_tensor
     from utils import resolve_device
 
     try:
@@ -104,8 +111,10 @@ def example_inputs(config: dict[str, Any], data_root: Path) -> dict[str, Callabl
                 read = lambda path: read_pair(path)[side]  # noqa: E731 (the A|B half of an aligned file)
         except (DatasetError, OSError):
             continue  # an unreadable split just offers no examples; upload still works
-        for path in files[:MAX_EXAMPLES - len(examples)]:
-            examples[f"{split}/{path.name}"] = lambda path=path, read=read: to_rgb(read(path).permute(1, 2, 0).numpy())
+        for path in files[: MAX_EXAMPLES - len(examples)]:
+            examples[f"{split}/{path.name}"] = lambda path=path, read=read: to_rgb(
+                read(path).permute(1, 2, 0).numpy()
+            )
     return examples
 
 
@@ -136,6 +145,7 @@ def time_generation(model: Model, image: np.ndarray) -> float:
 # The app
 # ---------------------------------------------------------------------------------------------
 
+
 def import_gradio():
     """gradio, or a DemoError saying how to install it (it is an optional extra)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local demo phones nowhere
@@ -149,8 +159,10 @@ def import_gradio():
 def class_css() -> str:
     """CSS that puts each class's colour beside its name in the class picker (the nth choice is
     the nth class), so the picker is the legend too."""
-    rules = [f"#classes label:nth-of-type({i}) {{border-left: 18px solid {hex_colour(rgb)}}}"
-             for i, (_, rgb) in enumerate(FACADES_CLASSES, start=1)]
+    rules = [
+        f"#classes label:nth-of-type({i}) {{border-left: 18px solid {hex_colour(rgb)}}}"
+        for i, (_, rgb) in enumerate(FACADES_CLASSES, start=1)
+    ]
     return "\n".join(rules) + "\n"
 
 
@@ -160,20 +172,30 @@ def intro_text(model: Model, seconds: float, size: tuple[int, int], live: bool) 
     if live:
         speed = f"{took}; the photo follows every stroke."
     else:  # say why nothing happens after a stroke
-        speed = (f"{took}{' (slow: a CPU)' if seconds >= LIVE_SECONDS else ''}; the photo is made when you press "
-                 f"**Generate**, or after every stroke once you tick that box.")
-    mode = ("eval_mode true: running BatchNorm averages and no dropout, so the seed changes nothing."
-            if cfg["eval_mode"] else
-            "Dropout stays on as in the paper (eval_mode false): each seed gives another variant.")
-    return (f"**{cfg['name']}**: {cfg['dataset']}, {cfg['direction']}, trained {model.epoch} epochs at "
-            f"{cfg['image_size']} px. {speed} {mode}")
+        speed = (
+            f"{took}{' (slow: a CPU)' if seconds >= LIVE_SECONDS else ''}; the photo is made when you press "
+            f"**Generate**, or after every stroke once you tick that box."
+        )
+    mode = (
+        "eval_mode true: running BatchNorm averages and no dropout, so the seed changes nothing."
+        if cfg["eval_mode"]
+        else "Dropout stays on as in the paper (eval_mode false): each seed gives another variant."
+    )
+    return (
+        f"**{cfg['name']}**: {cfg['dataset']}, {cfg['direction']}, trained {model.epoch} epochs at "
+        f"{cfg['image_size']} px. {speed} {mode}"
+    )
 
 
 def facades_brush(gr, name: str):
     """A brush of the class colours only (a free colour would be no class at all), set to `name`'s."""
     colours = [hex_colour(rgb) for _, rgb in FACADES_CLASSES]
-    return gr.Brush(default_size=6, colors=colours, default_color=hex_colour(dict(FACADES_CLASSES)[name]),
-                    color_mode="fixed")
+    return gr.Brush(
+        default_size=6,
+        colors=colours,
+        default_color=hex_colour(dict(FACADES_CLASSES)[name]),
+        color_mode="fixed",
+    )
 
 
 def pick_swatch_js() -> str:
@@ -211,46 +233,79 @@ def pick_swatch_js() -> str:
 
 def input_panel(gr, starts: dict[str, Callable[[], np.ndarray]], first: np.ndarray, facades: bool) -> dict:
     """Starting point or upload, the canvas and (facades) the named class picker; returns the components."""
-    ui = {"origin": gr.State(first),  # the image painting started from, for "start over"
-          "start": gr.Dropdown(list(starts), value=next(iter(starts), None), label="start from",
-                               filterable=True, elem_id="start")}
+    ui = {
+        "origin": gr.State(first),  # the image painting started from, for "start over"
+        "start": gr.Dropdown(
+            list(starts), value=next(iter(starts), None), label="start from", filterable=True, elem_id="start"
+        ),
+    }
     with gr.Row():
         # Uploads go through their own button: Gradio 6's editor takes a file dropped on it without
         # telling the server, so no photo would follow; an image loaded into it does trigger one.
-        ui["upload"] = gr.UploadButton("upload an input image", file_types=["image"], type="filepath",
-                                       elem_id="upload")
+        ui["upload"] = gr.UploadButton(
+            "upload an input image", file_types=["image"], type="filepath", elem_id="upload"
+        )
         ui["restart"] = gr.Button("start over", elem_id="restart")
-    brush = facades_brush(gr, "window") if facades else gr.Brush(default_size=4, colors=["#000000", "#ffffff"])
-    ui["editor"] = gr.ImageEditor(value=first, image_mode="RGB", type="numpy", format="png", sources=(),
-                                  brush=brush, layers=False, transforms=(), label="input", interactive=True,
-                                  height=420, elem_id="editor")
+    brush = (
+        facades_brush(gr, "window") if facades else gr.Brush(default_size=4, colors=["#000000", "#ffffff"])
+    )
+    ui["editor"] = gr.ImageEditor(
+        value=first,
+        image_mode="RGB",
+        type="numpy",
+        format="png",
+        sources=(),
+        brush=brush,
+        layers=False,
+        transforms=(),
+        label="input",
+        interactive=True,
+        height=420,
+        elem_id="editor",
+    )
     if facades:
         # Gradio's own colour swatches carry no names, so the classes are chosen here by name.
-        ui["classes"] = gr.Radio([name for name, _ in FACADES_CLASSES], value="window", label="paint with",
-                                 elem_id="classes")
-    gr.Markdown(("Pick a class and paint; " if facades else "Choose the brush (pencil) to paint; ")
-                + "the last button beside the canvas sets the brush size; undo and redo are above it; "
-                "**start over** goes back to the starting point or upload.")
+        ui["classes"] = gr.Radio(
+            [name for name, _ in FACADES_CLASSES], value="window", label="paint with", elem_id="classes"
+        )
+    gr.Markdown(
+        ("Pick a class and paint; " if facades else "Choose the brush (pencil) to paint; ")
+        + "the last button beside the canvas sets the brush size; undo and redo are above it; "
+        "**start over** goes back to the starting point or upload."
+    )
     return ui
 
 
 def output_panel(gr, cfg: dict[str, Any], live: bool) -> dict:
     """The generated photo and what changes it: Generate, the seed, live update, resizing."""
-    ui = {"output": gr.Image(label="generated", type="numpy", format="png", interactive=False, elem_id="output"),
-          "generate": gr.Button("Generate", variant="primary", elem_id="generate")}
+    ui = {
+        "output": gr.Image(
+            label="generated", type="numpy", format="png", interactive=False, elem_id="output"
+        ),
+        "generate": gr.Button("Generate", variant="primary", elem_id="generate"),
+    }
     with gr.Row():
         # With eval_mode true there is no dropout, so the seed has nothing to change.
-        ui["seed"] = gr.Number(value=cfg["seed"], precision=0, label="seed (dropout noise)",
-                               interactive=not cfg["eval_mode"], elem_id="seed")
+        ui["seed"] = gr.Number(
+            value=cfg["seed"],
+            precision=0,
+            label="seed (dropout noise)",
+            interactive=not cfg["eval_mode"],
+            elem_id="seed",
+        )
         ui["dice"] = gr.Button("new seed", interactive=not cfg["eval_mode"], elem_id="dice")
     ui["follow"] = gr.Checkbox(value=live, label="generate after every stroke", elem_id="live")
-    ui["resize"] = gr.Checkbox(value=False, label=f"resize to {cfg['image_size']} px and back "
-                               "(predict.py --resize) instead of padding", elem_id="resize")
+    ui["resize"] = gr.Checkbox(
+        value=False,
+        label=f"resize to {cfg['image_size']} px and back (predict.py --resize) instead of padding",
+        elem_id="resize",
+    )
     return ui
 
 
 def connect(gr, app, model: Model, starts: dict[str, Callable[[], np.ndarray]], ui: dict) -> None:
     """The events: what each control does."""
+
     def generate(value: Any, seed: float | None, resize: bool) -> np.ndarray | None:
         image = editor_image(value)
         return None if image is None else to_rgb(model.translate(image, int(seed or 0), resize))
@@ -285,8 +340,14 @@ def connect(gr, app, model: Model, starts: dict[str, Callable[[], np.ndarray]], 
         ui["classes"].change(None, ui["classes"], None, js=pick_swatch_js())
 
 
-def build_app(model: Model, starts: dict[str, Callable[[], np.ndarray]], first: np.ndarray, seconds: float,
-              live: bool, note: str = ""):
+def build_app(
+    model: Model,
+    starts: dict[str, Callable[[], np.ndarray]],
+    first: np.ndarray,
+    seconds: float,
+    live: bool,
+    note: str = "",
+):
     """The Blocks app: starting point and canvas on the left, the photo and its controls on the right."""
     gr = import_gradio()
     cfg = model.config
@@ -306,6 +367,7 @@ def build_app(model: Model, starts: dict[str, Callable[[], np.ndarray]], first: 
 # Command line
 # ---------------------------------------------------------------------------------------------
 
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad argument is one 'error: ...' line, like every other error here."""
 
@@ -323,15 +385,24 @@ def port_number(text: str) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint written by train.py")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only; "
-                        "0.0.0.0 exposes the demo to the network)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: this machine only; 0.0.0.0 exposes the demo to the network)",
+    )
     parser.add_argument("--port", type=port_number, default=7860, help="port to listen on (default 7860)")
     parser.add_argument("--share", action="store_true", help="also make a public Gradio share link")
-    parser.add_argument("--data_root", type=Path, help="where the example inputs come from "
-                        "(default: the run's data_root)")
+    parser.add_argument(
+        "--data_root", type=Path, help="where the example inputs come from (default: the run's data_root)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--live", choices=("auto", "on", "off"), default="auto", help="generate after every "
-                        f"stroke (auto: when one generation takes under {LIVE_SECONDS:g} s); the page can change it")
+    parser.add_argument(
+        "--live",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="generate after every "
+        f"stroke (auto: when one generation takes under {LIVE_SECONDS:g} s); the page can change it",
+    )
     return parser.parse_args(argv)
 
 
@@ -349,7 +420,9 @@ def check_port(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as err:
             why = "in use" if err.errno == 98 else err.strerror  # EADDRINUSE
-            raise DemoError(f"--port {port}: cannot listen on {host}:{port}, {why} (choose another --port)") from None
+            raise DemoError(
+                f"--port {port}: cannot listen on {host}:{port}, {why} (choose another --port)"
+            ) from None
 
 
 def starting_points(config: dict[str, Any], examples: dict[str, Callable[[], np.ndarray]]):
@@ -385,12 +458,20 @@ def main(argv: list[str] | None = None) -> None:
     with exit_on_errors((), (DemoError,)):
         app, seconds = prepare(args)
         try:
-            app.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True,
-                       prevent_thread_lock=True, css=class_css())
+            app.launch(
+                server_name=args.host,
+                server_port=args.port,
+                share=args.share,
+                quiet=True,
+                prevent_thread_lock=True,
+                css=class_css(),
+            )
         except OSError as err:  # the port was taken between check_port and now
             raise DemoError(f"--port {args.port}: cannot listen on {args.host}:{args.port} ({err})") from None
-    print(f"demo running at http://{args.host}:{args.port} (one generation: {seconds:.2f} s; Ctrl-C stops it)",
-          flush=True)
+    print(
+        f"demo running at http://{args.host}:{args.port} (one generation: {seconds:.2f} s; Ctrl-C stops it)",
+        flush=True,
+    )
     if args.share:  # quiet=True keeps Gradio from printing it
         print(f"public share link: {app.share_url or 'none (Gradio could not make one)'}", flush=True)
     app.block_thread()

@@ -30,8 +30,11 @@ class PatchDiscriminator(nn.Module):
             # The last of these keeps the size (stride 1); it widens the receptive field to 70 px.
             stride = 2 if n < n_layers else 1
             next_width = ndf * min(2**n, 8)
-            layers += [Conv2d(width, next_width, 4, stride, 1, bias=bias), norm_layer(norm, next_width),
-                       nn.LeakyReLU(0.2)]
+            layers += [
+                Conv2d(width, next_width, 4, stride, 1, bias=bias),
+                norm_layer(norm, next_width),
+                nn.LeakyReLU(0.2),
+            ]
             width = next_width
         layers.append(Conv2d(width, 1, 4, 1, 1))  # one logit per patch, no sigmoid (BCEWithLogits)
         self.model = nn.Sequential(*layers)

@@ -32,6 +32,7 @@ from utils import first_line
 @dataclasses.dataclass(frozen=True)
 class World:
     """This process's place in a torchrun launch; rank 0 of 1 for a plain ``python train.py``."""
+
     rank: int = 0  # 0 .. size-1 over all machines; rank 0 writes the files
     local_rank: int = 0  # index among the processes of this machine: picks its GPU
     size: int = 1
@@ -52,11 +53,14 @@ def world_from_env(env: Mapping[str, str] = os.environ) -> World:
     try:
         world = World(int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"]))
     except (KeyError, ValueError):
-        raise DistributedError("WORLD_SIZE is set but RANK and LOCAL_RANK are not both integers; "
-                               "start several processes with torchrun, which sets all three") from None
+        raise DistributedError(
+            "WORLD_SIZE is set but RANK and LOCAL_RANK are not both integers; "
+            "start several processes with torchrun, which sets all three"
+        ) from None
     if not (world.size >= 1 and 0 <= world.rank < world.size and world.local_rank >= 0):
-        raise DistributedError(f"RANK {world.rank}, LOCAL_RANK {world.local_rank}, WORLD_SIZE {world.size}: "
-                               f"impossible values")
+        raise DistributedError(
+            f"RANK {world.rank}, LOCAL_RANK {world.local_rank}, WORLD_SIZE {world.size}: impossible values"
+        )
     return world
 
 
@@ -65,14 +69,20 @@ def rank_device(name: str, world: World) -> torch.device:
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if name not in ("auto", "cuda"):
-        raise DistributedError(f"--device {name}: under torchrun every process takes the GPU of its LOCAL_RANK; "
-                          f"use --device cuda, auto or cpu")
+        raise DistributedError(
+            f"--device {name}: under torchrun every process takes the GPU of its LOCAL_RANK; "
+            f"use --device cuda, auto or cpu"
+        )
     if not torch.cuda.is_available():
-        raise DistributedError("--device cuda: CUDA is not available on this machine, so the processes cannot "
-                          "form an nccl group; use --device cpu (gloo)")
+        raise DistributedError(
+            "--device cuda: CUDA is not available on this machine, so the processes cannot "
+            "form an nccl group; use --device cpu (gloo)"
+        )
     if world.local_rank >= torch.cuda.device_count():
-        raise DistributedError(f"LOCAL_RANK {world.local_rank}, but this machine has {torch.cuda.device_count()} "
-                               f"GPUs: start at most that many processes per machine (--nproc_per_node)")
+        raise DistributedError(
+            f"LOCAL_RANK {world.local_rank}, but this machine has {torch.cuda.device_count()} "
+            f"GPUs: start at most that many processes per machine (--nproc_per_node)"
+        )
     return torch.device("cuda", world.local_rank)
 
 
@@ -81,7 +91,9 @@ def join_process_group(device_name: str, world: World) -> torch.device:
     device = rank_device(device_name, world)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_available() or not dist.is_backend_available(backend):
-        raise DistributedError(f"this PyTorch build has no {backend} backend, which --device {device_name} needs")
+        raise DistributedError(
+            f"this PyTorch build has no {backend} backend, which --device {device_name} needs"
+        )
     if device.type == "cuda":
         torch.cuda.set_device(device)
     try:
@@ -89,8 +101,9 @@ def join_process_group(device_name: str, world: World) -> torch.device:
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
     except Exception as err:  # rendezvous, network and backend failures come as many types
         reason = first_line(err) or type(err).__name__
-        raise DistributedError(f"rank {world.rank} cannot form the {backend} process group of {world.size} "
-                               f"processes ({reason})") from None
+        raise DistributedError(
+            f"rank {world.rank} cannot form the {backend} process group of {world.size} processes ({reason})"
+        ) from None
     return device
 
 
@@ -128,11 +141,14 @@ def on_main(world: World, device: torch.device | None, work: Callable[[], object
     if world.size == 1:
         work()
         return
-    run_and_agree(world, device, world.is_main, work, "rank 0 failed (its error line says why); every process stops")
+    run_and_agree(
+        world, device, world.is_main, work, "rank 0 failed (its error line says why); every process stops"
+    )
 
 
-def run_and_agree(world: World, device: torch.device | None, mine: bool, work: Callable[[], object],
-                  others_failed: str) -> None:
+def run_and_agree(
+    world: World, device: torch.device | None, mine: bool, work: Callable[[], object], others_failed: str
+) -> None:
     """Run `work` where `mine` is true, then let every process learn whether it failed anywhere."""
     error = None
     if mine:
@@ -152,7 +168,9 @@ def in_turns(world: World, device: torch.device | None, work: Callable[[], objec
         work()
         return
     for turn in (world.rank == 0, world.rank != 0 and world.local_rank == 0, world.local_rank != 0):
-        run_and_agree(world, device, turn, work, "another process could not prepare the data (its error line says why)")
+        run_and_agree(
+            world, device, turn, work, "another process could not prepare the data (its error line says why)"
+        )
 
 
 def mean_over_ranks(tensor: torch.Tensor, world: World) -> torch.Tensor:
@@ -175,8 +193,9 @@ def data_parallel(net: nn.Module, device: torch.device) -> DistributedDataParall
     before every forward. With sync_bn every process computes the same ones anyway; without it
     each process keeps the averages of its own batches, and rank 0's are saved.
     """
-    return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                   forward_sync_buffers=False)
+    return DistributedDataParallel(
+        net, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False
+    )
 
 
 def any_rank(world: World, device: torch.device | None, flag: bool) -> bool:
@@ -193,9 +212,11 @@ def check_same_start(world: World, device: torch.device | None, epoch: int, iter
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     if not torch.equal(low, high):
-        raise DistributedError(f"rank {world.rank} would start at epoch {epoch + 1}, iteration {iteration}, "
-                               f"but another process elsewhere: checkpoint_dir must be one folder that "
-                               f"every machine sees")
+        raise DistributedError(
+            f"rank {world.rank} would start at epoch {epoch + 1}, iteration {iteration}, "
+            f"but another process elsewhere: checkpoint_dir must be one folder that "
+            f"every machine sees"
+        )
 
 
 def gather_objects(world: World, obj: object) -> list:
@@ -211,6 +232,7 @@ def gather_objects(world: World, obj: object) -> list:
 # ---------------------------------------------------------------------------------------------
 # BatchNorm across processes
 # ---------------------------------------------------------------------------------------------
+
 
 class _SumOverRanks(torch.autograd.Function):
     """Sum a tensor over all processes of the group.
@@ -242,7 +264,9 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if not (
+            self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        ):
             return super().forward(x)
         xf = x.float()  # statistics in fp32, also under autocast
         dims = (0, 2, 3)  # per channel, over the batch and the pixels
@@ -250,7 +274,9 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         sums = _SumOverRanks.apply(torch.cat([xf.sum(dims), count]))  # (C + 1,)
         n = sums[-1]
         if n.item() <= 1:  # the same n in every process, so all raise together
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {x.size()}"
+            )
         mean = (sums[:-1] / n)[None, :, None, None]  # (1, C, 1, 1)
         centred = xf - mean
         var = (_SumOverRanks.apply(centred.square().sum(dims)) / n)[None, :, None, None]  # biased, as BN
@@ -273,17 +299,19 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
 def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     """Turn every BatchNorm2d of `module` into a synchronised one that keeps its parameters and buffers.
 
-    torch's SyncBatchNorm (fused CUDA kernels) on GPUs, SyncBatchNorm2d elsewhere. The parameters stay the same objects, and the state_dict keys stay the same, so
-    checkpoints load either way.
+    torch's SyncBatchNorm (fused CUDA kernels) on GPUs, SyncBatchNorm2d elsewhere. The parameters
+    stay the same objects, and the state_dict keys stay the same, so checkpoints load either way.
     """
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
-            synced = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                     child.track_running_stats)
-            for key, tensor in itertools.chain(child.named_parameters(recurse=False),
-                                               child.named_buffers(recurse=False)):
+            synced = SyncBatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
+            for key, tensor in itertools.chain(
+                child.named_parameters(recurse=False), child.named_buffers(recurse=False)
+            ):
                 setattr(synced, key, tensor)
             synced.train(child.training)
             setattr(module, name, synced)

@@ -128,12 +128,15 @@ def _check_expansion(tar: tarfile.TarFile, archive_bytes: int, source: str) -> N
         size = largest if member.islnk() or member.issym() else member.size
         largest, total, members = max(largest, size), total + size, members + 1
         if total > max_bytes:
-            raise DatasetError(f"{source}: refused, it would unpack to more than {max_bytes} bytes (reached at "
-                               f"{member.name}); an archive of images may unpack to {MAX_EXPANSION}x its size "
-                               f"({archive_bytes} bytes) or {MIN_UNPACKED_BYTES >> 20} MiB, whichever is more")
+            raise DatasetError(
+                f"{source}: refused, it would unpack to more than {max_bytes} bytes (reached at "
+                f"{member.name}); an archive of images may unpack to {MAX_EXPANSION}x its size "
+                f"({archive_bytes} bytes) or {MIN_UNPACKED_BYTES >> 20} MiB, whichever is more"
+            )
         if members > max_members:
-            raise DatasetError(f"{source}: refused, it holds more than {max_members} files for its "
-                               f"{archive_bytes} bytes")
+            raise DatasetError(
+                f"{source}: refused, it holds more than {max_members} files for its {archive_bytes} bytes"
+            )
 
 
 def _read_to_the_end(tar: tarfile.TarFile) -> None:
@@ -171,8 +174,10 @@ def _verify_counts(root: Path, counts: dict[str, int]) -> None:
         if expected and found != expected:
             raise DatasetError(f"{root / split}: expected {expected} images after download, found {found}")
         if not expected and not found:
-            raise DatasetError(f"{root / split}: no images after download (the archive must hold "
-                               f"{', '.join(f'{s}/' for s in counts)} with images)")
+            raise DatasetError(
+                f"{root / split}: no images after download (the archive must hold "
+                f"{', '.join(f'{s}/' for s in counts)} with images)"
+            )
 
 
 def _verify_sha256(archive: Path, expected: str) -> None:
@@ -181,7 +186,9 @@ def _verify_sha256(archive: Path, expected: str) -> None:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     if digest.hexdigest() != expected.lower():
-        raise DatasetError(f"{archive.name}: SHA-256 {digest.hexdigest()} does not match the expected {expected}")
+        raise DatasetError(
+            f"{archive.name}: SHA-256 {digest.hexdigest()} does not match the expected {expected}"
+        )
 
 
 def _work_folder(root: Path, name: str) -> tempfile.TemporaryDirectory:
@@ -192,15 +199,25 @@ def _work_folder(root: Path, name: str) -> tempfile.TemporaryDirectory:
         for stale in root.parent.glob(f".{name}-download-*"):
             shutil.rmtree(stale, ignore_errors=True)
         # A folder that cannot be removed is left for the next try's clean-up, not an error.
-        return tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{name}-download-",
-                                           ignore_cleanup_errors=True)
+        return tempfile.TemporaryDirectory(
+            dir=root.parent, prefix=f".{name}-download-", ignore_cleanup_errors=True
+        )
     except OSError as err:
-        raise DatasetError(f"{root.parent}: cannot create a folder for the download there "
-                           f"({_reason(err)})") from None
+        raise DatasetError(
+            f"{root.parent}: cannot create a folder for the download there ({_reason(err)})"
+        ) from None
 
 
-def ensure_dataset(root: str | Path, name: str, url: str, counts: dict[str, int], sha256: str = "",
-                   missing_hint: str = "", *, timeout: float = TIMEOUT_S) -> Path:
+def ensure_dataset(
+    root: str | Path,
+    name: str,
+    url: str,
+    counts: dict[str, int],
+    sha256: str = "",
+    missing_hint: str = "",
+    *,
+    timeout: float = TIMEOUT_S,
+) -> Path:
     """Return `root`, first downloading and unpacking the archive `name`.tar.gz there if it is missing.
 
     The archive must unpack into a folder `name` holding the split folders of `counts` (split ->
@@ -225,7 +242,8 @@ def ensure_dataset(root: str | Path, name: str, url: str, counts: dict[str, int]
             raise DatasetError(
                 f"{root}: data missing and the download from {url} failed ({err}); download and "
                 f"unpack {name}.tar.gz by hand so that {root}/train holds the images, or pass "
-                f"--data_root") from None
+                f"--data_root"
+            ) from None
         if sha256:
             _verify_sha256(archive, sha256)
         _extract(archive, Path(tmp), f"{name}.tar.gz from {url}")
@@ -242,7 +260,13 @@ def _move_into_place(unpacked: Path, root: Path) -> None:
         raise DatasetError(f"{root}: cannot move the unpacked data there ({_reason(err)})") from None
 
 
-def ensure_facades(root: str | Path, url: str, sha256: str = "", counts: dict[str, int] = FACADES_COUNTS,
-                   *, timeout: float = TIMEOUT_S) -> Path:
+def ensure_facades(
+    root: str | Path,
+    url: str,
+    sha256: str = "",
+    counts: dict[str, int] = FACADES_COUNTS,
+    *,
+    timeout: float = TIMEOUT_S,
+) -> Path:
     """ensure_dataset for the facades archive: 400/100/106 images in train/val/test."""
     return ensure_dataset(root, "facades", url, counts, sha256, timeout=timeout)

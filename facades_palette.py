@@ -84,8 +84,9 @@ def flat_pixels(label_map: torch.Tensor, window: int = 5, tolerance: int = 24) -
     return x[0].permute(1, 2, 0)[flat]
 
 
-def kmeans(points: torch.Tensor, k: int, generator: torch.Generator,
-           iterations: int = 50) -> tuple[torch.Tensor, float]:
+def kmeans(
+    points: torch.Tensor, k: int, generator: torch.Generator, iterations: int = 50
+) -> tuple[torch.Tensor, float]:
     """Lloyd's k-means from a k-means++ start; returns (k, D) centres and the summed squared error."""
     centres = points[torch.randint(len(points), (1,), generator=generator)]
     for _ in range(k - 1):  # k-means++: next centre drawn with probability ~ squared distance
@@ -93,8 +94,9 @@ def kmeans(points: torch.Tensor, k: int, generator: torch.Generator,
         centres = torch.cat([centres, points[torch.multinomial(d2 / d2.sum(), 1, generator=generator)]])
     for _ in range(iterations):
         nearest = torch.cdist(points, centres).argmin(dim=1)
-        moved = torch.stack([points[nearest == j].mean(0) if (nearest == j).any() else centres[j]
-                             for j in range(k)])
+        moved = torch.stack(
+            [points[nearest == j].mean(0) if (nearest == j).any() else centres[j] for j in range(k)]
+        )
         if torch.allclose(moved, centres):
             break
         centres = moved
@@ -111,8 +113,9 @@ def jet_order(colours: np.ndarray) -> np.ndarray:
     return np.argsort(position)
 
 
-def derive_palette(label_maps: list[torch.Tensor], k: int = 12, samples: int = 400_000, restarts: int = 5,
-                   seed: int = 0) -> np.ndarray:
+def derive_palette(
+    label_maps: list[torch.Tensor], k: int = 12, samples: int = 400_000, restarts: int = 5, seed: int = 0
+) -> np.ndarray:
     """(k, 3) uint8 colours of uint8 (3, H, W) label maps, in jet order (the CMP class order)."""
     points = torch.cat([flat_pixels(m) for m in label_maps])
     generator = torch.Generator().manual_seed(seed)
@@ -131,7 +134,9 @@ def training_label_maps(data_root: Path, limit: int = 0) -> list[torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data_root", type=Path, default=Path("data/facades"), help="the facades set")
     args = parser.parse_args(argv)
     if not (args.data_root / "train").is_dir():

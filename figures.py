@@ -26,6 +26,7 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> None:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
+
     atomic_write(path, write)
 
 
@@ -94,8 +95,12 @@ def captioned(grid: np.ndarray, title: str, captions: Sequence[str], cell_width:
     return image
 
 
-def save_sample_grid(rows: Sequence[Sequence[torch.Tensor]], path: str | Path, title: str = "",
-                     captions: Sequence[str] = COLUMN_CAPTIONS) -> np.ndarray:
+def save_sample_grid(
+    rows: Sequence[Sequence[torch.Tensor]],
+    path: str | Path,
+    title: str = "",
+    captions: Sequence[str] = COLUMN_CAPTIONS,
+) -> np.ndarray:
     """Save images as a grid, one row per example: each row is a list [input, generated, target],
     under a header naming the columns and carrying `title` (e.g. the run and epoch).
 
@@ -108,10 +113,13 @@ def save_sample_grid(rows: Sequence[Sequence[torch.Tensor]], path: str | Path, t
 
     images = [image.float().cpu().expand(3, -1, -1) for row in rows for image in row]  # (3, H_i, W_i)
     height, width = max(i.shape[-2] for i in images), max(i.shape[-1] for i in images)
-    images = torch.stack([F.pad(i, (0, width - i.shape[-1], 0, height - i.shape[-2]), value=-1.0)
-                          for i in images])  # (N, 3, height, width)
-    grid = make_grid(images, nrow=len(rows[0]), padding=GRID_PADDING, pad_value=-1.0)  # (3, H, W), black lines
-    image = captioned(to_pixels(grid), title, list(captions)[:len(rows[0])], width)
+    images = torch.stack(
+        [F.pad(i, (0, width - i.shape[-1], 0, height - i.shape[-2]), value=-1.0) for i in images]
+    )  # (N, 3, height, width)
+    grid = make_grid(
+        images, nrow=len(rows[0]), padding=GRID_PADDING, pad_value=-1.0
+    )  # (3, H, W), black lines
+    image = captioned(to_pixels(grid), title, list(captions)[: len(rows[0])], width)
     atomic_write(path, lambda tmp: image.save(tmp, format="png", compress_level=PNG_COMPRESS_LEVEL))
     return np.asarray(image)
 
@@ -168,8 +176,13 @@ def smooth(values: Sequence[float], window: int) -> np.ndarray:
     return (cumulative[end] - cumulative[start]) / (end - start)
 
 
-def plot_curves(epochs: Sequence[dict], steps: dict[str, list[float]], names: Sequence[str],
-                path: str | Path, epoch_means: bool = False) -> None:
+def plot_curves(
+    epochs: Sequence[dict],
+    steps: dict[str, list[float]],
+    names: Sequence[str],
+    path: str | Path,
+    epoch_means: bool = False,
+) -> None:
     """One panel per quantity: its epoch values and, when given, a smoothed per-step curve.
 
     epochs: rows with "epoch" and a value per name (rows without a name's value are skipped, e.g.
@@ -184,19 +197,30 @@ def plot_curves(epochs: Sequence[dict], steps: dict[str, list[float]], names: Se
     fig = Figure(figsize=(width, height))
     # Fixed margins in inches, room for tick labels, axis labels and the legend above: the layout
     # engine (tight_layout) would measure every text and cost more than the drawing itself.
-    fig.subplots_adjust(left=0.75 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - 0.6 / height,
-                        wspace=0.9 / 3.1)
+    fig.subplots_adjust(
+        left=0.75 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - 0.6 / height, wspace=0.9 / 3.1
+    )
     axes = fig.subplots(1, len(names), squeeze=False)
     offset = 0.5 if epoch_means else 0.0
     # A short run has few points: a window of at most an eighth of them keeps its shape visible.
     window = max(1, min(SMOOTH_POINTS, len(steps.get("epoch", ())) // 8)) | 1  # odd: centred on a point
     for ax, name in zip(axes[0], names):
         if steps.get(name):
-            ax.plot(steps["epoch"], smooth(steps[name], window), lw=0.8, alpha=0.6,
-                    label=f"iterations, centred mean of {window} points" if window > 1 else "iterations")
+            ax.plot(
+                steps["epoch"],
+                smooth(steps[name], window),
+                lw=0.8,
+                alpha=0.6,
+                label=f"iterations, centred mean of {window} points" if window > 1 else "iterations",
+            )
         points = [(row["epoch"] - offset, row[name]) for row in epochs if row.get(name) not in (None, "")]
-        ax.plot([x for x, _ in points], [y for _, y in points], "o-", ms=3,
-                label="epoch mean (at mid-epoch)" if epoch_means else "per epoch")
+        ax.plot(
+            [x for x, _ in points],
+            [y for _, y in points],
+            "o-",
+            ms=3,
+            label="epoch mean (at mid-epoch)" if epoch_means else "per epoch",
+        )
         title, unit = CURVES.get(name, (name, ""))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
@@ -212,6 +236,7 @@ def plot_curves(epochs: Sequence[dict], steps: dict[str, list[float]], names: Se
 # HTML pages
 # ---------------------------------------------------------------------------------------------
 
+
 def _cell(value) -> str:
     """A table cell: numbers with 4 significant digits, anything else as escaped text."""
     text = f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -220,29 +245,49 @@ def _cell(value) -> str:
 
 def html_page(title: str, body: Sequence[str]) -> str:
     """A small self-contained HTML page (inline style, relative links only)."""
-    style = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n" + "\n".join(body)
-            + "\n</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{style}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
 
 
-def write_gallery(epochs: Sequence[dict], loss_names: Sequence[str], metric_names: Sequence[str],
-                  folder: str | Path, title: str) -> None:
+def write_gallery(
+    epochs: Sequence[dict],
+    loss_names: Sequence[str],
+    metric_names: Sequence[str],
+    folder: str | Path,
+    title: str,
+) -> None:
     """folder/index.html: the loss and metric plots, then each epoch's sample grid, newest first,
     under a table of that epoch's losses and validation metrics. Links are relative to folder.
 
     The grids load lazily (as they scroll into view), so a page of 200 epochs opens at once."""
     folder = Path(folder)
-    body = [f'<p><img src="{name}" alt="{name}"></p>' for name in ("loss.png", "metrics.png")
-            if (folder / name).is_file()]
+    body = [
+        f'<p><img src="{name}" alt="{name}"></p>'
+        for name in ("loss.png", "metrics.png")
+        if (folder / name).is_file()
+    ]
     columns = ["epoch", *loss_names, *metric_names, "lr", "seconds"]
     for row in reversed(epochs):
         grid = f"samples/epoch_{row['epoch']:03d}.png"
         body.append(f"<h2>Epoch {row['epoch']}</h2>")
-        body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr><tr>"
-                    + "".join(_cell(row.get(c, "")) for c in columns) + "</tr></table>")
+        body.append(
+            "<table><tr>"
+            + "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+            + "</tr><tr>"
+            + "".join(_cell(row.get(c, "")) for c in columns)
+            + "</tr></table>"
+        )
         if (folder / grid).is_file():
-            body.append(f'<p><img src="{grid}" alt="epoch {row["epoch"]}: input | generated | target" '
-                        f'loading="lazy"></p>')
+            body.append(
+                f'<p><img src="{grid}" alt="epoch {row["epoch"]}: input | generated | target" '
+                f'loading="lazy"></p>'
+            )
     write_text(folder / "index.html", html_page(title, body))

@@ -31,8 +31,15 @@ class UNetGenerator(nn.Module):
     H and W must be multiples of 2**num_downs; num_downs must be at least 5.
     """
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 3, ngf: int = 64, num_downs: int = 8,
-                 norm: str = "batch", dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        ngf: int = 64,
+        num_downs: int = 8,
+        norm: str = "batch",
+        dropout: float = 0.5,
+    ) -> None:
         super().__init__()
         if num_downs < 5:
             raise ValueError(f"num_downs must be >= 5, got {num_downs}")
@@ -55,13 +62,15 @@ class UNetGenerator(nn.Module):
         for j in range(num_downs - 1):
             in_width = width[-1] if j == 0 else 2 * width[num_downs - 1 - j]
             out_width = width[num_downs - 2 - j]
-            layers = [nn.ReLU(), ConvTranspose2d(in_width, out_width, 4, 2, 1, bias=bias),
-                      norm_layer(norm, out_width)]
+            layers = [
+                nn.ReLU(),
+                ConvTranspose2d(in_width, out_width, 4, 2, 1, bias=bias),
+                norm_layer(norm, out_width),
+            ]
             if 1 <= j <= num_downs - 5 and dropout > 0:  # the 8*ngf blocks just above the bottleneck
                 layers.append(nn.Dropout(dropout))
             self.up.append(nn.Sequential(*layers))
-        self.final = nn.Sequential(nn.ReLU(), ConvTranspose2d(2 * width[0], out_channels, 4, 2, 1),
-                                   nn.Tanh())
+        self.final = nn.Sequential(nn.ReLU(), ConvTranspose2d(2 * width[0], out_channels, 4, 2, 1), nn.Tanh())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -75,8 +84,13 @@ class UNetGenerator(nn.Module):
 
 
 @torch.no_grad()
-def translate(G: UNetGenerator, real_A: torch.Tensor, eval_mode: bool, seed: int,
-              amp: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
+def translate(
+    G: UNetGenerator,
+    real_A: torch.Tensor,
+    eval_mode: bool,
+    seed: int,
+    amp: contextlib.AbstractContextManager | None = None,
+) -> torch.Tensor:
     """G(real_A) for evaluation, of any size, without changing G or the caller's RNG streams.
 
     real_A: (N, C, H, W) in [-1, 1]; H and W need not be multiples of G.size_multiple: the
@@ -110,8 +124,9 @@ def _batch_norm_per_image(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor
         return nn.modules.batchnorm._BatchNorm.forward(self, x)
     if x.shape[-2] * x.shape[-1] >= 32 * 32:
         return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
-    return torch.cat([F.batch_norm(image, None, None, self.weight, self.bias, True, 0.0, self.eps)
-                      for image in x.split(1)])
+    return torch.cat(
+        [F.batch_norm(image, None, None, self.weight, self.bias, True, 0.0, self.eps) for image in x.split(1)]
+    )
 
 
 def _dropout_one_mask(self: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
@@ -133,7 +148,9 @@ def each_image_alone(G: nn.Module):
     paper's generation: BatchNorm with the image's own statistics, dropout), when the RNG is
     seeded before each call as translate() does: BatchNorm normalises per image and dropout draws
     one image's mask and applies it to all. In eval mode batching changes nothing anyway."""
-    patched = [(m, _batch_norm_per_image) for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    patched = [
+        (m, _batch_norm_per_image) for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
     patched += [(m, _dropout_one_mask) for m in G.modules() if type(m) is nn.Dropout]
     saved = [m.__dict__.get("forward") for m, _ in patched]  # e.g. distributed.local_norm_stats's
     for m, forward in patched:
@@ -148,8 +165,13 @@ def each_image_alone(G: nn.Module):
                 m.forward = previous
 
 
-def translate_each(G: UNetGenerator, real_A: torch.Tensor, eval_mode: bool, seed: int,
-                   amp: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
+def translate_each(
+    G: UNetGenerator,
+    real_A: torch.Tensor,
+    eval_mode: bool,
+    seed: int,
+    amp: contextlib.AbstractContextManager | None = None,
+) -> torch.Tensor:
     """translate() of each image alone, computed as one batch: the result equals
     torch.cat([translate(G, a[None], eval_mode, seed, amp) for a in real_A]) up to float rounding
     (a batch sums in another order than one image: tests/test_networks.py bounds the
@@ -163,9 +185,15 @@ def translate_each(G: UNetGenerator, real_A: torch.Tensor, eval_mode: bool, seed
 EVAL_BATCH_PIXELS = 16 * 256 * 256
 
 
-def translate_items(G: UNetGenerator, items: Iterable[tuple[torch.Tensor, torch.Tensor]], eval_mode: bool, seed: int,
-                    amp: contextlib.AbstractContextManager | None, device: torch.device,
-                    batch_pixels: int = EVAL_BATCH_PIXELS) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def translate_items(
+    G: UNetGenerator,
+    items: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    eval_mode: bool,
+    seed: int,
+    amp: contextlib.AbstractContextManager | None,
+    device: torch.device,
+    batch_pixels: int = EVAL_BATCH_PIXELS,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(real_A, fake_B, real_B) per (real_A, real_B) pair of (C, H, W) images, fake_B on the CPU:
     what translate() gives each image alone, as validation and predict.py generate. Consecutive
     images of one size go through translate_each together, up to batch_pixels at a time."""
@@ -179,7 +207,9 @@ def translate_items(G: UNetGenerator, items: Iterable[tuple[torch.Tensor, torch.
         return done
 
     for real_A, real_B in items:
-        if pending and (real_A.shape != pending[0][0].shape or (len(pending) + 1) * real_A[0].numel() > batch_pixels):
+        if pending and (
+            real_A.shape != pending[0][0].shape or (len(pending) + 1) * real_A[0].numel() > batch_pixels
+        ):
             yield from flush()
         pending.append((real_A, real_B))
     if pending:
@@ -200,7 +230,9 @@ class BatchStatsNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = x.mean(dim=(0, 2, 3), keepdim=True)  # (1, C, 1, 1)
         var = x.var(dim=(0, 2, 3), keepdim=True, unbiased=False)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[
+            :, None, None
+        ]
 
 
 def deployable(G: UNetGenerator, eval_mode: bool) -> UNetGenerator:

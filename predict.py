@@ -46,32 +46,68 @@ from checkpoint import CheckpointError, load_generator
 from config import ConfigError, name_problem
 from dataset import DatasetError, list_images, open_split, read_image
 from dataset import resize as resize_image
+from figures import html_page, save_image
 from generator import UNetGenerator, deployable, translate, translate_items
 from layers import attach_compute_copies
 from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
-from figures import html_page, save_image
-from utils import OutputError, atomic_write, autocast, exit_on_errors, resolve_device, resolve_precision, write_text
+from utils import (
+    OutputError,
+    atomic_write,
+    autocast,
+    exit_on_errors,
+    resolve_device,
+    resolve_precision,
+    write_text,
+)
 
 # What predict.py needs of the run's config, with the defaults of checkpoints older than a field.
-RUN_DEFAULTS = {"name": "run", "results_dir": "results", "dataset": "facades", "data_root": "", "data_layout": "aligned",
-                "direction": "BtoA", "load_size": 286, "image_size": 256, "preprocess": "resize_and_crop",
-                "input_nc": 3, "output_nc": 3, "eval_mode": False, "seed": 0}
+RUN_DEFAULTS = {
+    "name": "run",
+    "results_dir": "results",
+    "dataset": "facades",
+    "data_root": "",
+    "data_layout": "aligned",
+    "direction": "BtoA",
+    "load_size": 286,
+    "image_size": 256,
+    "preprocess": "resize_and_crop",
+    "input_nc": 3,
+    "output_nc": 3,
+    "eval_mode": False,
+    "seed": 0,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("inputs", nargs="*", type=Path, help="input-domain images or folders of them")
     parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint written by train.py")
-    parser.add_argument("--output", type=Path, help="output folder (default: results/<name>/predict or "
-                        "results/<name>/<split>)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="output folder (default: results/<name>/predict or results/<name>/<split>)",
+    )
     parser.add_argument("--split", help="translate and evaluate this paired split (e.g. test) of data_root")
     parser.add_argument("--data_root", help="folder of the paired splits (default: the run's data_root)")
-    parser.add_argument("--fid", action="store_true", help="with --split: also FID and KID (needs "
-                        "pip install -r requirements-eval.txt)")
-    parser.add_argument("--resize", action="store_true", help="resize inputs to image_size and outputs back, "
-                        "instead of padding to the generator's multiple")
-    parser.add_argument("--export", type=Path, metavar="MODEL.onnx", help="write the generator as ONNX and, "
-                        "beside it, as a torch.export .pt2 (needs pip install -r requirements-export.txt)")
+    parser.add_argument(
+        "--fid",
+        action="store_true",
+        help="with --split: also FID and KID (needs pip install -r requirements-eval.txt)",
+    )
+    parser.add_argument(
+        "--resize",
+        action="store_true",
+        help="resize inputs to image_size and outputs back, instead of padding to the generator's multiple",
+    )
+    parser.add_argument(
+        "--export",
+        type=Path,
+        metavar="MODEL.onnx",
+        help="write the generator as ONNX and, "
+        "beside it, as a torch.export .pt2 (needs pip install -r requirements-export.txt)",
+    )
     parser.add_argument("--eval_mode", choices=("true", "false"), help="override the run's eval_mode")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
@@ -93,7 +129,9 @@ def load_run(path: Path, device: torch.device) -> tuple[UNetGenerator, SimpleNam
     settings = SimpleNamespace(**{key: saved.get(key, default) for key, default in RUN_DEFAULTS.items()})
     problem = name_problem(settings.name) if isinstance(settings.name, str) else "must be a string"
     if problem or not isinstance(settings.results_dir, str):
-        raise CheckpointError(f"{path}: its run name {settings.name!r} {problem or 'is not usable'}; give --output")
+        raise CheckpointError(
+            f"{path}: its run name {settings.name!r} {problem or 'is not usable'}; give --output"
+        )
     return G, settings, int(checkpoint.get("epoch", 0))
 
 
@@ -127,8 +165,15 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def translate_image(G: UNetGenerator, settings: SimpleNamespace, real_A: torch.Tensor, device: torch.device, amp,
-                    resize: bool, seed: int | None = None) -> torch.Tensor:
+def translate_image(
+    G: UNetGenerator,
+    settings: SimpleNamespace,
+    real_A: torch.Tensor,
+    device: torch.device,
+    amp,
+    resize: bool,
+    seed: int | None = None,
+) -> torch.Tensor:
     """fake_B (C, H, W) in [-1, 1] for one uint8 (C, H, W) input image, at the image's size:
     padded to the generator's multiple (or, with resize, resized to image_size and back)."""
     height, width = real_A.shape[-2:]
@@ -141,55 +186,97 @@ def translate_image(G: UNetGenerator, settings: SimpleNamespace, real_A: torch.T
     return fake_B
 
 
-def predict_files(G, settings: SimpleNamespace, files: list[Path], output: Path, device, amp, resize: bool) -> None:
+def predict_files(
+    G, settings: SimpleNamespace, files: list[Path], output: Path, device, amp, resize: bool
+) -> None:
     for path in tqdm(files, desc="translating", dynamic_ncols=True):
         real_A = read_image(path, settings.input_nc)  # (C, H, W) uint8
         save_image(translate_image(G, settings, real_A, device, amp, resize), output / f"{path.stem}.png")
 
 
-def evaluate_split(G, settings: SimpleNamespace, folder: Path, output: Path, device, amp, with_fid: bool) -> dict:
+def evaluate_split(
+    G, settings: SimpleNamespace, folder: Path, output: Path, device, amp, with_fid: bool
+) -> dict:
     """Translate a paired split as validation does, write the images, and return metrics.json's content."""
-    data = open_split(folder, settings.data_layout, direction=settings.direction, load_size=settings.load_size,
-                      image_size=settings.image_size, train=False, preprocess=settings.preprocess, input_nc=settings.input_nc,
-                      output_nc=settings.output_nc, multiple=G.size_multiple)
+    data = open_split(
+        folder,
+        settings.data_layout,
+        direction=settings.direction,
+        load_size=settings.load_size,
+        image_size=settings.image_size,
+        train=False,
+        preprocess=settings.preprocess,
+        input_nc=settings.input_nc,
+        output_nc=settings.output_nc,
+        multiple=G.size_multiple,
+    )
     names = [path.stem for path in data.files]
 
     def pairs():
-        items = tqdm((data[i] for i in range(len(data))), total=len(data), desc=f"translating {folder.name}",
-                     dynamic_ncols=True)
-        for index, (real_A, fake_B, real_B) in enumerate(translate_items(G, items, settings.eval_mode, settings.seed,
-                                                                         amp, device)):
+        items = tqdm(
+            (data[i] for i in range(len(data))),
+            total=len(data),
+            desc=f"translating {folder.name}",
+            dynamic_ncols=True,
+        )
+        for index, (real_A, fake_B, real_B) in enumerate(
+            translate_items(G, items, settings.eval_mode, settings.seed, amp, device)
+        ):
             for image, where in ((fake_B, output), (real_A, output / "real_A"), (real_B, output / "real_B")):
                 save_image(image, where / f"{names[index]}.png")
             yield fake_B, real_B
+
     per_image, means = evaluate_pairs(pairs(), with_fid, device)
-    return {"split": str(folder), "images": len(names), "eval_mode": settings.eval_mode, "mean": means,
-            "per_image": [{"name": name, **{k: v[i] for k, v in per_image.items()}} for i, name in enumerate(names)]}
+    return {
+        "split": str(folder),
+        "images": len(names),
+        "eval_mode": settings.eval_mode,
+        "mean": means,
+        "per_image": [
+            {"name": name, **{k: v[i] for k, v in per_image.items()}} for i, name in enumerate(names)
+        ],
+    }
 
 
 def gallery_page(report: dict, title: str) -> str:
     """index.html of a split: the mean metrics, then one row per image: input | generated | target."""
     means = ", ".join(f"{k} {v:.4g}" for k, v in report["mean"].items())
-    rows = ["<tr><th>image</th><th>input</th><th>generated</th><th>target</th><th>L1</th><th>PSNR</th>"
-            "<th>SSIM</th></tr>"]
+    rows = [
+        "<tr><th>image</th><th>input</th><th>generated</th><th>target</th><th>L1</th><th>PSNR</th>"
+        "<th>SSIM</th></tr>"
+    ]
     for item in report["per_image"]:
         # The file name's bytes, %-escaped, so that spaces, '#', '&' and names that are not
         # UTF-8 (surrogate-escaped by Python) all link to the file; shown with U+FFFD for bad bytes.
         png = quote(os.fsencode(f"{item['name']}.png"))
         shown = os.fsencode(item["name"]).decode("utf-8", "replace")
-        images = "".join(f'<td><img src="{src}" alt="{src}" width="256"></td>'
-                         for src in (f"real_A/{png}", png, f"real_B/{png}"))
-        rows.append(f"<tr><td>{html.escape(shown)}</td>{images}<td>{item['L1']:.4f}</td><td>{item['PSNR']:.2f}</td>"
-                    f"<td>{item['SSIM']:.4f}</td></tr>")
-    return html_page(title, [f"<p>{report['images']} images; means: {means}</p>", "<table>", *rows, "</table>"])
+        images = "".join(
+            f'<td><img src="{src}" alt="{src}" width="256"></td>'
+            for src in (f"real_A/{png}", png, f"real_B/{png}")
+        )
+        rows.append(
+            f"<tr><td>{html.escape(shown)}</td>{images}<td>{item['L1']:.4f}</td><td>{item['PSNR']:.2f}</td>"
+            f"<td>{item['SSIM']:.4f}</td></tr>"
+        )
+    return html_page(
+        title, [f"<p>{report['images']} images; means: {means}</p>", "<table>", *rows, "</table>"]
+    )
 
 
 def onnx_metadata(G: UNetGenerator, settings: SimpleNamespace, epoch: int) -> dict[str, str]:
     """What a user of model.onnx needs to feed it and read it, as ONNX metadata_props (strings)."""
-    return {"input_range": "[-1, 1]", "output_range": "[-1, 1]", "layout": "NCHW",
-            "size_multiple": str(G.size_multiple), "direction": settings.direction,
-            "input_channels": str(settings.input_nc), "output_channels": str(settings.output_nc),
-            "eval_mode": str(settings.eval_mode).lower(), "run": str(settings.name), "epoch": str(epoch)}
+    return {
+        "input_range": "[-1, 1]",
+        "output_range": "[-1, 1]",
+        "layout": "NCHW",
+        "size_multiple": str(G.size_multiple),
+        "direction": settings.direction,
+        "input_channels": str(settings.input_nc),
+        "output_channels": str(settings.output_nc),
+        "eval_mode": str(settings.eval_mode).lower(),
+        "run": str(settings.name),
+        "epoch": str(epoch),
+    }
 
 
 def export_generator(G: UNetGenerator, settings: SimpleNamespace, path: Path, epoch: int = 0) -> list[Path]:
@@ -197,19 +284,33 @@ def export_generator(G: UNetGenerator, settings: SimpleNamespace, path: Path, ep
     The ONNX file carries onnx_metadata() in its metadata_props. Returns the files written."""
     missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
-        raise MissingPackageError(f"ONNX export needs the optional packages {' and '.join(missing)}: "
-                                  f"pip install -r requirements-export.txt")
+        raise MissingPackageError(
+            f"ONNX export needs the optional packages {' and '.join(missing)}: "
+            f"pip install -r requirements-export.txt"
+        )
     model = deployable(G, settings.eval_mode).cpu()
     m = G.size_multiple
     example = torch.zeros(2, settings.input_nc, 2 * m, 3 * m)  # (N, C, H, W); 2 and 3 keep dims apart
     # Height and width: any multiple of the generator's 2^depth; batch: any size.
-    dims = {"x": {0: torch.export.Dim("batch"), 2: m * torch.export.Dim("height_blocks"),
-                  3: m * torch.export.Dim("width_blocks")}}
+    dims = {
+        "x": {
+            0: torch.export.Dim("batch"),
+            2: m * torch.export.Dim("height_blocks"),
+            3: m * torch.export.Dim("width_blocks"),
+        }
+    }
     program = torch.export.export(model, (example,), dynamic_shapes=dims)
     atomic_write(path.with_suffix(".pt2"), lambda tmp: torch.export.save(program, tmp))
     print(f"wrote {path.with_suffix('.pt2')} (torch.export program: torch.export.load(...).module())")
-    onnx_program = torch.onnx.export(model, (example,), dynamic_shapes=dims, dynamo=True, verbose=False,
-                                     input_names=["real_A"], output_names=["fake_B"])
+    onnx_program = torch.onnx.export(
+        model,
+        (example,),
+        dynamic_shapes=dims,
+        dynamo=True,
+        verbose=False,
+        input_names=["real_A"],
+        output_names=["fake_B"],
+    )
 
     def write_onnx(tmp: str) -> None:
         import onnx
@@ -219,6 +320,7 @@ def export_generator(G: UNetGenerator, settings: SimpleNamespace, path: Path, ep
         exported = onnx.load(tmp)
         onnx.helper.set_model_props(exported, onnx_metadata(G, settings, epoch))
         onnx.save(exported, tmp)
+
     atomic_write(path, write_onnx)
     print(f"wrote {path} (ONNX: input real_A, output fake_B, NCHW in [-1, 1], sides multiples of {m})")
     return [path.with_suffix(".pt2"), path]
@@ -247,8 +349,11 @@ def run(args: argparse.Namespace) -> Path:
     folder = Path(args.data_root or settings.data_root) / args.split
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such split folder (set --data_root)")
-    report = {"checkpoint": str(args.checkpoint), "epoch": epoch,
-              **evaluate_split(G, settings, folder, output, device, amp, args.fid)}
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "epoch": epoch,
+        **evaluate_split(G, settings, folder, output, device, amp, args.fid),
+    }
     write_text(output / "metrics.json", json.dumps(report, indent=2) + "\n")
     write_text(output / "index.html", gallery_page(report, f"{settings.name}, epoch {epoch}: {args.split}"))
     print("  ".join(f"{k} {v:.4g}" for k, v in report["mean"].items() if isinstance(v, float)))

@@ -20,8 +20,8 @@ from typing import Iterator, TextIO
 import numpy as np
 import torch
 
-from metrics import MissingPackageError
 from figures import plot_curves, save_sample_grid, write_csv, write_gallery
+from metrics import MissingPackageError
 from utils import write_text
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -31,13 +31,17 @@ PROJECT_DIR = Path(__file__).resolve().parent
 # The record of the run: config.json
 # ---------------------------------------------------------------------------------------------
 
+
 def git_version(folder: Path = PROJECT_DIR, timeout: float = 5.0) -> dict | None:
     """{"commit", "dirty"} of the project's checkout, or None where git or the checkout is missing
     (an unpacked copy, no git installed, a repository owned by someone else)."""
+
     def git(*args: str) -> subprocess.CompletedProcess:
         # --no-optional-locks: asking must not write .git/index under another git process.
-        return subprocess.run(["git", "--no-optional-locks", *args], cwd=folder, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            ["git", "--no-optional-locks", *args], cwd=folder, capture_output=True, text=True, timeout=timeout
+        )
+
     try:
         commit = git("rev-parse", "HEAD")
         if commit.returncode != 0:
@@ -56,19 +60,39 @@ def run_record(state, train_pairs: int, val_pairs: int | None) -> dict:
     import torchvision
 
     cfg, world = state.cfg, state.world
-    resolved = {"device": str(state.device), "precision": str(state.dtype).removeprefix("torch."),
-                "threads": torch.get_num_threads(), "world_size": world.size,
-                "global_batch": cfg.batch_size * world.size, "generator_depth": state.generator_kwargs["num_downs"],
-                "data_root": str(Path(cfg.data_root).resolve()), "train_pairs": train_pairs, "val_pairs": val_pairs}
+    resolved = {
+        "device": str(state.device),
+        "precision": str(state.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "world_size": world.size,
+        "global_batch": cfg.batch_size * world.size,
+        "generator_depth": state.generator_kwargs["num_downs"],
+        "data_root": str(Path(cfg.data_root).resolve()),
+        "train_pairs": train_pairs,
+        "val_pairs": val_pairs,
+    }
     if state.device.type == "cuda":
         resolved["gpu"] = torch.cuda.get_device_name(state.device)
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "torchvision": torchvision.__version__, "cuda": torch.version.cuda, "project": git_version()}
-    return {"config": dataclasses.asdict(cfg), "resolved": resolved, "versions": versions,
-            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "start": {"epoch": state.epoch, "iteration": state.progress.iteration,
-                      "resumed": bool(state.epoch or state.progress.iteration)},
-            "host": platform.node(), "command": [Path(sys.argv[0]).name, *sys.argv[1:]]}
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda,
+        "project": git_version(),
+    }
+    return {
+        "config": dataclasses.asdict(cfg),
+        "resolved": resolved,
+        "versions": versions,
+        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "start": {
+            "epoch": state.epoch,
+            "iteration": state.progress.iteration,
+            "resumed": bool(state.epoch or state.progress.iteration),
+        },
+        "host": platform.node(),
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +197,9 @@ class RunLog:
         try:
             self.file.write(line + "\n")
         except OSError as err:  # a full disk must not stop the training; the console still shows all
-            self.console_err.write(f"warning: cannot append to {self.file.name} ({err}); stopped logging to it\n")
+            self.console_err.write(
+                f"warning: cannot append to {self.file.name} ({err}); stopped logging to it\n"
+            )
             self.file.close()
             self.file, self.failed = None, True
 
@@ -195,7 +221,9 @@ def check_tensorboard(cfg) -> bool:
     try:  # asked for explicitly: make sure it really works, before any work
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError as err:
-        raise MissingPackageError(f"--tensorboard: true needs the tensorboard package ({err}): {TENSORBOARD_HINT}") from None
+        raise MissingPackageError(
+            f"--tensorboard: true needs the tensorboard package ({err}): {TENSORBOARD_HINT}"
+        ) from None
     return True
 
 
@@ -213,8 +241,9 @@ class TensorBoardLog:
 
         self.writer = SummaryWriter(log_dir=str(folder), purge_step=start_step + 1)
         # Markdown: indented lines are shown as they are (the text plugin renders Markdown).
-        self.writer.add_text("config", "\n".join("    " + line for line in config_text.splitlines()),
-                             start_step + 1)
+        self.writer.add_text(
+            "config", "\n".join("    " + line for line in config_text.splitlines()), start_step + 1
+        )
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         for tag, value in values.items():
@@ -246,8 +275,9 @@ class Reporter:
     metrics.png, index.html) and results/<name>/tensorboard/. Under torchrun only rank 0
     reports; elsewhere every method does nothing."""
 
-    def __init__(self, state, folder: Path, n_pairs: int, log: RunLog | None = None,
-                 val_pairs: int | None = None) -> None:
+    def __init__(
+        self, state, folder: Path, n_pairs: int, log: RunLog | None = None, val_pairs: int | None = None
+    ) -> None:
         self.folder, self.active = Path(folder), state.world.is_main
         self.loss_names = tuple(name for name in state.history["steps"] if name != "epoch")
         self.log = log or RunLog(active=False)
@@ -278,22 +308,29 @@ class Reporter:
         self.log.open(self.folder / "train.log")
         batch = f"batch {cfg.batch_size}"
         if world.size > 1:
-            batch = f"global batch {cfg.batch_size * world.size} = {cfg.batch_size} per process x {world.size} processes"
-        self.print(f"training {cfg.name}: {n_pairs} pairs, {cfg.direction}, {cfg.image_size} px, {batch}, "
-                   f"on {state.device} in {str(state.dtype).removeprefix('torch.')}")
+            per_process = f"{cfg.batch_size} per process x {world.size} processes"
+            batch = f"global batch {cfg.batch_size * world.size} = {per_process}"
+        self.print(
+            f"training {cfg.name}: {n_pairs} pairs, {cfg.direction}, {cfg.image_size} px, {batch}, "
+            f"on {state.device} in {str(state.dtype).removeprefix('torch.')}"
+        )
 
     def _open_tensorboard(self, state) -> None:
         """The event writer, once the steps per epoch are known (the first epoch's progress)."""
         if not check_tensorboard(state.cfg):
             return
         try:
-            self.tensorboard = TensorBoardLog(self.folder / "tensorboard", self.step(state),
-                                              json.dumps(self.record, indent=2))
+            self.tensorboard = TensorBoardLog(
+                self.folder / "tensorboard", self.step(state), json.dumps(self.record, indent=2)
+            )
         except ImportError as err:  # installed but broken (e.g. a protobuf it cannot use)
             if state.cfg.tensorboard == "true":
-                raise MissingPackageError(f"--tensorboard: cannot load the tensorboard package ({err}): "
-                                  f"{TENSORBOARD_HINT}") from None
-            self.print(f"warning: no TensorBoard logs, the tensorboard package fails to load ({err})", sys.stderr)
+                raise MissingPackageError(
+                    f"--tensorboard: cannot load the tensorboard package ({err}): {TENSORBOARD_HINT}"
+                ) from None
+            self.print(
+                f"warning: no TensorBoard logs, the tensorboard package fails to load ({err})", sys.stderr
+            )
 
     def step(self, state) -> int:
         """The global step: iterations done in the whole run."""
@@ -312,8 +349,14 @@ class Reporter:
         self.epoch_start_iteration = state.progress.iteration
         # A bar only on a terminal: in a file, its redrawn frames would be one long line.
         if self.active and self.console.isatty():
-            self.bar = tqdm(total=n_batches, initial=state.progress.iteration, leave=False, dynamic_ncols=True,
-                            desc=f"epoch {state.epoch + 1}/{state.cfg.epochs}", file=self.console)
+            self.bar = tqdm(
+                total=n_batches,
+                initial=state.progress.iteration,
+                leave=False,
+                dynamic_ncols=True,
+                desc=f"epoch {state.epoch + 1}/{state.cfg.epochs}",
+                file=self.console,
+            )
         try:
             yield self
         finally:
@@ -330,7 +373,9 @@ class Reporter:
         if not self.active:
             return
         if self.tensorboard is not None:
-            self.tensorboard.scalars({f"loss/{name}": value for name, value in means.items()}, self.step(state))
+            self.tensorboard.scalars(
+                {f"loss/{name}": value for name, value in means.items()}, self.step(state)
+            )
         if self.bar is not None:
             self.bar.set_postfix({name: f"{value:.3f}" for name, value in means.items()})
             return
@@ -345,8 +390,11 @@ class Reporter:
         per_iteration = (now - self.epoch_started) / max(done, 1)
         left = per_iteration * (self.n_batches - state.progress.iteration)
         losses = "  ".join(f"{name} {value:.3f}" for name, value in means.items())
-        return (f"epoch {state.epoch + 1}/{state.cfg.epochs}  iteration {state.progress.iteration}/{self.n_batches}"
-                f"  {losses}  {per_iteration:.2f} s/it, {left:.0f} s left in this epoch")
+        return (
+            f"epoch {state.epoch + 1}/{state.cfg.epochs}  "
+            f"iteration {state.progress.iteration}/{self.n_batches}"
+            f"  {losses}  {per_iteration:.2f} s/it, {left:.0f} s left in this epoch"
+        )
 
     def epoch(self, state, val_set, samples: list[list[torch.Tensor]] | None = None) -> None:
         """Everything an epoch shows: the sample grid (of `samples`, validation's first rows, or
@@ -356,18 +404,27 @@ class Reporter:
         cfg, history = state.cfg, state.history
         row = history["epochs"][-1]
         rows = samples or sample_rows(state, val_set)
-        grid = save_sample_grid(rows, self.folder / "samples" / f"epoch_{state.epoch:03d}.png",
-                                title=f"{cfg.name}, epoch {state.epoch}")
+        grid = save_sample_grid(
+            rows,
+            self.folder / "samples" / f"epoch_{state.epoch:03d}.png",
+            title=f"{cfg.name}, epoch {state.epoch}",
+        )
         write_csv(history["epochs"], self.folder / "history.csv")
-        plot_curves(history["epochs"], history["steps"], self.loss_names, self.folder / "loss.png", epoch_means=True)
+        plot_curves(
+            history["epochs"], history["steps"], self.loss_names, self.folder / "loss.png", epoch_means=True
+        )
         metric_names = VAL_NAMES + (FID_NAMES if cfg.val_fid else ())
         if any("val_L1" in r for r in history["epochs"]):
             plot_curves(history["epochs"], {}, metric_names, self.folder / "metrics.png")
-        write_gallery(history["epochs"], self.loss_names, metric_names, self.folder, title=f"Pix2Pix run {cfg.name}")
+        write_gallery(
+            history["epochs"], self.loss_names, metric_names, self.folder, title=f"Pix2Pix run {cfg.name}"
+        )
         if self.tensorboard is not None:
             step = self.step(state)
             values = {f"val/{name.removeprefix('val_')}": row[name] for name in metric_names if name in row}
-            values.update({"train/lr": row["lr"], "train/epoch_seconds": row["seconds"], "train/epoch": state.epoch})
+            values.update(
+                {"train/lr": row["lr"], "train/epoch_seconds": row["seconds"], "train/epoch": state.epoch}
+            )
             self.tensorboard.scalars(values, step)
             self.tensorboard.image("samples", grid, step)
             self.tensorboard.flush()  # an epoch's curves are visible at once, not after flush_secs
@@ -385,7 +442,9 @@ class Reporter:
 
     def finish(self, state, dirs: dict) -> None:
         if state.stop:
-            self.print(f"stopped; {dirs['checkpoints'] / 'latest.pt'} is saved: run the same command to resume")
+            self.print(
+                f"stopped; {dirs['checkpoints'] / 'latest.pt'} is saved: run the same command to resume"
+            )
         else:
             self.print(f"done: {dirs['results']} and {dirs['checkpoints']}")
 
@@ -396,4 +455,6 @@ def sample_rows(state, val_set) -> list[list[torch.Tensor]]:
 
     cfg = state.cfg
     items = (val_set[i] for i in range(min(cfg.num_samples, len(val_set))))
-    return [list(row) for row in translate_items(state.G, items, cfg.eval_mode, cfg.seed, state.amp, state.device)]
+    return [
+        list(row) for row in translate_items(state.G, items, cfg.eval_mode, cfg.seed, state.amp, state.device)
+    ]

@@ -52,7 +52,9 @@ def keep_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         # Blocks up to 1 GiB come from the heap, and up to 2 GiB free at its top is kept.
-        _malloc_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
+        _malloc_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)
+        )
     except (OSError, AttributeError):  # not glibc (musl, say): leave the allocator alone
         _malloc_tuned = False
     return _malloc_tuned
@@ -75,14 +77,23 @@ class GraphedStep:
 
     @staticmethod
     def usable(state) -> bool:
-        return (state.device.type == "cuda" and state.dtype != torch.float16 and state.world.size == 1
-                and torch.cuda.is_available())
+        return (
+            state.device.type == "cuda"
+            and state.dtype != torch.float16
+            and state.world.size == 1
+            and torch.cuda.is_available()
+        )
 
     def __call__(self, state, real_A: torch.Tensor, real_B: torch.Tensor) -> torch.Tensor:
         if self.failed:
             return self.eager(state, real_A, real_B)
-        key = (tuple(real_A.shape), tuple(real_B.shape), real_A.dtype,
-               state.opt_G.param_groups[0]["lr"], state.opt_D.param_groups[0]["lr"])
+        key = (
+            tuple(real_A.shape),
+            tuple(real_B.shape),
+            real_A.dtype,
+            state.opt_G.param_groups[0]["lr"],
+            state.opt_D.param_groups[0]["lr"],
+        )
         if self.graph is None or key != self.key:
             if self.warm < WARMUP_STEPS:
                 self.warm += 1
@@ -127,8 +138,11 @@ class GraphedStep:
 
     def _give_up(self, state, err: Exception) -> None:
         self.failed, self.graph, self.inputs, self.losses = True, None, None, None
-        warnings.warn(f"--cuda_graphs: capturing the training step failed ({type(err).__name__}: "
-                      f"{first_line(err)}); training goes on without CUDA graphs", stacklevel=3)
+        warnings.warn(
+            f"--cuda_graphs: capturing the training step failed ({type(err).__name__}: "
+            f"{first_line(err)}); training goes on without CUDA graphs",
+            stacklevel=3,
+        )
         torch.cuda.synchronize(state.device)
         for opt in (state.opt_D, state.opt_G):
             opt.zero_grad(set_to_none=True)

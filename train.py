@@ -51,10 +51,17 @@ class TrainingError(RuntimeError):
 
 # --- Networks and optimizers ---
 
+
 def generator_kwargs(cfg: Config) -> dict:
     """UNetGenerator's constructor arguments; checkpoints store them, so no config rebuilds it."""
-    return {"in_channels": cfg.input_nc, "out_channels": cfg.output_nc, "ngf": cfg.ngf,
-            "num_downs": generator_depth(cfg), "norm": cfg.norm, "dropout": cfg.dropout}
+    return {
+        "in_channels": cfg.input_nc,
+        "out_channels": cfg.output_nc,
+        "ngf": cfg.ngf,
+        "num_downs": generator_depth(cfg),
+        "norm": cfg.norm,
+        "dropout": cfg.dropout,
+    }
 
 
 def build_discriminator(cfg: Config) -> PatchDiscriminator:
@@ -71,14 +78,19 @@ def lr_factor(epoch: int, epochs: int, decay_epochs: int) -> float:
 def build_optimizers(cfg: Config, G: nn.Module, D: nn.Module) -> tuple[list, list]:
     """Adam for each network, and a LambdaLR per optimizer stepped once per epoch."""
     # fused: one kernel per step for all parameters instead of several passes over 57 M of them.
-    opts = [torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
-            for net in (G, D)]
-    scheds = [torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, cfg.epochs, cfg.lr_decay_epochs))
-              for opt in opts]
+    opts = [
+        torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+        for net in (G, D)
+    ]
+    scheds = [
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, cfg.epochs, cfg.lr_decay_epochs))
+        for opt in opts
+    ]
     return opts, scheds
 
 
 # --- One iteration: the named GAN steps of the official code ---
+
 
 def gan_loss(logits: torch.Tensor, target_is_real: bool) -> torch.Tensor:
     """BCE between every patch logit and the label 1 (real) or 0 (fake), in fp32."""
@@ -137,6 +149,7 @@ def eager_step(state: RunState, real_A: torch.Tensor, real_B: torch.Tensor) -> t
 
 # --- The run ---
 
+
 def setup(cfg: Config, world: ddp.World | None = None, device: torch.device | None = None) -> RunState:
     """Seed, pick device and precision, build networks and optimizers, and an empty history.
 
@@ -157,7 +170,9 @@ def setup(cfg: Config, world: ddp.World | None = None, device: torch.device | No
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its algorithms once, then reuses the best
+        torch.backends.cudnn.benchmark = (
+            True  # fixed shapes: cuDNN times its algorithms once, then reuses the best
+        )
     kwargs = generator_kwargs(cfg)
     G, D = UNetGenerator(**kwargs).to(device), build_discriminator(cfg).to(device)
     init_weights(G, cfg.init_gain)
@@ -175,15 +190,32 @@ def setup(cfg: Config, world: ddp.World | None = None, device: torch.device | No
         for net, opt in ((G, opt_G), (D, opt_D)):
             attach_compute_copies(net, opt, dtype)
     history = {"epochs": [], "steps": {"epoch": [], **{name: [] for name in LOSS_NAMES}}}
-    state = RunState(cfg, world, device, dtype, G, D, G_train, D_train, opt_G, opt_D, sched_G, sched_D,
-                     torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), kwargs, history,
-                     Progress.start(device))
+    state = RunState(
+        cfg,
+        world,
+        device,
+        dtype,
+        G,
+        D,
+        G_train,
+        D_train,
+        opt_G,
+        opt_D,
+        sched_G,
+        sched_D,
+        torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        kwargs,
+        history,
+        Progress.start(device),
+    )
     if cfg.cuda_graphs:
         if GraphedStep.usable(state):
             state.graphed_step = GraphedStep(eager_step)  # train_step replays it
         elif world.is_main:
-            print("--cuda_graphs true: needs CUDA, bf16 or fp32 and one process; training without CUDA graphs",
-                  file=sys.stderr)
+            print(
+                "--cuda_graphs true: needs CUDA, bf16 or fp32 and one process; training without CUDA graphs",
+                file=sys.stderr,
+            )
     return state
 
 
@@ -191,15 +223,19 @@ def check_finite(sums: torch.Tensor, where: str) -> None:
     """Stop on the first loss whose sum is NaN or infinite (one bad step poisons the sum)."""
     for name, value in zip(LOSS_NAMES, sums.tolist()):
         if not math.isfinite(value):
-            raise TrainingError(f"loss {name} became {value} {where}; stopped before saving it, the last "
-                                f"checkpoint holds the last good state")
+            raise TrainingError(
+                f"loss {name} became {value} {where}; stopped before saving it, the last "
+                f"checkpoint holds the last good state"
+            )
 
 
 def log_point(state: RunState, n_batches: int, report: Reporter) -> None:
     """Read back the mean losses of the last few iterations (one host sync) and record a point."""
     p = state.progress
     ddp.mean_over_ranks(p.window, state.world)  # the same in every process: all stop on a NaN together
-    check_finite(p.window, f"in epoch {state.epoch + 1}, iterations {p.iteration - p.in_window + 1}-{p.iteration}")
+    check_finite(
+        p.window, f"in epoch {state.epoch + 1}, iterations {p.iteration - p.in_window + 1}-{p.iteration}"
+    )
     means = dict(zip(LOSS_NAMES, (p.window / p.in_window).tolist()))
     state.history["steps"]["epoch"].append(state.epoch + p.iteration / n_batches)
     for name, value in means.items():
@@ -222,8 +258,11 @@ def train_one_epoch(state: RunState, loader: DataLoader, report: Reporter, dirs:
     with report.progress(state, n_batches):
         # A resumed epoch skips the batches it already trained on (the order is fixed per epoch).
         for real_A, real_B in itertools.islice(loader, p.iteration, None):
-            losses = train_step(state, real_A.to(state.device, non_blocking=True),  # (N, C, H, W) in [-1, 1]
-                                real_B.to(state.device, non_blocking=True))
+            losses = train_step(
+                state,
+                real_A.to(state.device, non_blocking=True),  # (N, C, H, W) in [-1, 1]
+                real_B.to(state.device, non_blocking=True),
+            )
             p.total += losses
             p.window += losses
             p.in_window += 1
@@ -235,7 +274,11 @@ def train_one_epoch(state: RunState, loader: DataLoader, report: Reporter, dirs:
             if p.iteration == n_batches:
                 break
             # Several processes agree on a signal only where they exchange the losses anyway.
-            stop = ddp.any_rank(state.world, state.device, state.stop) if logged or state.world.size == 1 else False
+            stop = (
+                ddp.any_rank(state.world, state.device, state.stop)
+                if logged or state.world.size == 1
+                else False
+            )
             done = state.epoch * n_batches + p.iteration
             if stop or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
                 check_finite(p.total, f"in epoch {state.epoch + 1}")
@@ -260,10 +303,14 @@ def validate(state: RunState, val_set: PairedDataset) -> tuple[dict[str, float],
             if len(samples) < cfg.num_samples:
                 samples.append([real_A, fake_B, real_B])
             yield fake_B, real_B
+
     with ddp.local_norm_stats(G):  # rank 0 generates alone: no synchronised BatchNorm
         items = (val_set[i] for i in range(len(val_set)))
-        _, means = evaluate_pairs(scored(translate_items(G, items, cfg.eval_mode, cfg.seed, state.amp, state.device)),
-                                  cfg.val_fid, state.device)
+        _, means = evaluate_pairs(
+            scored(translate_items(G, items, cfg.eval_mode, cfg.seed, state.amp, state.device)),
+            cfg.val_fid,
+            state.device,
+        )
     return {f"val_{k}": v for k, v in means.items() if k in ("L1", "PSNR", "SSIM", "FID", "KID")}, samples
 
 
@@ -313,8 +360,14 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
                     sched.step()
                 state.epoch += 1
                 state.progress = Progress.start(state.device)
-                state.history["epochs"].append({"epoch": state.epoch, **means, "lr": lr,
-                                                "seconds": round(time.perf_counter() - started, 2)})
+                state.history["epochs"].append(
+                    {
+                        "epoch": state.epoch,
+                        **means,
+                        "lr": lr,
+                        "seconds": round(time.perf_counter() - started, 2),
+                    }
+                )
                 ddp.on_main(world, state.device, lambda: end_of_epoch(state, val_set, report, dirs))
                 ckpt.save_latest(state, dirs["checkpoints"] / "latest.pt")
                 # Only an agreed flag may end the loop: a signal seen by one process alone
@@ -326,8 +379,18 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
 
 
 def main() -> None:
-    with exit_on_errors((ConfigError,), (DatasetError, CheckpointError, OutputError, TrainingError,
-                                         ddp.DistributedError, MissingPackageError, MemoryError)):
+    with exit_on_errors(
+        (ConfigError,),
+        (
+            DatasetError,
+            CheckpointError,
+            OutputError,
+            TrainingError,
+            ddp.DistributedError,
+            MissingPackageError,
+            MemoryError,
+        ),
+    ):
         cfg = parse_args(sys.argv[1:], description=__doc__)
         world = ddp.world_from_env()  # torchrun's RANK, LOCAL_RANK, WORLD_SIZE; else one process
         with ddp.process_group(cfg.device, world) as device:

@@ -24,6 +24,7 @@ import torch
 # Seeding, devices and precision
 # ---------------------------------------------------------------------------------------------
 
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and all GPUs)."""
     random.seed(seed)
@@ -34,9 +35,12 @@ def seed_everything(seed: int) -> None:
 def rng_state() -> dict:
     """The state of every random-number generator, as tensors and plain data (weights_only-safe)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -50,7 +54,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" picks the first GPU when there is one, else the CPU."""
+    """ "auto" picks the first GPU when there is one, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -89,6 +93,7 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 # Writing outputs atomically
 # ---------------------------------------------------------------------------------------------
 
+
 class OutputError(RuntimeError):
     """An output file could not be written (disk full, no permission); the message names it."""
 
@@ -125,11 +130,11 @@ def write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-
 @contextlib.contextmanager
 def on_signals(signals: tuple[int, ...], handle: Callable[[int], None], once: bool) -> Iterator[None]:
     """Call handle(signum) instead of the default action of `signals` (e.g. KeyboardInterrupt);
     with once, a second signal gets the previous action again (a second Ctrl-C stops at once)."""
+
     def handler(signum, frame) -> None:
         handle(signum)
         if once:
@@ -144,7 +149,9 @@ def on_signals(signals: tuple[int, ...], handle: Callable[[int], None], once: bo
 
 
 @contextlib.contextmanager
-def exit_on_errors(usage: tuple[type[BaseException], ...], failures: tuple[type[BaseException], ...]) -> Iterator[None]:
+def exit_on_errors(
+    usage: tuple[type[BaseException], ...], failures: tuple[type[BaseException], ...]
+) -> Iterator[None]:
     """For a script's main(): an expected error becomes one line ``error: ...`` on stderr and exit
     status 2 (a bad setting, `usage`) or 1 (the work failed, `failures`, or memory ran out), and
     a Ctrl-C before the script handles signals itself exits 130; never a traceback."""

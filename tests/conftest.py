@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 from html.parser import HTMLParser
-from urllib.parse import unquote
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -40,6 +40,7 @@ def write_pair(path: Path, a: np.ndarray, b: np.ndarray) -> None:
 @pytest.fixture
 def synthetic_split(tmp_path: Path):
     """Make a split folder of `n` lossless PNG pairs whose B is 255 - A; returns the folder."""
+
     def make(n: int = 3, size: int = 40, name: str = "train") -> Path:
         folder = tmp_path / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -48,6 +49,7 @@ def synthetic_split(tmp_path: Path):
             a = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
             write_pair(folder / f"{i + 1}.png", a, 255 - a)
         return folder
+
     return make
 
 
@@ -57,13 +59,16 @@ def require(module: str):
         return importlib.import_module(module)
     except ImportError:
         if os.environ.get("CI"):
-            pytest.fail(f"{module} is required in CI (pip install -r requirements-test.txt -r requirements-eval.txt)")
+            pytest.fail(
+                f"{module} is required in CI (pip install -r requirements-test.txt -r requirements-eval.txt)"
+            )
         pytest.skip(f"{module} not installed")
 
 
 def require_fid() -> None:
     """The optional FID package (requirements-eval.txt), required in CI like `require`."""
     import metrics
+
     try:
         metrics.inception_weights_path()  # finds the weights without importing the package
     except metrics.MissingPackageError as err:
@@ -96,10 +101,12 @@ def html_links(page: Path) -> list[str]:
 # Running the scripts, and tiny configs
 # ---------------------------------------------------------------------------------------------
 
+
 def tiny_config(**overrides):
     """A config of small networks that trains in seconds: 32 px (a U-Net without dropout) unless
     overridden; tests about dropout or the default recipe's randomness use 64 px or more."""
     from config import Config
+
     settings = dict(image_size=32, load_size=36, ngf=8, ndf=8, precision="fp32", num_samples=1)
     return Config(**{**settings, **overrides})
 
@@ -107,6 +114,7 @@ def tiny_config(**overrides):
 def cli_args(cfg) -> list[str]:
     """Every field of a Config as --field=value, for running a script with exactly that config."""
     import dataclasses
+
     return [f"--{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)]
 
 
@@ -125,13 +133,25 @@ def run_main(main, argv: list, cwd: Path, monkeypatch, capsys) -> tuple[int, str
 
 def run_script(script: str, *args, cwd, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
     """python <script> args, as a user runs it; the timeout turns a hang into a failure."""
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 def start_script(script: str, *args, cwd, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / script), *map(str, args)],
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
 
 
 def wait_for(path: Path, process: subprocess.Popen | None = None, timeout: float = 120) -> None:
@@ -151,4 +171,6 @@ def error_lines(result: subprocess.CompletedProcess) -> list[str]:
 
 
 def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "slow: end-to-end runs of several processes (deselect with -m 'not slow')")
+    config.addinivalue_line(
+        "markers", "slow: end-to-end runs of several processes (deselect with -m 'not slow')"
+    )

@@ -1,6 +1,7 @@
 """Run train.py, ending the process as kill -9 would (os._exit) at one chosen file write.
 
-    FAULT_AT=<k> [FAULT_MATCH=<text>] [FAULT_WHEN=before|after] python tests/fault_injection.py <train.py args>
+    FAULT_AT=<k> [FAULT_MATCH=<text>] [FAULT_WHEN=before|after] \
+        python tests/fault_injection.py <train.py args>
 
 The k-th write whose path contains FAULT_MATCH (default: every write counts) ends the process
 `before` the complete temporary file is moved into place (leaving it behind, as a kill during
@@ -19,7 +20,11 @@ import utils  # noqa: E402
 
 
 def main() -> None:
-    at, match, when = int(os.environ["FAULT_AT"]), os.environ.get("FAULT_MATCH", ""), os.environ.get("FAULT_WHEN", "before")
+    at, match, when = (
+        int(os.environ["FAULT_AT"]),
+        os.environ.get("FAULT_MATCH", ""),
+        os.environ.get("FAULT_WHEN", "before"),
+    )
     real_write, seen = utils.atomic_write, []
 
     def atomic_write(path, write) -> None:

@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 from config import Config, ConfigError, parse_args
-from conftest import ROOT
 
 
 def test_defaults_are_the_official_facades_recipe():
@@ -18,27 +18,47 @@ def test_defaults_are_the_official_facades_recipe():
 
 
 def test_every_field_is_overridable():
-    cfg = parse_args(["--epochs", "3", "--data_root", "x/facades", "--flip", "false", "--lr", "1e-3",
-                      "--direction", "AtoB", "--image_size", "128", "--load_size", "142"])
-    assert cfg == Config(epochs=3, data_root="x/facades", flip=False, lr=1e-3, direction="AtoB",
-                         image_size=128, load_size=142)
+    cfg = parse_args(
+        [
+            "--epochs",
+            "3",
+            "--data_root",
+            "x/facades",
+            "--flip",
+            "false",
+            "--lr",
+            "1e-3",
+            "--direction",
+            "AtoB",
+            "--image_size",
+            "128",
+            "--load_size",
+            "142",
+        ]
+    )
+    assert cfg == Config(
+        epochs=3, data_root="x/facades", flip=False, lr=1e-3, direction="AtoB", image_size=128, load_size=142
+    )
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--epoch", "3"], "--epoch: unknown setting"),
-    (["--epochs", "three"], "--epochs: expected int, got 'three'"),
-    (["--lr", "fast"], "--lr: expected float"),
-    (["--flip", "maybe"], "--flip: expected true or false"),
-    (["--lr", "0"], "--lr: must be > 0"),
-    (["--lr", "nan"], "--lr: expected a finite number"),
-    (["--direction", "AtoC"], "--direction: must be one of AtoB, BtoA"),
-    (["--image_size", "100", "--load_size", "100"], "--image_size: must be a multiple of 32"),
-    (["--load_size", "200"], "--load_size: must be >= image_size"),
-    (["--epochs", "0"], "--epochs: must be >= 1"),
-    (["--norm", "group"], "--norm: must be one of batch, instance"),
-    (["--precision", "fp8"], "--precision: must be one of auto, fp32, bf16, fp16"),
-    (["--epochs"], "--epochs: expected one argument"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--epoch", "3"], "--epoch: unknown setting"),
+        (["--epochs", "three"], "--epochs: expected int, got 'three'"),
+        (["--lr", "fast"], "--lr: expected float"),
+        (["--flip", "maybe"], "--flip: expected true or false"),
+        (["--lr", "0"], "--lr: must be > 0"),
+        (["--lr", "nan"], "--lr: expected a finite number"),
+        (["--direction", "AtoC"], "--direction: must be one of AtoB, BtoA"),
+        (["--image_size", "100", "--load_size", "100"], "--image_size: must be a multiple of 32"),
+        (["--load_size", "200"], "--load_size: must be >= image_size"),
+        (["--epochs", "0"], "--epochs: must be >= 1"),
+        (["--norm", "group"], "--norm: must be one of batch, instance"),
+        (["--precision", "fp8"], "--precision: must be one of auto, fp32, bf16, fp16"),
+        (["--epochs"], "--epochs: expected one argument"),
+    ],
+)
 def test_bad_settings_name_the_field(argv, message):
     with pytest.raises(ConfigError) as err:
         parse_args(argv)
@@ -47,8 +67,13 @@ def test_bad_settings_name_the_field(argv, message):
 
 @pytest.mark.parametrize("argv", [["--batchsize", "4"], ["--lr", "-1"], ["--image_size", "250"]])
 def test_train_py_exits_2_with_one_line(argv, tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --"), result.stderr
@@ -59,17 +84,25 @@ def test_choices_agree_with_the_modules_that_take_them():
     """config.py imports nothing of the project, so its lists of choices are copies: keep them equal."""
     import config
     import dataset
+
     assert config.LAYOUTS == dataset.LAYOUTS and config.PREPROCESS_MODES == dataset.PREPROCESS_MODES
     assert config.DATASETS["facades"].splits == dataset.FACADES_COUNTS
 
 
 def test_help_and_the_readme_table_come_from_the_field_metadata(tmp_path):
-    import config
     from conftest import ROOT
+
+    import config
+
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert config.markdown_table() in readme, "README's config table: paste `python config.py --markdown`"
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], cwd=tmp_path, capture_output=True,
-                            text=True, env={**os.environ, "COLUMNS": "400"})
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "400"},
+    )
     assert result.returncode == 0
     for field in dataclasses.fields(config.Config):
         assert field.metadata["help"] and field.metadata["help"] in result.stdout, field.name

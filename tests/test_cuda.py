@@ -5,9 +5,9 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import tiny_config
 
 import train
-from conftest import tiny_config
 from generator import translate
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -29,8 +29,17 @@ def test_cuda_step_moves_both_networks_in_every_precision(precision):
 def test_cuda_run_writes_a_checkpoint_that_loads_on_the_cpu(synthetic_split, tmp_path):
     root = synthetic_split(n=4, size=72).parent
     synthetic_split(n=2, size=72, name="val")
-    cfg = tiny_config(data_root=str(root), image_size=64, load_size=72, device="cuda", precision="auto", epochs=2,
-                      checkpoint_dir=str(tmp_path / "ck"), results_dir=str(tmp_path / "res"), name="gpu")
+    cfg = tiny_config(
+        data_root=str(root),
+        image_size=64,
+        load_size=72,
+        device="cuda",
+        precision="auto",
+        epochs=2,
+        checkpoint_dir=str(tmp_path / "ck"),
+        results_dir=str(tmp_path / "res"),
+        name="gpu",
+    )
     train.train(cfg)
     saved = torch.load(tmp_path / "ck" / "gpu" / "latest.pt", map_location="cpu", weights_only=True)
     assert saved["epoch"] == 2 and 0 < saved["history"]["epochs"][-1]["val_L1"] < 1

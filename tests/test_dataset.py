@@ -7,8 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset import (AlignedDataset, DatasetError, PairedFoldersDataset, list_images, read_image, read_pair,
-                     read_two)
+from dataset import (
+    AlignedDataset,
+    DatasetError,
+    PairedFoldersDataset,
+    list_images,
+    read_image,
+    read_pair,
+    read_two,
+)
 
 
 def test_files_are_sorted_numerically(tmp_path):
@@ -113,6 +120,7 @@ def test_image_smaller_than_the_crop_is_resized_up(tmp_path):
 # Images as people have them: high bit depths, EXIF orientation, two files of one name
 # ---------------------------------------------------------------------------------------------
 
+
 def as_8bit(values16: np.ndarray) -> np.ndarray:
     return np.rint(values16 / 257).astype(np.uint8)
 
@@ -124,11 +132,14 @@ def gradient16() -> np.ndarray:
     return pixels
 
 
-@pytest.mark.parametrize("name,mode", [("1.png", "I;16"), ("1.tif", "I;16"), ("1.tif", "I;16B"), ("1.tif", "I")])
+@pytest.mark.parametrize(
+    "name,mode", [("1.png", "I;16"), ("1.tif", "I;16"), ("1.tif", "I;16B"), ("1.tif", "I")]
+)
 def test_16_bit_gray_is_scaled_not_clipped(tmp_path, name, mode):
     pixels = gradient16()
-    image = Image.fromarray(pixels.astype(">u2") if mode == "I;16B" else pixels.astype(np.int32) if mode == "I"
-                            else pixels)
+    image = Image.fromarray(
+        pixels.astype(">u2") if mode == "I;16B" else pixels.astype(np.int32) if mode == "I" else pixels
+    )
     assert image.mode == mode
     image.save(tmp_path / name)
     real_A, real_B = read_pair(tmp_path / name)  # uint8 (3, 16, 32) each
@@ -150,9 +161,14 @@ def write_png16(path, pixels: np.ndarray) -> None:
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     header = struct.pack(">IIBBBBB", width, height, 16, {3: 2, 4: 6}[channels], 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("channels", [3, 4])
@@ -171,7 +187,7 @@ def quadrants(size: int = 16) -> np.ndarray:
     """(2 size, 2 size, 3) uint8 of four flat colours, which shows any turn or mirror."""
     pixels = np.zeros((2 * size, 2 * size, 3), np.uint8)
     for (top, left), colour in zip([(0, 0), (0, size), (size, 0), (size, size)], QUADRANTS):
-        pixels[top:top + size, left:left + size] = colour
+        pixels[top : top + size, left : left + size] = colour
     return pixels
 
 
@@ -208,15 +224,19 @@ def test_each_file_of_a_pair_is_turned_by_its_own_tag(tmp_path):
     Image.fromarray(quadrants()).save(tmp_path / "A" / "2.png")  # upright, no tag
     save_sideways(Image.fromarray(255 - quadrants()), tmp_path / "B" / "2.jpg", orientation=6)
     for stem in ("1", "2"):
-        assert_upright_pair(*read_two(next((tmp_path / "A").glob(f"{stem}.*")), tmp_path / "B" / f"{stem}.jpg"))
+        assert_upright_pair(
+            *read_two(next((tmp_path / "A").glob(f"{stem}.*")), tmp_path / "B" / f"{stem}.jpg")
+        )
     assert len(PairedFoldersDataset(tmp_path, "AtoB", 32, 32, train=False)) == 2
 
 
 def test_two_files_of_one_name_are_refused_in_one_line(synthetic_split):
     folder = synthetic_split(n=2)
     Image.open(folder / "1.png").save(folder / "1.jpg")
-    expected = (f"{folder}: 1.jpg and 1.png have the same name without extension; keep one (pairs are matched "
-                f"and predictions named by that name, so which one is meant is ambiguous)")
+    expected = (
+        f"{folder}: 1.jpg and 1.png have the same name without extension; keep one (pairs are matched "
+        f"and predictions named by that name, so which one is meant is ambiguous)"
+    )
     # predict.py reads folders with list_images, the datasets with scan_folder
     for read in (list_images, lambda f: AlignedDataset(f, "BtoA", 32, 32, train=False)):
         with pytest.raises(DatasetError) as err:
@@ -228,12 +248,19 @@ def test_two_files_of_one_name_are_refused_in_one_line(synthetic_split):
 # Bad files: one line naming the file, never a traceback
 # ---------------------------------------------------------------------------------------------
 
+
 def png_with(width: int, height: int, tail: bytes = b"") -> bytes:
     """A PNG header of width x height (RGB), then `tail` in place of pixel data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + tail + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + tail
+        + chunk(b"IEND", b"")
+    )
 
 
 def broken_chunk_png() -> bytes:
@@ -244,25 +271,38 @@ def broken_chunk_png() -> bytes:
     return png_with(64, 64, idat + struct.pack(">I", 0) + b"$\xe8`\xf1" + struct.pack(">I", 0))
 
 
-@pytest.mark.parametrize("content,reason", [
-    (b"", "cannot decode image (UnidentifiedImageError: cannot identify image file"),
-    (png_with(40000, 40000), "cannot decode image (DecompressionBombError: Image size (1600000000 pixels)"),
-    (broken_chunk_png(), "cannot decode image (SyntaxError: broken PNG file"),
-    (b"GIF89a not really", "cannot decode image (UnidentifiedImageError"),
-], ids=["zero-bytes", "huge-dimensions", "broken-png-chunk", "wrong-content"])
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        (b"", "cannot decode image (UnidentifiedImageError: cannot identify image file"),
+        (
+            png_with(40000, 40000),
+            "cannot decode image (DecompressionBombError: Image size (1600000000 pixels)",
+        ),
+        (broken_chunk_png(), "cannot decode image (SyntaxError: broken PNG file"),
+        (b"GIF89a not really", "cannot decode image (UnidentifiedImageError"),
+    ],
+    ids=["zero-bytes", "huge-dimensions", "broken-png-chunk", "wrong-content"],
+)
 def test_a_bad_image_file_is_named(synthetic_split, content, reason):
     folder = synthetic_split(n=2)
     (folder / "3.png").write_bytes(content)
     with pytest.raises(DatasetError) as err:
         AlignedDataset(folder, "BtoA", 32, 32, train=False)
-    assert "\n" not in str(err.value) and str(err.value).startswith(f"{folder / '3.png'}: {reason}"), err.value
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"{folder / '3.png'}: {reason}"), (
+        err.value
+    )
 
 
-@pytest.mark.parametrize("make,what", [
-    (lambda path: path.mkdir(), "a folder"),
-    (lambda path: path.symlink_to(path.parent / "gone.png"), "a broken link"),
-    (lambda path: os.mkfifo(path), "not a regular file"),
-], ids=["folder", "broken-link", "fifo"])
+@pytest.mark.parametrize(
+    "make,what",
+    [
+        (lambda path: path.mkdir(), "a folder"),
+        (lambda path: path.symlink_to(path.parent / "gone.png"), "a broken link"),
+        (lambda path: os.mkfifo(path), "not a regular file"),
+    ],
+    ids=["folder", "broken-link", "fifo"],
+)
 def test_an_entry_named_like_an_image_that_is_no_file_is_named(synthetic_split, make, what):
     folder = synthetic_split(n=2)
     make(folder / "3.png")
@@ -281,6 +321,7 @@ def test_unreadable_file_is_named(synthetic_split, monkeypatch):
             if os.path.basename(path) == "2.png":
                 raise PermissionError(13, "Permission denied", str(path))
             return real_open(path, *args, **kwargs)
+
         monkeypatch.setattr(Image, "open", refusing_open)
     with pytest.raises(DatasetError, match=r"2\.png: cannot decode image \(PermissionError"):
         AlignedDataset(folder, "BtoA", 32, 32, train=False)

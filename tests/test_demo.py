@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, require
 from PIL import Image
 
 import demo
 import facades_palette
 import predict
 import train
-from config import Config
-from conftest import ROOT, require
 from checkpoint import full_checkpoint, save_checkpoint
+from config import Config
 from dataset import read_image
 from utils import autocast, resolve_precision
 
@@ -43,13 +43,17 @@ def tiny_checkpoint(path: Path, **config) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny facades run whose data is not on this machine (the demo then offers the blank only)."""
-    return tiny_checkpoint(tmp_path_factory.mktemp("run") / "best.pt", data_root="no/such/folder", name="tiny")
+    return tiny_checkpoint(
+        tmp_path_factory.mktemp("run") / "best.pt", data_root="no/such/folder", name="tiny"
+    )
 
 
 @pytest.fixture(scope="module")
 def facades_checkpoint(facades, tmp_path_factory) -> Path:
     """A tiny facades run whose data_root is the real facades set (its val/test maps are the examples)."""
-    return tiny_checkpoint(tmp_path_factory.mktemp("facades") / "best.pt", data_root=str(facades), name="tiny")
+    return tiny_checkpoint(
+        tmp_path_factory.mktemp("facades") / "best.pt", data_root=str(facades), name="tiny"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +64,12 @@ def custom_run(tmp_path_factory) -> tuple[Path, Path]:
     for side in ("A", "B"):
         (root / "val" / side).mkdir(parents=True)
         for name in ("p1", "p2"):
-            Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(root / "val" / side / f"{name}.png")
-    checkpoint = tiny_checkpoint(root / "best.pt", dataset="custom", data_root=str(root), data_layout="paired_folders",
-                                 name="shoes")
+            Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(
+                root / "val" / side / f"{name}.png"
+            )
+    checkpoint = tiny_checkpoint(
+        root / "best.pt", dataset="custom", data_root=str(root), data_layout="paired_folders", name="shoes"
+    )
     return checkpoint, root
 
 
@@ -70,8 +77,10 @@ def custom_run(tmp_path_factory) -> tuple[Path, Path]:
 # The translate function, on its own
 # ---------------------------------------------------------------------------------------------
 
+
 def test_translate_image_is_predicts_file_path(checkpoint, tmp_path):
-    """predict.translate_image on a decoded image is exactly what predict.py writes for the file, at any size."""
+    """predict.translate_image on a decoded image is exactly what predict.py writes for the file,
+    at any size."""
     G, cfg, _ = predict.load_run(checkpoint, torch.device("cpu"))
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)  # 90x70: not multiples of the generator's 64
@@ -79,7 +88,9 @@ def test_translate_image_is_predicts_file_path(checkpoint, tmp_path):
     real_A = torch.from_numpy(image).permute(2, 0, 1)
     for resize in (False, True):
         from_tensor = predict.translate_image(G, cfg, real_A, torch.device("cpu"), None, resize)
-        predict.predict_files(G, cfg, [tmp_path / "in.png"], tmp_path / "out", torch.device("cpu"), None, resize)
+        predict.predict_files(
+            G, cfg, [tmp_path / "in.png"], tmp_path / "out", torch.device("cpu"), None, resize
+        )
         with Image.open(tmp_path / "out" / "in.png") as written:
             from_file = torch.from_numpy(np.array(written)).permute(2, 0, 1)
         assert from_tensor.shape == (3, 70, 90)
@@ -112,9 +123,13 @@ def test_uploads_are_read_and_translated_as_predict_does(checkpoint, tmp_path):
     cpu = torch.device("cpu")
     G, cfg, _ = predict.load_run(checkpoint, cpu)
     amp = autocast(cpu, resolve_precision("auto", cpu))
-    expected = predict.translate_image(G, cfg, read_image(tmp_path / "upload.png", cfg.input_nc), cpu, amp, False)
-    assert np.array_equal(model.translate(image, cfg.seed, False),
-                          expected.add(1).mul(127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy())
+    expected = predict.translate_image(
+        G, cfg, read_image(tmp_path / "upload.png", cfg.input_nc), cpu, amp, False
+    )
+    assert np.array_equal(
+        model.translate(image, cfg.seed, False),
+        expected.add(1).mul(127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy(),
+    )
     (tmp_path / "notes.png").write_text("not an image")
     with pytest.raises(ValueError, match="notes.png"):
         model.read(tmp_path / "notes.png")
@@ -122,7 +137,9 @@ def test_uploads_are_read_and_translated_as_predict_does(checkpoint, tmp_path):
 
 def test_gray_input_run_takes_rgb_canvas(tmp_path):
     """A 1-channel run gets the editor's RGB image converted as predict converts a file."""
-    model = demo.load_model(tiny_checkpoint(tmp_path / "gray.pt", input_nc=1, output_nc=1, dataset="custom"), "cpu")
+    model = demo.load_model(
+        tiny_checkpoint(tmp_path / "gray.pt", input_nc=1, output_nc=1, dataset="custom"), "cpu"
+    )
     out = model.translate(np.full((40, 50, 3), 128, np.uint8), 0, False)
     assert out.shape == (40, 50, 1)
     assert demo.to_rgb(out).shape == (40, 50, 3)
@@ -132,16 +149,30 @@ def test_gray_input_run_takes_rgb_canvas(tmp_path):
 # Palette, starting points, examples
 # ---------------------------------------------------------------------------------------------
 
+
 def test_palette_is_derived_from_the_label_maps(facades):
     """The constants are what k-means finds in the training label maps (here on a sample of them)."""
-    colours = facades_palette.derive_palette(facades_palette.training_label_maps(facades, limit=20),
-                                             samples=50_000, restarts=2)
+    colours = facades_palette.derive_palette(
+        facades_palette.training_label_maps(facades, limit=20), samples=50_000, restarts=2
+    )
     expected = np.array([rgb for _, rgb in facades_palette.FACADES_CLASSES])
     assert colours.shape == (12, 3)
     assert np.abs(colours.astype(int) - expected).max() <= 3
     names = [name for name, _ in facades_palette.FACADES_CLASSES]
-    assert names == ["background", "facade", "window", "door", "cornice", "sill", "balcony", "blind", "deco",
-                     "molding", "pillar", "shop"]
+    assert names == [
+        "background",
+        "facade",
+        "window",
+        "door",
+        "cornice",
+        "sill",
+        "balcony",
+        "blind",
+        "deco",
+        "molding",
+        "pillar",
+        "shop",
+    ]
 
 
 def test_facades_starting_points_are_a_blank_and_the_label_maps(facades, facades_checkpoint):
@@ -179,6 +210,7 @@ def test_other_runs_offer_their_inputs_and_no_blank(custom_run):
 # Errors: one line each, before anything starts
 # ---------------------------------------------------------------------------------------------
 
+
 def run_main(argv: list, capsys) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exit_info:
         demo.main([str(a) for a in argv])
@@ -203,8 +235,11 @@ def test_missing_and_invalid_checkpoints(tmp_path, capsys):
     require("gradio")
     (tmp_path / "junk.pt").write_bytes(b"this is not a checkpoint")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
-    for name, why in (("nope.pt", "no such checkpoint file"), ("junk.pt", "not a loadable checkpoint"),
-                      ("other.pt", "not a pix2pix checkpoint")):
+    for name, why in (
+        ("nope.pt", "no such checkpoint file"),
+        ("junk.pt", "not a loadable checkpoint"),
+        ("other.pt", "not a pix2pix checkpoint"),
+    ):
         code, err = run_main(["--checkpoint", tmp_path / name, "--port", free_port()], capsys)
         assert code != 0
         assert_one_error_line(err, name, why)
@@ -237,11 +272,12 @@ def test_bad_settings(checkpoint, tmp_path, capsys):
     assert_one_error_line(err, "--live", "sometimes")
     require("gradio")
     port = ["--port", free_port()]
-    for args, parts in ((["--host", "no-such-host.invalid"], ["--host no-such-host.invalid"]),
-                        (["--data_root", tmp_path / "nowhere"], ["--data_root", "nowhere: no such folder"]),
-                        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"],
-                         ["--device"]),
-                        (["--device", "abacus"], ["--device abacus: not a device name"])):
+    for args, parts in (
+        (["--host", "no-such-host.invalid"], ["--host no-such-host.invalid"]),
+        (["--data_root", tmp_path / "nowhere"], ["--data_root", "nowhere: no such folder"]),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], ["--device"]),
+        (["--device", "abacus"], ["--device abacus: not a device name"]),
+    ):
         code, err = run_main(["--checkpoint", checkpoint, *port, *args], capsys)
         assert code != 0
         assert_one_error_line(err, *parts)
@@ -257,6 +293,7 @@ def test_palette_script_needs_the_data(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 # The app in a real browser
 # ---------------------------------------------------------------------------------------------
+
 
 def require_browser():
     """Selenium and Debian's Chromium + driver: a failure in CI (which installs them), locally a skip."""
@@ -293,10 +330,13 @@ class Server:
         env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
         # --live on: the photo follows each stroke however busy the machine is while it times a generation.
         command = [sys.executable, "demo.py", *map(str, args), "--port", str(self.port), "--live", "on"]
-        self.process = subprocess.Popen(command,
-                                        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [self.lines.put(line) for line in self.process.stdout], daemon=True).start()
+        threading.Thread(
+            target=lambda: [self.lines.put(line) for line in self.process.stdout], daemon=True
+        ).start()
 
     def url(self, timeout: float = 90) -> str:
         deadline, seen = time.monotonic() + timeout, []
@@ -322,8 +362,9 @@ class Server:
 
 def output_src(driver) -> str | None:
     # One script call: Gradio replaces the <img> as images arrive, so a found element can go stale.
-    return driver.execute_script("const image = document.querySelector('#output img'); "
-                                 "return image ? image.src : null;")
+    return driver.execute_script(
+        "const image = document.querySelector('#output img'); return image ? image.src : null;"
+    )
 
 
 def wait_for_new_output(driver, old: str | None, timeout: float = 30) -> str:
@@ -354,7 +395,8 @@ def choose_start(driver, name: str) -> None:
 def upload_file(driver, path: Path) -> None:
     """Give `path` to the "upload an input image" button, as choosing it in the file dialog does."""
     field = driver.execute_script(  # the button's own file input, not the editor's
-        "return [...document.querySelectorAll('input[type=file]')].find(i => !i.closest('#editor'));")
+        "return [...document.querySelectorAll('input[type=file]')].find(i => !i.closest('#editor'));"
+    )
     field.send_keys(str(path))
 
 
@@ -363,8 +405,15 @@ def paint_stroke(driver, dy: int = 0) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
 
     canvas = driver.find_element("css selector", "#editor .pixi-target canvas")
-    (ActionChains(driver).move_to_element_with_offset(canvas, -50, dy - 50).click_and_hold()
-     .move_by_offset(50, 20).move_by_offset(50, 40).release().perform())
+    (
+        ActionChains(driver)
+        .move_to_element_with_offset(canvas, -50, dy - 50)
+        .click_and_hold()
+        .move_by_offset(50, 20)
+        .move_by_offset(50, 40)
+        .release()
+        .perform()
+    )
 
 
 def assert_photo(image: np.ndarray, height: int, width: int) -> None:
@@ -373,8 +422,11 @@ def assert_photo(image: np.ndarray, height: int, width: int) -> None:
 
 
 def pick_class(driver, name: str) -> None:
-    next(label for label in driver.find_elements("css selector", "#classes label")
-         if label.text.strip() == name).click()
+    next(
+        label
+        for label in driver.find_elements("css selector", "#classes label")
+        if label.text.strip() == name
+    ).click()
     time.sleep(0.5)  # the page selects the brush and the class's swatch in a few steps
 
 

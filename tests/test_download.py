@@ -83,10 +83,26 @@ def test_train_py_without_data_exits_with_one_line(server, tmp_path):
     import sys
 
     from conftest import ROOT
+
     _, url = server
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data_root", str(tmp_path / "facades"),
-                             "--download_url", f"{url}/missing.tar.gz", "--ngf", "8", "--ndf", "8"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "--data_root",
+            str(tmp_path / "facades"),
+            "--download_url",
+            f"{url}/missing.tar.gz",
+            "--ngf",
+            "8",
+            "--ndf",
+            "8",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "facades: data missing" in errors[0], result.stderr
@@ -126,6 +142,7 @@ def test_interrupted_download_is_retried_cleanly(server, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Every failure is one line naming the URL and the reason, and leaves nothing behind
 # ---------------------------------------------------------------------------------------------
+
 
 def _serve_raw(sock: socket.socket, reply: bytes, hold: float, done: threading.Event) -> None:
     """Answer each connection with `reply` after reading the request, hold it `hold` seconds (or
@@ -179,23 +196,38 @@ def failure(tmp_path, url: str, timeout: float = 5.0) -> str:
     return message
 
 
-@pytest.mark.parametrize("reply,reason", [
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100,
-     "(the body was cut short: 100 of the 1000 bytes promised)"),
-    (b"SSH-2.0-OpenSSH_9.6\r\n", "(the reply is not HTTP (it starts 'SSH-2.0-OpenSSH_9.6'))"),
-    (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\xff\r\n\r\n", "(the reply is not HTTP (it starts '\\x16\\x03"),
-    (b"HTTP/1.1 20O OK\r\n\r\n", "(the reply is not HTTP (it starts 'HTTP/1.1 20O OK'))"),
-    (b"", "(the server closed the connection without a reply)"),
-    (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", "(HTTP 404 Not Found)"),
-    (b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n", "(HTTP 500 Internal Server Error)"),
-], ids=["cut-short", "not-http", "binary-garbage", "bad-status", "no-reply", "404", "500"])
+@pytest.mark.parametrize(
+    "reply,reason",
+    [
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100,
+            "(the body was cut short: 100 of the 1000 bytes promised)",
+        ),
+        (b"SSH-2.0-OpenSSH_9.6\r\n", "(the reply is not HTTP (it starts 'SSH-2.0-OpenSSH_9.6'))"),
+        (
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\xff\r\n\r\n",
+            "(the reply is not HTTP (it starts '\\x16\\x03",
+        ),
+        (b"HTTP/1.1 20O OK\r\n\r\n", "(the reply is not HTTP (it starts 'HTTP/1.1 20O OK'))"),
+        (b"", "(the server closed the connection without a reply)"),
+        (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", "(HTTP 404 Not Found)"),
+        (
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
+            "(HTTP 500 Internal Server Error)",
+        ),
+    ],
+    ids=["cut-short", "not-http", "binary-garbage", "bad-status", "no-reply", "404", "500"],
+)
 def test_a_bad_reply_is_named(raw_server, tmp_path, reply, reason):
     message = failure(tmp_path, raw_server(reply) + "/facades.tar.gz")
     assert reason in message, message
 
 
-@pytest.mark.parametrize("reply", [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100],
-                         ids=["before-the-reply", "in-the-body"])
+@pytest.mark.parametrize(
+    "reply",
+    [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100],
+    ids=["before-the-reply", "in-the-body"],
+)
 def test_a_server_that_stalls_times_out(raw_server, tmp_path, reply):
     started = time.monotonic()
     message = failure(tmp_path, raw_server(reply, hold=8) + "/facades.tar.gz", timeout=0.5)
@@ -210,13 +242,16 @@ def test_a_refused_connection_is_named(tmp_path):
     assert "Connection refused" in message, message
 
 
-@pytest.mark.parametrize("url,reason", [
-    ("htp:/x", "(unknown url type: htp)"),
-    ("http://", "(no host given)"),
-    ("not a url", "(ValueError: unknown url type: 'not a url')"),
-    ("http://[::1/facades.tar.gz", "Invalid IPv6 URL"),
-    ("http://127.0.0.1:port/facades.tar.gz", "nonnumeric port"),
-])
+@pytest.mark.parametrize(
+    "url,reason",
+    [
+        ("htp:/x", "(unknown url type: htp)"),
+        ("http://", "(no host given)"),
+        ("not a url", "(ValueError: unknown url type: 'not a url')"),
+        ("http://[::1/facades.tar.gz", "Invalid IPv6 URL"),
+        ("http://127.0.0.1:port/facades.tar.gz", "nonnumeric port"),
+    ],
+)
 def test_a_malformed_url_is_named(tmp_path, url, reason):
     assert reason in failure(tmp_path, url)
 
@@ -224,10 +259,12 @@ def test_a_malformed_url_is_named(tmp_path, url, reason):
 def _damage(path, how: str) -> None:
     data = path.read_bytes()
     if how == "truncated":
-        path.write_bytes(data[:len(data) // 2])
+        path.write_bytes(data[: len(data) // 2])
     elif how == "corrupt":  # deflate data changed in the middle: a bad stream or a CRC mismatch
         middle = len(data) // 2
-        path.write_bytes(data[:middle] + bytes(b ^ 0x5A for b in data[middle:middle + 64]) + data[middle + 64:])
+        path.write_bytes(
+            data[:middle] + bytes(b ^ 0x5A for b in data[middle : middle + 64]) + data[middle + 64 :]
+        )
     else:  # a web page where the archive should be
         path.write_bytes(b"<html><body>moved</body></html>")
 
@@ -241,7 +278,8 @@ def test_a_damaged_archive_is_named(server, tmp_path, how):
         ensure_facades(tmp_path / "data" / "facades", f"{url}/facades.tar.gz")
     message = str(err.value)
     assert "\n" not in message and message.startswith(
-        f"facades.tar.gz from {url}/facades.tar.gz: damaged or not a .tar.gz archive ("), message
+        f"facades.tar.gz from {url}/facades.tar.gz: damaged or not a .tar.gz archive ("
+    ), message
     assert list((tmp_path / "data").iterdir()) == []
 
 
@@ -255,6 +293,7 @@ def test_a_folder_that_cannot_be_created_is_named(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # What extraction may write
 # ---------------------------------------------------------------------------------------------
+
 
 def write_chained(path, members) -> None:
     """A .tar.gz of (name, MiB, random?) members: zeros, or random bytes that gzip cannot shrink.
@@ -278,11 +317,16 @@ def test_an_archive_bomb_is_refused_before_anything_is_written(server, tmp_path,
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("extraction started")
+
     monkeypatch.setattr(tarfile.TarFile, "extractall", must_not_run)
     with pytest.raises(DatasetError) as err:
         ensure_facades(tmp_path / "data" / "facades", f"{url}/facades.tar.gz")
-    assert f"facades.tar.gz from {url}/facades.tar.gz: refused, it would unpack to more than" in str(err.value)
-    assert "(reached at facades/train/1.jpg); an archive of images may unpack to 20x its size" in str(err.value)
+    assert f"facades.tar.gz from {url}/facades.tar.gz: refused, it would unpack to more than" in str(
+        err.value
+    )
+    assert "(reached at facades/train/1.jpg); an archive of images may unpack to 20x its size" in str(
+        err.value
+    )
     assert list((tmp_path / "data").iterdir()) == []
 
 
@@ -290,8 +334,9 @@ def test_an_archive_bomb_is_refused_before_anything_is_written(server, tmp_path,
 def test_the_limit_is_twenty_times_the_archive(tmp_path, zeros_mib, refused):
     """4 MiB that gzip cannot shrink make a 4.2 MB archive, which may unpack to 84 MB (80 MiB):
     4 + 70 MiB may, 4 + 90 MiB may not, and nothing is written then."""
-    write_chained(tmp_path / "a.tar.gz", [("facades/train/1.jpg", 4, True),
-                                          ("facades/train/2.jpg", zeros_mib, False)])
+    write_chained(
+        tmp_path / "a.tar.gz", [("facades/train/1.jpg", 4, True), ("facades/train/2.jpg", zeros_mib, False)]
+    )
     if refused:
         with pytest.raises(DatasetError, match="refused, it would unpack to more than 8[0-9]{7} bytes"):
             download._extract(tmp_path / "a.tar.gz", tmp_path / "out")
@@ -331,6 +376,7 @@ def test_ctrl_c_during_the_download_leaves_nothing_behind(server, tmp_path, monk
     def interrupted(root, counts):  # after extraction has written every file
         assert len(list(root.rglob("*.jpg"))) == 606
         raise KeyboardInterrupt
+
     monkeypatch.setattr(download, "_verify_counts", interrupted)
     with pytest.raises(KeyboardInterrupt):
         ensure_facades(tmp_path / "data" / "facades", f"{url}/facades.tar.gz")

@@ -7,20 +7,47 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, html_links
 from PIL import Image
 
-from conftest import ROOT, html_links
 from figures import HEADER_HEIGHT
 
 
 @pytest.mark.slow
 def test_train_py_writes_every_per_epoch_file(facades, tmp_path):
-    args = ["--data_root", str(facades), "--epochs", "2", "--max_images", "4", "--image_size", "32",
-            "--load_size", "36", "--ngf", "8", "--ndf", "8", "--num_samples", "3", "--save_every", "2",
-            "--name", "e2e", "--checkpoint_dir", str(tmp_path / "checkpoints"),
-            "--results_dir", str(tmp_path / "results")]
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    args = [
+        "--data_root",
+        str(facades),
+        "--epochs",
+        "2",
+        "--max_images",
+        "4",
+        "--image_size",
+        "32",
+        "--load_size",
+        "36",
+        "--ngf",
+        "8",
+        "--ndf",
+        "8",
+        "--num_samples",
+        "3",
+        "--save_every",
+        "2",
+        "--name",
+        "e2e",
+        "--checkpoint_dir",
+        str(tmp_path / "checkpoints"),
+        "--results_dir",
+        str(tmp_path / "results"),
+    ]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "epoch 2/2" in result.stdout + result.stderr
 
@@ -38,7 +65,11 @@ def test_train_py_writes_every_per_epoch_file(facades, tmp_path):
     assert [int(row["epoch"]) for row in rows] == [1, 2]
     assert {"G_GAN", "G_L1", "D_real", "D_fake", "lr", "seconds"} <= set(rows[0])
     for row in rows:  # validation on the 4 val images every epoch
-        assert 0 < float(row["val_L1"]) < 1 and 0 < float(row["val_PSNR"]) < 60 and -1 < float(row["val_SSIM"]) < 1
+        assert (
+            0 < float(row["val_L1"]) < 1
+            and 0 < float(row["val_PSNR"]) < 60
+            and -1 < float(row["val_SSIM"]) < 1
+        )
     with Image.open(results / "metrics.png") as plot:
         plot.verify()
     links = html_links(results / "index.html")
@@ -52,11 +83,13 @@ def test_train_py_writes_every_per_epoch_file(facades, tmp_path):
     checkpoint = torch.load(checkpoints / "latest.pt", weights_only=True)
     assert checkpoint["epoch"] == 2 and (checkpoints / "epoch_002.pt").exists()
     assert not (checkpoints / "epoch_001.pt").exists()
-    assert {"generator", "discriminator", "opt_G", "opt_D", "sched_G", "sched_D", "config",
-            "history"} <= set(checkpoint)
+    assert {"generator", "discriminator", "opt_G", "opt_D", "sched_G", "sched_D", "config", "history"} <= set(
+        checkpoint
+    )
 
     # The generator can be rebuilt from the checkpoint alone.
     from generator import UNetGenerator
+
     G = UNetGenerator(**checkpoint["generator_kwargs"])
     G.load_state_dict(checkpoint["generator"])
     assert G(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)

@@ -11,11 +11,11 @@ from urllib.parse import unquote_to_bytes
 
 import pytest
 import torch
+from conftest import error_lines, require, run_main, run_script, tiny_config
 
 import predict
 import train
 from checkpoint import full_checkpoint, save_checkpoint
-from conftest import error_lines, require, run_main, run_script, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +25,21 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--threads", "99999999999"], "--threads: must be at most 2147483647"),
-    (["--image_size", str(2**40)], "--image_size: must be at most"),
-    (["--seed", "-1"], "--seed: must be in [0, 2^32)"),
-    (["--device", "cuda:x"], "--device: must be auto, cpu, cuda or cuda:N"),
-    (["--device", "gpu"], "--device: must be auto, cpu, cuda or cuda:N"),
-    (["--name", "x" * 300], "--name: must be at most 200 bytes"),
-    (["--name", "a\\b"], "--name: must be a plain folder name"),
-])
-def test_values_the_libraries_cannot_take_are_refused_before_any_work(tmp_path, argv, message, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--threads", "99999999999"], "--threads: must be at most 2147483647"),
+        (["--image_size", str(2**40)], "--image_size: must be at most"),
+        (["--seed", "-1"], "--seed: must be in [0, 2^32)"),
+        (["--device", "cuda:x"], "--device: must be auto, cpu, cuda or cuda:N"),
+        (["--device", "gpu"], "--device: must be auto, cpu, cuda or cuda:N"),
+        (["--name", "x" * 300], "--name: must be at most 200 bytes"),
+        (["--name", "a\\b"], "--name: must be a plain folder name"),
+    ],
+)
+def test_values_the_libraries_cannot_take_are_refused_before_any_work(
+    tmp_path, argv, message, monkeypatch, capsys
+):
     code, _, (line,) = run_main(train.main, argv, tmp_path, monkeypatch, capsys)
     assert code == 2 and message in line
     assert not list(tmp_path.iterdir()), "nothing written"
@@ -53,6 +58,7 @@ def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys, tmp_path, synth
 
     def interrupted(cfg):
         raise KeyboardInterrupt
+
     monkeypatch.setattr(train, "build_data", interrupted)
     code, _, errors = run_main(train.main, ["--data_root", root], tmp_path, monkeypatch, capsys)
     assert code == 130 and len(errors) == 1 and "interrupted" in errors[0]
@@ -62,10 +68,18 @@ def test_running_out_of_memory_is_one_line(monkeypatch, capsys, tmp_path, synthe
     root = synthetic_split(n=2).parent
 
     def too_big(*args, **kwargs):  # what torch's CPU allocator raises when malloc fails
-        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 bytes.")
+        raise RuntimeError(
+            "DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 bytes."
+        )
+
     monkeypatch.setattr(train, "setup", too_big)
-    code, _, errors = run_main(train.main, ["--data_root", root, "--image_size", "4096", "--load_size", "4096"], tmp_path,
-                               monkeypatch, capsys)
+    code, _, errors = run_main(
+        train.main,
+        ["--data_root", root, "--image_size", "4096", "--load_size", "4096"],
+        tmp_path,
+        monkeypatch,
+        capsys,
+    )
     assert code == 1 and len(errors) == 1 and "out of memory" in errors[0] and "--image_size" in errors[0]
 
 
@@ -86,8 +100,16 @@ def test_predict_refuses_a_checkpoint_name_that_leaves_the_results_folder(tmp_pa
     save_checkpoint(saved, tmp_path / "crafted.pt")
     work = tmp_path / "work"
     work.mkdir()
-    result = run_script("predict.py", "--checkpoint", tmp_path / "crafted.pt", "--split", "test", "--data_root",
-                        facades, cwd=work)
+    result = run_script(
+        "predict.py",
+        "--checkpoint",
+        tmp_path / "crafted.pt",
+        "--split",
+        "test",
+        "--data_root",
+        facades,
+        cwd=work,
+    )
     (line,) = error_lines(result)
     assert result.returncode == 1 and "crafted.pt" in line and "--output" in line
     assert not list(work.iterdir()) and not (tmp_path.parent / "escaped").exists()
@@ -105,8 +127,18 @@ def test_file_names_that_are_not_utf8_get_a_working_page(tiny_checkpoint, tmp_pa
     split.mkdir(parents=True)
     name = b"caf\xe9"  # Latin-1, not UTF-8
     shutil.copy(facades / "test" / "1.jpg", split / (name.decode("utf-8", "surrogateescape") + ".jpg"))
-    result = run_script("predict.py", "--checkpoint", tiny_checkpoint, "--split", "test", "--data_root",
-                        tmp_path / "data", "--output", tmp_path / "out", cwd=tmp_path)
+    result = run_script(
+        "predict.py",
+        "--checkpoint",
+        tiny_checkpoint,
+        "--split",
+        "test",
+        "--data_root",
+        tmp_path / "data",
+        "--output",
+        tmp_path / "out",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     page = (tmp_path / "out" / "index.html").read_bytes()
     assert b"caf%E9.png" in page and b"caf\xef\xbf\xbd" in page  # linked by its bytes, shown with U+FFFD
@@ -122,10 +154,18 @@ def test_an_export_path_that_cannot_be_written_is_one_line(tiny_checkpoint, tmp_
     assert result.returncode == 1 and "cannot write" in line and "a_file" in line
 
 
-@pytest.mark.parametrize("text,message", [("{not json", "cannot read a JSON object"), ('{"lr": "fast"}', "--lr: expected float"),
-                                          ('{"epoch": 3}', "unknown field 'epoch'"), ("[1, 2]", "expected a JSON object")])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("{not json", "cannot read a JSON object"),
+        ('{"lr": "fast"}', "--lr: expected float"),
+        ('{"epoch": 3}', "unknown field 'epoch'"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
 def test_a_config_file_that_is_not_a_config_is_one_line(tmp_path, text, message):
     import config
+
     (tmp_path / "c.json").write_text(text)
     with pytest.raises(config.ConfigError, match=re.escape(message)):
         config.parse_args(["--config", str(tmp_path / "c.json")])
@@ -137,6 +177,7 @@ def test_a_config_file_that_is_not_a_config_is_one_line(tmp_path, text, message)
 
 def test_a_config_file_round_trips(tmp_path):
     import config
+
     (tmp_path / "c.json").write_text('{"config": {"lr": 0.001, "epochs": 3, "flip": false}}')
     cfg = config.parse_args(["--config", str(tmp_path / "c.json"), "--epochs", "4"])
     assert (cfg.lr, cfg.epochs, cfg.flip) == (0.001, 4, False)

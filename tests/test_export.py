@@ -8,15 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require
 
 import predict
 import train
-from generator import UNetGenerator
-from config import Config
-from conftest import require
-from dataset import AlignedDataset
-from generator import deployable, translate
 from checkpoint import full_checkpoint, save_checkpoint
+from config import Config
+from dataset import AlignedDataset
+from generator import UNetGenerator, deployable, translate
 
 
 def export(tmp_path: Path, **overrides) -> tuple[Path, Config]:
@@ -25,7 +24,9 @@ def export(tmp_path: Path, **overrides) -> tuple[Path, Config]:
     cfg = Config(image_size=32, load_size=32, ngf=8, ndf=8, **overrides)
     checkpoint = tmp_path / "latest.pt"
     save_checkpoint(full_checkpoint(dataclasses.replace(train.setup(cfg), epoch=1)), checkpoint)
-    predict.run(predict.parse_args(["--checkpoint", str(checkpoint), "--export", str(tmp_path / "model.onnx")]))
+    predict.run(
+        predict.parse_args(["--checkpoint", str(checkpoint), "--export", str(tmp_path / "model.onnx")])
+    )
     return tmp_path / "model.onnx", cfg
 
 
@@ -73,7 +74,10 @@ def test_onnx_carries_metadata_and_each_written_file_is_named(tmp_path, capsys):
     onnx = require("onnx")
     path, cfg = export(tmp_path, direction="AtoB", input_nc=1)
     printed = capsys.readouterr().out.splitlines()
-    assert [line.split()[1] for line in printed if line.startswith("wrote ")] == [str(path.with_suffix(".pt2")), str(path)]
+    assert [line.split()[1] for line in printed if line.startswith("wrote ")] == [
+        str(path.with_suffix(".pt2")),
+        str(path),
+    ]
     props = {prop.key: prop.value for prop in onnx.load(str(path)).metadata_props}
     assert props["input_range"] == props["output_range"] == "[-1, 1]"
     assert props["size_multiple"] == "32" and props["direction"] == "AtoB" and props["eval_mode"] == "false"

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import require
 
 import metrics
-from conftest import require
 
 
 def features(n: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

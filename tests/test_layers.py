@@ -10,8 +10,13 @@ from torch import nn
 import layers
 
 # (in, out, kernel, stride, padding, input height, width): the U-Net's 4/2/1 and odd cases.
-CONV_CASES = [(5, 7, 4, 2, 1, 6, 4), (3, 6, 3, 1, 1, 5, 7), (4, 5, 4, 2, 1, 1, 1), (6, 3, 2, 2, 0, 9, 7),
-              (8, 4, 4, 1, 2, 3, 5)]
+CONV_CASES = [
+    (5, 7, 4, 2, 1, 6, 4),
+    (3, 6, 3, 1, 1, 5, 7),
+    (4, 5, 4, 2, 1, 1, 1),
+    (6, 3, 2, 2, 0, 9, 7),
+    (8, 4, 4, 1, 2, 3, 5),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +26,10 @@ def matmul_for_every_map(monkeypatch):
 
 def pair_of(kind: str, cin: int, cout: int, k: int, s: int, p: int, bias: bool):
     """A fast layer and the stock layer with the same parameters."""
-    fast_cls, stock_cls = {"conv": (layers.Conv2d, nn.Conv2d), "transposed": (layers.ConvTranspose2d, nn.ConvTranspose2d)}[kind]
+    fast_cls, stock_cls = {
+        "conv": (layers.Conv2d, nn.Conv2d),
+        "transposed": (layers.ConvTranspose2d, nn.ConvTranspose2d),
+    }[kind]
     torch.manual_seed(0)
     fast = fast_cls(cin, cout, k, s, p, bias=bias)
     nn.init.normal_(fast.weight, 0.0, 0.2)
@@ -46,12 +54,19 @@ def forward_backward(layer: nn.Module, x: torch.Tensor, dtype: torch.dtype):
 
 def output_size(kind: str, case: tuple) -> tuple[int, int]:
     _, _, k, s, p, h, w = case
-    return tuple((n - 1) * s - 2 * p + k if kind == "transposed" else (n + 2 * p - k) // s + 1 for n in (h, w))
+    return tuple(
+        (n - 1) * s - 2 * p + k if kind == "transposed" else (n + 2 * p - k) // s + 1 for n in (h, w)
+    )
 
 
 # Every case for both layers, except a convolution with no output pixel (the 1x1 input is the
 # transposed convolution's case: the U-Net's first decoder layer).
-LAYER_CASES = [(kind, case) for kind in ("conv", "transposed") for case in CONV_CASES if min(output_size(kind, case)) >= 1]
+LAYER_CASES = [
+    (kind, case)
+    for kind in ("conv", "transposed")
+    for case in CONV_CASES
+    if min(output_size(kind, case)) >= 1
+]
 
 
 @pytest.mark.parametrize("kind,case", LAYER_CASES)
@@ -102,6 +117,7 @@ def test_the_decoder_stays_channels_last_below_a_1x1_bottleneck():
         assert is_really_channels_last(fast(x))
     assert fast(x).is_contiguous() and not is_really_channels_last(fast(x))  # fp32 on the CPU: NCHW
     from generator import UNetGenerator
+
     torch.manual_seed(0)
     G = UNetGenerator(ngf=4, num_downs=5)  # 32 px: a 1x1 bottleneck
     seen = []
@@ -127,10 +143,15 @@ def test_which_maps_take_the_matrix_product(monkeypatch):
 # bf16 compute copies
 # ---------------------------------------------------------------------------------------------
 
+
 def small_net() -> nn.Module:
     torch.manual_seed(0)
-    net = nn.Sequential(layers.Conv2d(3, 8, 4, 2, 1), nn.BatchNorm2d(8), nn.LeakyReLU(0.2),
-                        layers.ConvTranspose2d(8, 3, 4, 2, 1, bias=False))
+    net = nn.Sequential(
+        layers.Conv2d(3, 8, 4, 2, 1),
+        nn.BatchNorm2d(8),
+        nn.LeakyReLU(0.2),
+        layers.ConvTranspose2d(8, 3, 4, 2, 1, bias=False),
+    )
     layers.init_weights(net)
     return net
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import require, require_fid
 
 import metrics
-from conftest import require, require_fid
 from dataset import AlignedDataset
-
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +24,9 @@ def as_uint8_hwc(images: torch.Tensor) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def photo_pairs(facades) -> tuple[torch.Tensor, torch.Tensor]:
     """Real facade photos and a degraded version of them (noise and a blur), (4, 3, 64, 64)."""
-    real = torch.stack([AlignedDataset(facades / "val", "BtoA", 64, 64, train=False, max_images=4)[i][1]
-                        for i in range(4)])
+    real = torch.stack(
+        [AlignedDataset(facades / "val", "BtoA", 64, 64, train=False, max_images=4)[i][1] for i in range(4)]
+    )
     noisy = real + 0.1 * torch.randn(real.shape, generator=torch.Generator().manual_seed(0))
     fake = torch.nn.functional.avg_pool2d(noisy, 3, stride=1, padding=1).clamp(-1, 1)
     return fake, real
@@ -38,8 +38,14 @@ def test_psnr_and_ssim_match_scikit_image(photo_pairs, skimage_metrics):
     for i, (f, r) in enumerate(zip(as_uint8_hwc(fake), as_uint8_hwc(real))):
         ref_psnr = skimage_metrics.peak_signal_noise_ratio(r, f, data_range=255)
         ref_ssim = skimage_metrics.structural_similarity(
-            r, f, channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-            data_range=255)
+            r,
+            f,
+            channel_axis=-1,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=255,
+        )
         assert abs(ours["PSNR"][i].item() - ref_psnr) < 1e-3
         assert abs(ours["SSIM"][i].item() - ref_ssim) < 1e-3
         assert abs(ours["L1"][i].item() - np.abs(f / 255.0 - r / 255.0).mean()) < 1e-6
@@ -52,8 +58,14 @@ def test_grayscale_and_identical_images(photo_pairs, skimage_metrics):
     shifted = (gray + 0.2).clamp(-1, 1)
     ours = metrics.image_metrics(shifted, gray)
     for i, (f, r) in enumerate(zip(as_uint8_hwc(shifted), as_uint8_hwc(gray))):
-        ref = skimage_metrics.structural_similarity(r[..., 0], f[..., 0], gaussian_weights=True, sigma=1.5,
-                                                    use_sample_covariance=False, data_range=255)
+        ref = skimage_metrics.structural_similarity(
+            r[..., 0],
+            f[..., 0],
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=255,
+        )
         assert abs(ours["SSIM"][i].item() - ref) < 1e-3
     same = metrics.image_metrics(real, real)
     assert torch.all(same["SSIM"] > 1 - 1e-9) and torch.all(same["L1"] == 0)
@@ -79,7 +91,10 @@ def test_fid_formula_matches_scipy_matrix_square_root():
 
 def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
     rng = torch.Generator().manual_seed(0)
-    x, y = torch.randn(200, 16, generator=rng, dtype=torch.float64), torch.randn(200, 16, generator=rng, dtype=torch.float64)
+    x, y = (
+        torch.randn(200, 16, generator=rng, dtype=torch.float64),
+        torch.randn(200, 16, generator=rng, dtype=torch.float64),
+    )
     same_mean, same_std = metrics.kid(x, y, subsets=20)
     other_mean, _ = metrics.kid(x, y + 1.0, subsets=20)
     assert abs(same_mean) < 3 * same_std + 1e-3
@@ -92,8 +107,9 @@ def test_fid_and_kid_on_real_images(photo_pairs, facades):
     """With the optional package (CI installs it): a handful of real photos through Inception."""
     require_fid()  # optional for users: requirements-eval.txt
     fake, real = photo_pairs
-    labels = torch.stack([AlignedDataset(facades / "val", "BtoA", 64, 64, train=False, max_images=4)[i][0]
-                          for i in range(4)])
+    labels = torch.stack(
+        [AlignedDataset(facades / "val", "BtoA", 64, 64, train=False, max_images=4)[i][0] for i in range(4)]
+    )
     features = metrics.InceptionFeatures()
     real_f, fake_f, labels_f = features(real), features(fake), features(labels)
     assert real_f.shape == (4, 2048) and torch.all(real_f >= 0)  # pool3 follows a ReLU

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from discriminator import PatchDiscriminator
 from config import unet_depth
+from discriminator import PatchDiscriminator
 from generator import UNetGenerator
 from layers import init_weights
 
@@ -68,6 +68,7 @@ def test_init_weights_follows_the_paper():
 # ---------------------------------------------------------------------------------------------
 # Generating several images at once, each as if alone (validation, predict.py --split)
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("eval_mode", [False, True], ids=["paper-mode", "eval-mode"])

@@ -15,7 +15,7 @@ def fifty_steps(precision: str, real_A, real_B, val_A, val_B) -> tuple[float, fl
     l1 = []
     for step in range(50):
         i = step % len(real_A)
-        losses = train.train_step(state, real_A[i:i + 1], real_B[i:i + 1])
+        losses = train.train_step(state, real_A[i : i + 1], real_B[i : i + 1])
         l1.append(losses[1].item())
     fake_B = translate(state.G, val_A, False, 0, state.amp)
     return sum(l1[-10:]) / 10, F.l1_loss(fake_B, val_B).item()

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, html_links, require, require_fid, run_main
 from PIL import Image
 
 import predict
 import train
-from config import Config
-from conftest import ROOT, html_links, require, require_fid, run_main
 from checkpoint import full_checkpoint, save_checkpoint
+from config import Config
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +53,14 @@ def save_png(path: Path, height: int, width: int, mode: str = "RGB") -> None:
 def test_single_images_of_any_size_keep_their_size(checkpoint, tmp_path):
     save_png(tmp_path / "wide.png", 400, 600)  # 600x400: not multiples of the generator's 32
     save_png(tmp_path / "gray.png", 33, 32, mode="L")  # grayscale input is converted to RGB
-    out = run("--checkpoint", checkpoint, tmp_path / "wide.png", tmp_path / "gray.png", "--output", tmp_path / "out")
+    out = run(
+        "--checkpoint", checkpoint, tmp_path / "wide.png", tmp_path / "gray.png", "--output", tmp_path / "out"
+    )
     with Image.open(out / "wide.png") as wide, Image.open(out / "gray.png") as gray:
         assert wide.size == (600, 400) and gray.size == (32, 33)
-    resized = run("--checkpoint", checkpoint, tmp_path / "wide.png", "--resize", "--output", tmp_path / "resized")
+    resized = run(
+        "--checkpoint", checkpoint, tmp_path / "wide.png", "--resize", "--output", tmp_path / "resized"
+    )
     with Image.open(resized / "wide.png") as image:
         assert image.size == (600, 400)
 
@@ -87,8 +91,17 @@ def test_folder_of_inputs(checkpoint, tmp_path):
 def test_split_writes_images_metrics_and_gallery(checkpoint, test_split, tmp_path):
     skimage_metrics = require("skimage.metrics")
     require_fid()
-    out = run("--checkpoint", checkpoint, "--split", "test", "--data_root", test_split.parent, "--fid",
-              "--output", tmp_path / "out")
+    out = run(
+        "--checkpoint",
+        checkpoint,
+        "--split",
+        "test",
+        "--data_root",
+        test_split.parent,
+        "--fid",
+        "--output",
+        tmp_path / "out",
+    )
     report = json.loads((out / "metrics.json").read_text())
     assert report["images"] == 3 and report["epoch"] == 1 and report["eval_mode"] is False
     assert [item["name"] for item in report["per_image"]] == ["1", "2", "a b&c"]
@@ -105,31 +118,51 @@ def test_split_writes_images_metrics_and_gallery(checkpoint, test_split, tmp_pat
 
 
 def test_eval_mode_is_the_runs_unless_overridden(checkpoint, test_split, tmp_path):
-    out = run("--checkpoint", checkpoint, "--split", "test", "--data_root", test_split.parent,
-              "--eval_mode", "true", "--output", tmp_path / "out")
+    out = run(
+        "--checkpoint",
+        checkpoint,
+        "--split",
+        "test",
+        "--data_root",
+        test_split.parent,
+        "--eval_mode",
+        "true",
+        "--output",
+        tmp_path / "out",
+    )
     assert json.loads((out / "metrics.json").read_text())["eval_mode"] is True
 
 
 def predict_cli(*argv, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "predict.py"), *map(str, argv)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "predict.py"), *map(str, argv)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-@pytest.mark.parametrize("case", ["missing checkpoint", "not a checkpoint", "no images", "no such input",
-                                  "no split"])
+@pytest.mark.parametrize(
+    "case", ["missing checkpoint", "not a checkpoint", "no images", "no such input", "no split"]
+)
 def test_errors_are_one_line(case, checkpoint, tmp_path, monkeypatch, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "junk.pt").write_bytes(b"this is not a checkpoint")
-    args = {"missing checkpoint": ["--checkpoint", tmp_path / "nope.pt", tmp_path / "empty"],
-            "not a checkpoint": ["--checkpoint", tmp_path / "junk.pt", tmp_path / "empty"],
-            "no images": ["--checkpoint", checkpoint, tmp_path / "empty"],
-            "no such input": ["--checkpoint", checkpoint, tmp_path / "nothing.png"],
-            "no split": ["--checkpoint", checkpoint, "--split", "test", "--data_root", tmp_path]}[case]
-    expected = {"missing checkpoint": "nope.pt: no such checkpoint file",
-                "not a checkpoint": "junk.pt: not a loadable checkpoint",
-                "no images": "empty: no images in this folder",
-                "no such input": "nothing.png: no such file or folder",
-                "no split": "test: no such split folder"}[case]
+    args = {
+        "missing checkpoint": ["--checkpoint", tmp_path / "nope.pt", tmp_path / "empty"],
+        "not a checkpoint": ["--checkpoint", tmp_path / "junk.pt", tmp_path / "empty"],
+        "no images": ["--checkpoint", checkpoint, tmp_path / "empty"],
+        "no such input": ["--checkpoint", checkpoint, tmp_path / "nothing.png"],
+        "no split": ["--checkpoint", checkpoint, "--split", "test", "--data_root", tmp_path],
+    }[case]
+    expected = {
+        "missing checkpoint": "nope.pt: no such checkpoint file",
+        "not a checkpoint": "junk.pt: not a loadable checkpoint",
+        "no images": "empty: no images in this folder",
+        "no such input": "nothing.png: no such file or folder",
+        "no split": "test: no such split folder",
+    }[case]
     code, err, _ = run_main(predict.main, args, tmp_path, monkeypatch, capsys)
     assert code == 1
     lines = err.strip().splitlines()

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli_args, error_lines, require, run_script, tiny_config
 from PIL import Image
 
 import figures
 import report
 import train
 from config import parse_args
-from conftest import cli_args, error_lines, require, run_script, tiny_config
 
 TAGS = {"loss/G_GAN", "loss/G_L1", "loss/D_real", "loss/D_fake", "val/L1", "val/PSNR", "val/SSIM", "train/lr"}
 
@@ -29,8 +29,15 @@ def tiny(synthetic_split, tmp_path):
     """4 synthetic training pairs (4 iterations an epoch, a loss point every 2), 2 val pairs."""
     root = synthetic_split(n=4, size=40).parent
     synthetic_split(n=2, size=40, name="val")
-    return tiny_config(data_root=str(root), epochs=2, log_every=2, save_every=1, checkpoint_dir=str(tmp_path / "ck"),
-                       results_dir=str(tmp_path / "res"), name="run")
+    return tiny_config(
+        data_root=str(root),
+        epochs=2,
+        log_every=2,
+        save_every=1,
+        checkpoint_dir=str(tmp_path / "ck"),
+        results_dir=str(tmp_path / "res"),
+        name="run",
+    )
 
 
 def results(cfg) -> Path:
@@ -42,8 +49,9 @@ def events(cfg):
     require("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    accumulator = EventAccumulator(str(results(cfg) / "tensorboard"), size_guidance={"scalars": 0, "images": 0,
-                                                                                     "tensors": 0})
+    accumulator = EventAccumulator(
+        str(results(cfg) / "tensorboard"), size_guidance={"scalars": 0, "images": 0, "tensors": 0}
+    )
     accumulator.Reload()
     return accumulator
 
@@ -56,6 +64,7 @@ def steps(accumulator, tag: str) -> list[int]:
 # TensorBoard
 # ---------------------------------------------------------------------------------------------
 
+
 def test_tensorboard_holds_losses_metrics_lr_grids_and_config(tiny):
     require("tensorboard")
     train.train(tiny)
@@ -65,7 +74,9 @@ def test_tensorboard_holds_losses_metrics_lr_grids_and_config(tiny):
     assert steps(run, "val/L1") == steps(run, "train/lr") == [4, 8]  # the end of each epoch
     history = torch.load(Path(tiny.checkpoint_dir) / "run" / "latest.pt", weights_only=True)["history"]
     assert [e.value for e in run.Scalars("loss/G_L1")] == pytest.approx(history["steps"]["G_L1"], rel=1e-6)
-    assert [e.value for e in run.Scalars("val/L1")] == pytest.approx([r["val_L1"] for r in history["epochs"]], rel=1e-6)
+    assert [e.value for e in run.Scalars("val/L1")] == pytest.approx(
+        [r["val_L1"] for r in history["epochs"]], rel=1e-6
+    )
     images = run.Images("samples")
     assert [image.step for image in images] == [4, 8]
     with Image.open(results(tiny) / "samples" / "epoch_002.png") as grid:
@@ -106,6 +117,7 @@ def test_tensorboard_auto_without_the_package_trains_without_it(tiny, monkeypatc
 
     def find_spec(name, *args, **kwargs):
         return None if name == "tensorboard" else real_find_spec(name, *args, **kwargs)
+
     monkeypatch.setattr(report.importlib.util, "find_spec", find_spec)
     train.train(dataclasses.replace(tiny, epochs=1))
     assert not (results(tiny) / "tensorboard").exists()
@@ -113,8 +125,21 @@ def test_tensorboard_auto_without_the_package_trains_without_it(tiny, monkeypatc
 
 def test_tensorboard_true_without_the_package_is_one_error_line(tiny, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
-    monkeypatch.setattr(sys, "argv", ["train.py", "--data_root", tiny.data_root, "--tensorboard", "true",
-                                      "--results_dir", tiny.results_dir, "--checkpoint_dir", tiny.checkpoint_dir])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "train.py",
+            "--data_root",
+            tiny.data_root,
+            "--tensorboard",
+            "true",
+            "--results_dir",
+            tiny.results_dir,
+            "--checkpoint_dir",
+            tiny.checkpoint_dir,
+        ],
+    )
     with pytest.raises(SystemExit) as exit_:
         train.main()
     assert exit_.value.code == 1  # as for --val_fid without its package: the work cannot be done here
@@ -126,12 +151,15 @@ def test_tensorboard_true_without_the_package_is_one_error_line(tiny, monkeypatc
 def test_bad_tensorboard_value_is_one_error_line(tmp_path):
     result = run_script("train.py", "--tensorboard", "maybe", cwd=tmp_path)
     (line,) = error_lines(result)
-    assert result.returncode == 2 and line.startswith("error: --tensorboard: must be one of auto, true, false")
+    assert result.returncode == 2 and line.startswith(
+        "error: --tensorboard: must be one of auto, true, false"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Logs
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow  # three training runs
 def test_output_to_a_file_has_no_carriage_returns_and_train_log_spans_resumes(tiny, tmp_path):
@@ -151,8 +179,12 @@ def test_output_to_a_file_has_no_carriage_returns_and_train_log_spans_resumes(ti
         assert any(expected in line for line in lines), expected
     assert sum("training run:" in line for line in lines) == 2
     # Every line printed, on stdout or stderr, is in the log once, time-stamped.
-    printed = [line.rstrip() for result in (first, resumed) for line in (result.stdout + result.stderr).splitlines()]
-    assert Counter(line.split("  ", 1)[1] for line in lines) == Counter(line for line in printed if line.strip())
+    printed = [
+        line.rstrip() for result in (first, resumed) for line in (result.stdout + result.stderr).splitlines()
+    ]
+    assert Counter(line.split("  ", 1)[1] for line in lines) == Counter(
+        line for line in printed if line.strip()
+    )
 
 
 def test_plain_progress_lines_without_a_terminal(tiny, monkeypatch, capsys):
@@ -184,6 +216,7 @@ def test_run_log_keeps_lines_until_opened_and_drops_terminal_frames(tmp_path, ca
 # config.json
 # ---------------------------------------------------------------------------------------------
 
+
 def test_config_json_records_the_run_and_starts_it_again(tiny):
     train.train(dataclasses.replace(tiny, epochs=1))
     record = json.loads((results(tiny) / "config.json").read_text())
@@ -196,11 +229,18 @@ def test_config_json_records_the_run_and_starts_it_again(tiny):
     assert resolved["threads"] == torch.get_num_threads() and resolved["world_size"] == 1
     assert (resolved["train_pairs"], resolved["val_pairs"]) == (4, 2)
     versions = record["versions"]
-    assert versions["python"] == ".".join(map(str, sys.version_info[:3])) and versions["torch"] == torch.__version__
+    assert (
+        versions["python"] == ".".join(map(str, sys.version_info[:3]))
+        and versions["torch"] == torch.__version__
+    )
     assert {"torchvision", "project"} <= set(versions)
     if versions["project"] is not None:  # a git checkout
         assert len(versions["project"]["commit"]) == 40 and isinstance(versions["project"]["dirty"], bool)
-    assert record["started"][:4].isdigit() and record["start"] == {"epoch": 0, "iteration": 0, "resumed": False}
+    assert record["started"][:4].isdigit() and record["start"] == {
+        "epoch": 0,
+        "iteration": 0,
+        "resumed": False,
+    }
 
 
 def test_git_version_tolerates_no_git_and_no_checkout(tmp_path, monkeypatch):
@@ -208,11 +248,13 @@ def test_git_version_tolerates_no_git_and_no_checkout(tmp_path, monkeypatch):
 
     def missing(*args, **kwargs):
         raise FileNotFoundError("git")
+
     monkeypatch.setattr(report.subprocess, "run", missing)
     assert report.git_version() is None
 
     def hangs(*args, **kwargs):
         raise subprocess.TimeoutExpired("git", 5)
+
     monkeypatch.setattr(report.subprocess, "run", hangs)
     assert report.git_version() is None
 
@@ -221,21 +263,28 @@ def test_git_version_tolerates_no_git_and_no_checkout(tmp_path, monkeypatch):
 # Pictures
 # ---------------------------------------------------------------------------------------------
 
+
 def test_sample_grid_has_a_header_and_leaves_the_images_as_they_are(tmp_path):
     rng = torch.Generator().manual_seed(0)
     rows = [[torch.rand(3, 64, 64, generator=rng) * 2 - 1 for _ in range(3)] for _ in range(2)]
     pixels = figures.save_sample_grid(rows, tmp_path / "grid.png", title="facades, epoch 7")
     with Image.open(tmp_path / "grid.png") as grid:
         saved = np.array(grid.convert("RGB"))
-    assert saved.shape == (figures.HEADER_HEIGHT + 2 * 66 + 2, 3 * 66 + 2, 3) and np.array_equal(saved, pixels)
+    assert saved.shape == (figures.HEADER_HEIGHT + 2 * 66 + 2, 3 * 66 + 2, 3) and np.array_equal(
+        saved, pixels
+    )
     top = figures.HEADER_HEIGHT + 2
     expected = (((rows[1][2] + 1) / 2).mul(255).add(0.5).clamp(0, 255).byte().permute(1, 2, 0)).numpy()
-    assert np.array_equal(saved[top + 66:top + 66 + 64, 2 + 2 * 66:2 + 2 * 66 + 64], expected)  # row 2, target
-    header = saved[:figures.HEADER_HEIGHT]
+    assert np.array_equal(
+        saved[top + 66 : top + 66 + 64, 2 + 2 * 66 : 2 + 2 * 66 + 64], expected
+    )  # row 2, target
+    header = saved[: figures.HEADER_HEIGHT]
     background = np.all(header == figures.HEADER_BACKGROUND, axis=-1)
-    assert not background[:figures.HEADER_HEIGHT // 2].all()  # the title is drawn
+    assert not background[: figures.HEADER_HEIGHT // 2].all()  # the title is drawn
     for column in range(3):  # and a caption over each column
-        assert not background[figures.HEADER_HEIGHT // 2:, 2 + 66 * column:2 + 66 * column + 64].all(), column
+        assert not background[figures.HEADER_HEIGHT // 2 :, 2 + 66 * column : 2 + 66 * column + 64].all(), (
+            column
+        )
 
 
 def test_captions_fit_narrow_columns(tmp_path):
@@ -260,6 +309,7 @@ def test_plots_have_one_legend_and_labelled_axes(tmp_path, monkeypatch):
     def savefig(fig, *args, **kwargs):
         saved.append(fig)
         return real_savefig(fig, *args, **kwargs)
+
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
     epochs = [{"epoch": 1, "G_GAN": 1.0, "G_L1": 0.5}, {"epoch": 2, "G_GAN": 0.9, "G_L1": 0.4}]
     steps = {"epoch": [0.5, 1.0, 1.5, 2.0], "G_GAN": [1.1, 0.9, 0.95, 0.85], "G_L1": [0.6, 0.4, 0.45, 0.35]}
@@ -276,9 +326,12 @@ def test_plots_have_one_legend_and_labelled_axes(tmp_path, monkeypatch):
 def test_gallery_grids_load_lazily(tmp_path):
     (tmp_path / "samples").mkdir()
     for epoch in (1, 2):
-        figures.save_sample_grid([[torch.zeros(3, 32, 32)] * 3], tmp_path / "samples" / f"epoch_{epoch:03d}.png")
-    figures.write_gallery([{"epoch": 1, "lr": 1e-4}, {"epoch": 2, "lr": 1e-4}], ["G_GAN"], [], tmp_path, "run")
+        figures.save_sample_grid(
+            [[torch.zeros(3, 32, 32)] * 3], tmp_path / "samples" / f"epoch_{epoch:03d}.png"
+        )
+    figures.write_gallery(
+        [{"epoch": 1, "lr": 1e-4}, {"epoch": 2, "lr": 1e-4}], ["G_GAN"], [], tmp_path, "run"
+    )
     page = (tmp_path / "index.html").read_text()
     grids = [line for line in page.splitlines() if "samples/epoch_" in line]
     assert len(grids) == 2 and all('loading="lazy"' in line for line in grids)
-

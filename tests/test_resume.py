@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_args, error_lines, run_main, run_script, start_script, tiny_config, wait_for
 
 import checkpoint
 import train
 from checkpoint import CheckpointError
-from conftest import cli_args, error_lines, run_main, run_script, start_script, tiny_config, wait_for
 from utils import OutputError
 
 
@@ -22,9 +22,18 @@ def tiny(synthetic_split, tmp_path):
     """64 px (the U-Net has a dropout block) on 4 synthetic training pairs, writing under tmp_path."""
     root = synthetic_split(n=4, size=40).parent
     synthetic_split(n=2, size=40, name="val")
-    return tiny_config(data_root=str(root), image_size=64, load_size=72, epochs=2, num_samples=2, log_every=2,
-                       save_every=1, checkpoint_dir=str(tmp_path / "ck"), results_dir=str(tmp_path / "res"),
-                       name="run")
+    return tiny_config(
+        data_root=str(root),
+        image_size=64,
+        load_size=72,
+        epochs=2,
+        num_samples=2,
+        log_every=2,
+        save_every=1,
+        checkpoint_dir=str(tmp_path / "ck"),
+        results_dir=str(tmp_path / "res"),
+        name="run",
+    )
 
 
 def latest(cfg) -> dict:
@@ -32,7 +41,10 @@ def latest(cfg) -> dict:
 
 
 def without_seconds(history: dict) -> dict:
-    return {**history, "epochs": [{k: v for k, v in row.items() if k != "seconds"} for row in history["epochs"]]}
+    return {
+        **history,
+        "epochs": [{k: v for k, v in row.items() if k != "seconds"} for row in history["epochs"]],
+    }
 
 
 def assert_same_run(a: dict, b: dict) -> None:
@@ -47,8 +59,11 @@ def files_of(cfg) -> set[str]:
     process appends a new one, named by its time and pid: they are logs, like train.log)."""
     found = set()
     for top in (Path(cfg.checkpoint_dir) / cfg.name, Path(cfg.results_dir) / cfg.name):
-        found |= {f"{top.parent.name}/{p.relative_to(top)}" for p in top.rglob("*")
-                  if p.is_file() and "tensorboard" not in p.relative_to(top).parts}
+        found |= {
+            f"{top.parent.name}/{p.relative_to(top)}"
+            for p in top.rglob("*")
+            if p.is_file() and "tensorboard" not in p.relative_to(top).parts
+        }
     return found
 
 
@@ -67,7 +82,9 @@ def test_kill_mid_epoch_then_resume_is_exact_with_dropout(tiny, tmp_path, precis
     assert train.generator_kwargs(cfg)["num_downs"] >= 6, "a U-Net with a dropout block"
     straight = dataclasses.replace(cfg, name="straight")
     assert run_script("train.py", *cli_args(straight), cwd=tmp_path).returncode == 0
-    killed = train_killed_at(cfg, tmp_path, at=3, match="latest.pt", when="after")  # it 3, epoch 1's end, it 6
+    killed = train_killed_at(
+        cfg, tmp_path, at=3, match="latest.pt", when="after"
+    )  # it 3, epoch 1's end, it 6
     assert killed.returncode == 137 and latest(cfg)["progress"]["iteration"] == 2
     resumed = run_script("train.py", *cli_args(cfg), cwd=tmp_path)
     assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr
@@ -83,6 +100,7 @@ def test_resume_after_an_epoch_is_exact(tiny, monkeypatch):
         save(state, path)
         if Path(path).name == "latest.pt":
             raise KeyboardInterrupt  # the process ends here
+
     monkeypatch.setattr(checkpoint, "save_checkpoint", stop_after_first_latest)
     with pytest.raises(KeyboardInterrupt):
         train.train(tiny)
@@ -139,8 +157,18 @@ def test_second_process_on_a_run_stops_and_the_hold_dies_with_the_first(tiny, tm
 
 def test_snapshots_are_lean_and_training_continues_from_one(tmp_path, synthetic_split, capsys):
     root = synthetic_split(n=2, size=40).parent
-    cfg = tiny_config(data_root=str(root), image_size=64, load_size=64, ngf=32, ndf=32, epochs=1, save_every=1,
-                      checkpoint_dir=str(tmp_path / "ck"), results_dir=str(tmp_path / "res"), name="run")
+    cfg = tiny_config(
+        data_root=str(root),
+        image_size=64,
+        load_size=64,
+        ngf=32,
+        ndf=32,
+        epochs=1,
+        save_every=1,
+        checkpoint_dir=str(tmp_path / "ck"),
+        results_dir=str(tmp_path / "res"),
+        name="run",
+    )
     train.train(cfg)
     folder = tmp_path / "ck" / "run"
     full, lean = (folder / "latest.pt").stat().st_size, (folder / "epoch_001.pt").stat().st_size
@@ -148,9 +176,13 @@ def test_snapshots_are_lean_and_training_continues_from_one(tmp_path, synthetic_
     snapshot = torch.load(folder / "epoch_001.pt", weights_only=True)
     assert {"generator", "discriminator", "generator_kwargs", "config", "epoch", "metrics"} <= set(snapshot)
     assert "opt_G" not in snapshot and abs((folder / "best.pt").stat().st_size - lean) < 0.01 * lean
-    train.train(dataclasses.replace(cfg, name="fine_tuned", epochs=2, resume_from=str(folder / "epoch_001.pt")))
+    train.train(
+        dataclasses.replace(cfg, name="fine_tuned", epochs=2, resume_from=str(folder / "epoch_001.pt"))
+    )
     assert "Adam starts fresh" in capsys.readouterr().out
-    assert [row["epoch"] for row in latest(dataclasses.replace(cfg, name="fine_tuned"))["history"]["epochs"]] == [1, 2]
+    assert [
+        row["epoch"] for row in latest(dataclasses.replace(cfg, name="fine_tuned"))["history"]["epochs"]
+    ] == [1, 2]
 
 
 def test_resume_false_moves_the_old_run_aside(tiny, tmp_path, capsys):
@@ -186,12 +218,17 @@ def test_shape_mismatch_names_the_parameter(tiny, tmp_path):
     saved = latest(tiny)
     saved["generator"]["down.1.1.weight"] = torch.zeros(3, 3, 4, 4)
     torch.save(saved, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match=r"generator parameter down\.1\.1\.weight has shape \(3, 3, 4, 4\) "
-                                              r"in the checkpoint but \(16, 8, 4, 4\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"generator parameter down\.1\.1\.weight has shape \(3, 3, 4, 4\) "
+        r"in the checkpoint but \(16, 8, 4, 4\)",
+    ):
         train.train(dataclasses.replace(tiny, resume_from=str(tmp_path / "bad.pt")))
 
 
-@pytest.mark.parametrize("damage", ["generator_only", "epoch_is_text", "progress_missing", "weights_are_lists"])
+@pytest.mark.parametrize(
+    "damage", ["generator_only", "epoch_is_text", "progress_missing", "weights_are_lists"]
+)
 def test_checkpoints_that_load_but_do_not_fit_are_one_line(tiny, tmp_path, damage, monkeypatch, capsys):
     train.train(dataclasses.replace(tiny, epochs=1))
     saved = latest(tiny)
@@ -204,8 +241,9 @@ def test_checkpoints_that_load_but_do_not_fit_are_one_line(tiny, tmp_path, damag
     else:
         saved["discriminator"] = {k: v.tolist() for k, v in saved["discriminator"].items()}
     torch.save(saved, tmp_path / "damaged.pt")
-    code, _, (line,) = run_main(train.main, [*cli_args(tiny), "--resume_from", tmp_path / "damaged.pt"], tmp_path,
-                                monkeypatch, capsys)
+    code, _, (line,) = run_main(
+        train.main, [*cli_args(tiny), "--resume_from", tmp_path / "damaged.pt"], tmp_path, monkeypatch, capsys
+    )
     assert code == 1 and "damaged.pt" in line
 
 
@@ -215,6 +253,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tiny, monkeypatch):
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OutputError, match=r"cannot write .*\.pt: .*No space left"):
         train.train(tiny)
@@ -232,6 +271,7 @@ def test_nan_loss_stops_naming_loss_and_iteration(tiny, monkeypatch):
         calls.append(1)
         losses = step(*args)
         return losses * float("nan") if len(calls) == 3 else losses
+
     monkeypatch.setattr(train, "train_step", nan_on_third)
     with pytest.raises(train.TrainingError, match=r"loss G_GAN became nan in epoch 2, iterations 3-4"):
         train.train(tiny)
@@ -257,8 +297,9 @@ def test_crafted_pickle_is_refused_and_does_not_run(tmp_path, tiny):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content,message", [(None, "no such checkpoint file"),
-                                             (b"hello", "not a loadable checkpoint")])
+@pytest.mark.parametrize(
+    "content,message", [(None, "no such checkpoint file"), (b"hello", "not a loadable checkpoint")]
+)
 def test_bad_checkpoint_path_is_one_line(tmp_path, tiny, content, message):
     path = tmp_path / "x.pt"
     if content is not None:
@@ -290,8 +331,14 @@ def test_extending_a_finished_run_follows_the_new_lr_schedule(synthetic_split, t
     """1 epoch (lr decayed to 0 at its end), then continued to 3 epochs: the new schedule's lr."""
     folder = synthetic_split(n=2, size=40).parent
     synthetic_split(n=1, size=40, name="val")
-    cfg = tiny_config(data_root=str(folder), epochs=1, lr_decay_epochs=1, checkpoint_dir=str(tmp_path / "ck"),
-                      results_dir=str(tmp_path / "res"), name="run")
+    cfg = tiny_config(
+        data_root=str(folder),
+        epochs=1,
+        lr_decay_epochs=1,
+        checkpoint_dir=str(tmp_path / "ck"),
+        results_dir=str(tmp_path / "res"),
+        name="run",
+    )
     train.train(cfg)
     train.train(dataclasses.replace(cfg, epochs=3))
     history = latest(cfg)["history"]["epochs"]

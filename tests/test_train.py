@@ -4,10 +4,10 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import tiny_config
 
 import train
 from config import Config
-from conftest import tiny_config
 from dataset import AlignedDataset
 
 
