@@ -96,8 +96,6 @@ class PILAlignedDataset(torch.utils.data.Dataset):
 
 def build(kind: str, data_root: str, device: str):
     """State, data iterator and validation set of one configuration; networks from the same seed."""
-    import layers
-    import speedups
     import train
     from config import Config
 
@@ -107,10 +105,8 @@ def build(kind: str, data_root: str, device: str):
         state = train.setup(cfg)
         loader = train.make_loader(train_set, cfg, state.device, state.world)
         return state, loader, val_set, len(train_set)
-    layers.SMALL_MAP_PIXELS = 0  # stock oneDNN convolutions everywhere
-    layers.CHANNELS_LAST = False
-    speedups.TUNE_MALLOC = False
-    state = train.setup(dataclasses.replace(cfg, precision="fp32"))
+    # The stock networks (no speedups.accelerate), in fp32, with torch.optim.Adam's default step.
+    state = train.setup(dataclasses.replace(cfg, precision="fp32"), fast=False)
     torch.set_flush_denormal(False)
     torch.backends.cudnn.benchmark = False
     state.opt_G, state.opt_D = (
@@ -141,7 +137,7 @@ def epoch_overhead(state, val_set, n_train: int, repeats: int, sync) -> dict:
     """The end-of-epoch work of train.py at the defaults, timed part by part (see the docstring)."""
     import checkpoint as ckpt
     import train
-    from generator import translate_items
+    from evaluation import translate_pairs
     from metrics import evaluate_pairs
     from report import Reporter
 
@@ -149,11 +145,11 @@ def epoch_overhead(state, val_set, n_train: int, repeats: int, sync) -> dict:
 
     def generate() -> list:
         items = (val_set[i] for i in range(len(val_set)))
-        triples = translate_items(state.G, items, cfg.eval_mode, cfg.seed, state.amp, state.device)
+        triples = translate_pairs(state.G, items, cfg.eval_mode, cfg.seed, state.amp, state.device)
         return [(fake, real) for _, fake, real in triples]
 
     list(
-        translate_items(
+        translate_pairs(
             state.G, (val_set[i] for i in range(2)), cfg.eval_mode, cfg.seed, state.amp, state.device
         )
     )  # warm: the first calls of new shapes set up their kernels
@@ -171,16 +167,16 @@ def epoch_overhead(state, val_set, n_train: int, repeats: int, sync) -> dict:
             t_validate, (row, samples) = timed(
                 lambda: train.validate(state, val_set), sync
             )  # as train.py runs it: streamed
-            state.history["epochs"].append(
+            state.history.epochs.append(
                 {
-                    "epoch": len(state.history["epochs"]) + 1,
+                    "epoch": len(state.history.epochs) + 1,
                     "lr": cfg.lr,
                     "seconds": 0.0,
                     **dict(zip(train.LOSS_NAMES, state.progress.total.tolist())),
                     **row,
                 }
             )
-            state.epoch = len(state.history["epochs"])
+            state.epoch = len(state.history.epochs)
             with contextlib.redirect_stdout(io.StringIO()):  # the report's console line
                 with Reporter(state, folder / "results", n_train) as report:
                     t_other, _ = timed(lambda samples=samples: report.epoch(state, val_set, samples), sync)
@@ -225,7 +221,6 @@ def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> 
     """Run blocks of iterations when asked; answer with (seconds, data-wait seconds, iterations)."""
     import warnings
 
-    import layers
     import train
 
     warnings.filterwarnings("ignore", message=".*worker")  # 4 workers on 2 cores is the point
@@ -254,10 +249,7 @@ def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> 
     info = {
         "dtype": str(state.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
-        "channels_last": layers.channels_last_pays(state.device, state.dtype),
-        "small_map_matmul": layers.SMALL_MAP_PIXELS > 0 and state.device.type == "cpu",
-        "bf16_compute_copies": any("compute_copy" in m.__dict__ for m in state.G.modules()),
-        "fused_bf16_adam_compiled": layers.FUSED_UPDATE.kernel is not None,
+        "accelerated": state.acceleration.describe() if state.acceleration else "nothing (stock networks)",
     }
     if kind == "graphs":
         graphed = state.graphed_step

@@ -32,13 +32,14 @@ import os
 import shutil
 import signal
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
-from distributed import World, gather_objects, mean_over_ranks, on_main
-from utils import atomic_write, autocast, first_line, on_signals, rng_state, set_rng_state
+from distributed import gather_objects, mean_over_ranks, on_main
+from state import History, Progress, RunDirs, RunState
+from utils import atomic_write, first_line, on_signals, rng_state, set_rng_state
 
 FULL_KEYS = (
     "generator",
@@ -60,54 +61,6 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, not a checkpoint, or does not fit; the message names it."""
 
 
-@dataclasses.dataclass
-class Progress:
-    """Where the current epoch stands: iterations done and loss sums, kept on the device."""
-
-    total: torch.Tensor  # (4,) sums of G_GAN, G_L1, D_real, D_fake over the epoch's iterations
-    window: torch.Tensor  # (4,) the same since the last log point
-    iteration: int = 0
-    in_window: int = 0
-
-    @classmethod
-    def start(cls, device: torch.device, losses: int = 4) -> "Progress":
-        return cls(torch.zeros(losses, device=device), torch.zeros(losses, device=device))
-
-
-@dataclasses.dataclass
-class RunState:
-    """Everything a run changes as it trains: what a full checkpoint saves and restores.
-
-    G and D are the bare networks (for generating and checkpoints); G_train and D_train are what
-    the training step calls: the same networks, or their DDP wrappers under torchrun.
-    """
-
-    cfg: Any  # the run's Config
-    world: World
-    device: torch.device
-    dtype: torch.dtype  # autocast dtype; float32 = no autocast
-    G: nn.Module
-    D: nn.Module
-    G_train: nn.Module
-    D_train: nn.Module
-    opt_G: torch.optim.Optimizer
-    opt_D: torch.optim.Optimizer
-    sched_G: torch.optim.lr_scheduler.LRScheduler
-    sched_D: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    generator_kwargs: dict
-    history: dict
-    progress: Progress
-    epoch: int = 0  # epochs completed
-    stop: bool = False  # a signal asked to stop after the current iteration
-    rng_ranks: list | None = None  # every process's RNG state, gathered for the next checkpoint
-    graphed_step: Any = None  # with --cuda_graphs: the training step as a replayed CUDA graph (speedups.py)
-
-    @property
-    def amp(self) -> contextlib.AbstractContextManager:
-        return autocast(self.device, self.dtype)
-
-
 # ---------------------------------------------------------------------------------------------
 # Contents
 # ---------------------------------------------------------------------------------------------
@@ -122,8 +75,8 @@ def snapshot(state: RunState) -> dict:
         "generator_kwargs": state.generator_kwargs,
         "config": dataclasses.asdict(state.cfg),
         "epoch": state.epoch,
-        "history": state.history,
-        "metrics": state.history["epochs"][-1] if state.history["epochs"] else {},
+        "history": state.history.to_dict(),
+        "metrics": state.history.epochs[-1] if state.history.epochs else {},
     }
 
 
@@ -277,7 +230,8 @@ def restore(state: RunState, checkpoint: dict, path: Path, architecture: dict[st
         check_state_dict(net, checkpoint[key], key, path)
         net.load_state_dict(checkpoint[key])
     state.epoch = int(checkpoint.get("epoch", 0))
-    state.history = checkpoint.get("history") or state.history
+    if checkpoint.get("history"):
+        state.history = History.from_dict(checkpoint["history"])
     if checkpoint.get("kind", "full") == "full" and all(k in checkpoint for k in FULL_KEYS):
         _restore_training(state, checkpoint, path)
     else:
@@ -296,10 +250,10 @@ def _restore_training(state: RunState, checkpoint: dict, path: Path) -> None:
             getattr(state, key).load_state_dict(checkpoint[key])
         p = checkpoint["progress"]
         state.progress = Progress(
-            torch.tensor(p["total"], device=state.device),
-            torch.tensor(p["window"], device=state.device),
-            p["iteration"],
-            p["in_window"],
+            total=torch.tensor(p["total"], device=state.device),
+            window=torch.tensor(p["window"], device=state.device),
+            iteration=p["iteration"],
+            in_window=p["in_window"],
         )
         set_rng_state(checkpoint["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
@@ -339,12 +293,7 @@ def _restore_across_world_sizes(state: RunState, checkpoint: dict, path: Path) -
                 f"that epoch starts again with {world.size} of batch {cfg.batch_size}"
             )
         state.progress = Progress.start(state.device)
-        steps = state.history["steps"]
-        keep = [
-            i for i, at in enumerate(steps["epoch"]) if at <= state.epoch
-        ]  # drop the restarted epoch's points
-        for key in steps:
-            steps[key] = [steps[key][i] for i in keep]
+        state.history.drop_points_after(state.epoch)
 
 
 def newest_loadable_snapshot(folder: Path) -> Path | None:
@@ -378,9 +327,9 @@ def load_latest(path: Path, device: torch.device) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def resume_or_start(state: RunState, dirs: dict, architecture: dict[str, object]) -> None:
+def resume_or_start(state: RunState, dirs: RunDirs, architecture: dict[str, object]) -> None:
     """Continue resume_from, or this run's latest.pt, or start over (moving an old run aside)."""
-    cfg, latest = state.cfg, dirs["checkpoints"] / "latest.pt"
+    cfg, latest = state.cfg, dirs.latest
     if cfg.resume_from or (cfg.resume and latest.exists()):
         path = Path(cfg.resume_from) if cfg.resume_from else latest
         checkpoint = (
@@ -390,7 +339,7 @@ def resume_or_start(state: RunState, dirs: dict, architecture: dict[str, object]
         if state.world.is_main:
             print(f"resuming {path}: epoch {state.epoch + 1}, iteration {state.progress.iteration}")
     elif not cfg.resume and state.world.is_main:
-        for moved in move_aside(dirs["checkpoints"], dirs["results"]):
+        for moved in move_aside(dirs.checkpoints, dirs.results):
             print(f"--resume false: the previous run's files are now in {moved}")
 
 

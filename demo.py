@@ -64,6 +64,7 @@ def load_model(checkpoint: Path, device_name: str) -> Model:
     import predict
     from checkpoint import CheckpointError
     from dataset import DatasetError, read_image, to_tensor
+    from evaluation import translate_image
     from utils import resolve_device
 
     try:
@@ -80,7 +81,8 @@ def load_model(checkpoint: Path, device_name: str) -> Model:
 
     def translate(image: np.ndarray, seed: int, resize: bool) -> np.ndarray:
         real_A = to_tensor(Image.fromarray(image), cfg.input_nc)  # as predict reads a file: gray or RGB
-        fake_B = predict.translate_image(G, cfg, real_A, device, amp, resize, seed=seed)
+        resize_to = cfg.image_size if resize else None
+        fake_B = translate_image(G, real_A, cfg.eval_mode, seed, device, amp, resize_to)
         return fake_B.add(1).mul(127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
 
     def read(path: Path) -> np.ndarray:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from layers import Conv2d, norm_layer
+from layers import norm_layer
 
 
 class PatchDiscriminator(nn.Module):
@@ -23,20 +23,19 @@ class PatchDiscriminator(nn.Module):
     def __init__(self, in_channels: int = 6, ndf: int = 64, n_layers: int = 3, norm: str = "batch") -> None:
         super().__init__()
         bias = norm != "batch"  # BatchNorm's shift makes a conv bias redundant
-        # layers.Conv2d: nn.Conv2d's parameters and results, plus the CPU fast paths (bf16 compute copies).
-        layers: list[nn.Module] = [Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]
         width = ndf
         for n in range(1, n_layers + 1):
             # The last of these keeps the size (stride 1); it widens the receptive field to 70 px.
             stride = 2 if n < n_layers else 1
             next_width = ndf * min(2**n, 8)
             layers += [
-                Conv2d(width, next_width, 4, stride, 1, bias=bias),
+                nn.Conv2d(width, next_width, 4, stride, 1, bias=bias),
                 norm_layer(norm, next_width),
                 nn.LeakyReLU(0.2),
             ]
             width = next_width
-        layers.append(Conv2d(width, 1, 4, 1, 1))  # one logit per patch, no sigmoid (BCEWithLogits)
+        layers.append(nn.Conv2d(width, 1, 4, 1, 1))  # one logit per patch, no sigmoid (BCEWithLogits)
         self.model = nn.Sequential(*layers)
 
     def forward(self, condition: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,8 @@ RANK, LOCAL_RANK and WORLD_SIZE. This module turns those into a `World`, joins t
 needs: run something in rank 0 alone while the others wait (`on_main`), or in turns
 (`in_turns`, for downloads), average a tensor over the processes, and wrap a network in DDP.
 It also holds what several processes change in the networks: BatchNorm whose statistics span
-every process's batch (`sync_batchnorm`), and the switch back to local statistics for work that
-rank 0 does alone (`local_norm_stats`).
+every process's batch (`sync_batchnorm`). Work that rank 0 does alone generates through
+evaluation.py's per-image view of the generator, whose BatchNorm never synchronises.
 A plain `python train.py` is a World of one process, for which every function here is a no-op.
 """
 
@@ -18,7 +18,6 @@ import dataclasses
 import io
 import itertools
 import os
-import types
 from typing import Callable, Iterator, Mapping
 
 import torch
@@ -318,23 +317,3 @@ def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
         else:
             sync_batchnorm(child, device)
     return module
-
-
-@contextlib.contextmanager
-def local_norm_stats(module: nn.Module) -> Iterator[None]:
-    """Let synchronised BatchNorm layers normalise with this process's batch alone, like BatchNorm2d.
-
-    In train mode a synchronised layer waits in a collective until every process runs the same
-    layer, so generating samples or metrics in rank 0 alone would hang there (or meet another
-    collective of the others and fail). Nothing is lost by normalising locally: had every process
-    run the same inputs through the synchronised layer, the statistics over those identical
-    batches would be exactly rank 0's own, as in a single process.
-    """
-    synced = [m for m in module.modules() if isinstance(m, (nn.SyncBatchNorm, SyncBatchNorm2d))]
-    for m in synced:
-        m.forward = types.MethodType(nn.modules.batchnorm._BatchNorm.forward, m)  # shadows the class's
-    try:
-        yield
-    finally:
-        for m in synced:
-            del m.forward

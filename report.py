@@ -22,6 +22,7 @@ import torch
 
 from figures import plot_curves, save_sample_grid, write_csv, write_gallery
 from metrics import MissingPackageError
+from state import RunDirs
 from utils import write_text
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -279,7 +280,7 @@ class Reporter:
         self, state, folder: Path, n_pairs: int, log: RunLog | None = None, val_pairs: int | None = None
     ) -> None:
         self.folder, self.active = Path(folder), state.world.is_main
-        self.loss_names = tuple(name for name in state.history["steps"] if name != "epoch")
+        self.loss_names = state.history.loss_names
         self.log = log or RunLog(active=False)
         self.bar, self.tensorboard, self.n_batches = None, None, 0
         # Where the progress goes: the real stderr, past the log (its frames are no lines).
@@ -402,22 +403,22 @@ class Reporter:
         if not self.active:
             return
         cfg, history = state.cfg, state.history
-        row = history["epochs"][-1]
+        row = history.epochs[-1]
         rows = samples or sample_rows(state, val_set)
         grid = save_sample_grid(
             rows,
             self.folder / "samples" / f"epoch_{state.epoch:03d}.png",
             title=f"{cfg.name}, epoch {state.epoch}",
         )
-        write_csv(history["epochs"], self.folder / "history.csv")
+        write_csv(history.epochs, self.folder / "history.csv")
         plot_curves(
-            history["epochs"], history["steps"], self.loss_names, self.folder / "loss.png", epoch_means=True
+            history.epochs, history.steps, self.loss_names, self.folder / "loss.png", epoch_means=True
         )
         metric_names = VAL_NAMES + (FID_NAMES if cfg.val_fid else ())
-        if any("val_L1" in r for r in history["epochs"]):
-            plot_curves(history["epochs"], {}, metric_names, self.folder / "metrics.png")
+        if any("val_L1" in r for r in history.epochs):
+            plot_curves(history.epochs, {}, metric_names, self.folder / "metrics.png")
         write_gallery(
-            history["epochs"], self.loss_names, metric_names, self.folder, title=f"Pix2Pix run {cfg.name}"
+            history.epochs, self.loss_names, metric_names, self.folder, title=f"Pix2Pix run {cfg.name}"
         )
         if self.tensorboard is not None:
             step = self.step(state)
@@ -440,21 +441,18 @@ class Reporter:
         with tqdm.external_write_mode(file=self.console):  # clears the bar, redraws it after
             print(line, file=file or sys.stdout, flush=True)
 
-    def finish(self, state, dirs: dict) -> None:
+    def finish(self, state, dirs: RunDirs) -> None:
         if state.stop:
-            self.print(
-                f"stopped; {dirs['checkpoints'] / 'latest.pt'} is saved: run the same command to resume"
-            )
+            self.print(f"stopped; {dirs.latest} is saved: run the same command to resume")
         else:
-            self.print(f"done: {dirs['results']} and {dirs['checkpoints']}")
+            self.print(f"done: {dirs.results} and {dirs.checkpoints}")
 
 
 def sample_rows(state, val_set) -> list[list[torch.Tensor]]:
     """The first num_samples validation pairs as rows [input, generated, target]."""
-    from generator import translate_items
+    from evaluation import translate_pairs
 
     cfg = state.cfg
-    items = (val_set[i] for i in range(min(cfg.num_samples, len(val_set))))
-    return [
-        list(row) for row in translate_items(state.G, items, cfg.eval_mode, cfg.seed, state.amp, state.device)
-    ]
+    pairs = (val_set[i] for i in range(min(cfg.num_samples, len(val_set))))
+    triples = translate_pairs(state.G, pairs, cfg.eval_mode, cfg.seed, state.amp, state.device)
+    return [list(row) for row in triples]

@@ -1,17 +1,23 @@
-"""What train.py does for speed beyond the layers: keeping freed memory for reuse on the CPU, and
-the whole training step as one CUDA graph on a GPU.
+"""Speed, put on from outside: everything that makes the paper's networks train and generate
+faster without changing what they compute. train.py, predict.py and demo.py build the stock
+networks and then call ``accelerate``, which says what it applied; benchmark.py's baseline is the
+same networks without that call.
 
-Freed memory (the CPU). A training step allocates and frees some 100 MB of large tensors
-(activations, weight gradients). glibc's malloc returns large blocks to the kernel on free and
-gets fresh pages on the next allocation: some 25,000 page faults per step, each page zeroed by the
-kernel, 5-10 % of the step. ``keep_freed_memory`` raises glibc's mmap and trim thresholds once, so
-freed blocks stay in the heap and are reused (peak memory grows by some 20 MB).
+- Small maps as matrix products, and bf16 weight copies that Adam writes (CPU; fast_layers.py,
+  adam_copies.py): the layers are replaced by twins sharing their Parameter objects, so the
+  parameters, the state_dict keys and the optimizers stay the same.
+- channels_last activations (CUDA, and bf16 on the CPU, where the convolutions run fastest in NHWC):
+  a forward pre-hook on each network puts its inputs in that layout; the weights stay NCHW.
+- Freed memory kept for reuse (the CPU). A training step allocates and frees some 100 MB of large
+  tensors. glibc returns large blocks to the kernel on free and gets fresh, zeroed pages on the next
+  allocation: tens of thousands of page faults per step. ``keep_freed_memory`` raises glibc's mmap
+  and trim thresholds once, so freed blocks stay in the heap and are reused.
+- The whole training step as one CUDA graph (``--cuda_graphs true``, ``GraphedStep`` below).
 
-CUDA graphs (``--cuda_graphs true``).
-
-At batch 1 the step is launch-bound on a GPU: some 600 small kernels (forward, backward and the
-two fused Adam updates) whose launches cost more than their arithmetic. A CUDA graph records them
-once and replays them with one launch. What it takes (PyTorch's "whole network capture"):
+CUDA graphs. At batch 1 the step is launch-bound on a GPU: some 600 small kernels (forward,
+backward and the two fused Adam updates) whose launches cost more than their arithmetic. A CUDA
+graph records them once and replays them with one launch. What it takes (PyTorch's "whole network
+capture"):
 
 - a few eager warm-up steps on a side stream first (cuDNN picks its algorithms, Adam creates its
   state), then one capture of the step on fixed input buffers; every later step copies its batch
@@ -30,34 +36,95 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
+import functools
 import sys
 import warnings
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+from torch import nn
 
+from adam_copies import AdamCopyWriter, compile_adam_with_copy
+from fast_layers import attach_compute_copies, use_matmul_layers
 from utils import first_line
 
-TUNE_MALLOC = True  # benchmark.py's baseline turns it off: plain PyTorch
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
-_malloc_tuned = False
 
 
+@dataclasses.dataclass
+class Acceleration:
+    """What accelerate() applied."""
+
+    matmul_layers: int = 0  # convolutions computed as matrix products on small CPU maps
+    compute_copies: int = 0  # weights with a bf16 compute copy
+    fused_adam: bool = False  # Adam writes those copies in one compiled loop
+    channels_last: bool = False  # activations in NHWC
+    keep_freed_memory: bool = False  # glibc keeps freed blocks for reuse
+
+    def describe(self) -> str:
+        parts = [
+            f"{self.matmul_layers} small-map matmul convolutions" if self.matmul_layers else "",
+            f"bf16 copies of {self.compute_copies} weights" if self.compute_copies else "",
+            "fused Adam" if self.fused_adam else "",
+            "channels_last" if self.channels_last else "",
+            "freed memory kept" if self.keep_freed_memory else "",
+        ]
+        return ", ".join(p for p in parts if p) or "nothing"
+
+
+def accelerate(
+    networks: Sequence[tuple[nn.Module, torch.optim.Optimizer | None]],
+    device: torch.device,
+    dtype: torch.dtype,
+    processes: int = 1,
+) -> Acceleration:
+    """Make each (network, its Adam optimizer or None) fast on `device` computing in `dtype`.
+
+    Call it after the optimizers are built and before any DDP wrapper. Compute copies only in one
+    process: under DDP the gradients must arrive on the parameters, where DDP averages them."""
+    done = Acceleration()
+    done.channels_last = device.type == "cuda" or (device.type == "cpu" and dtype == torch.bfloat16)
+    if device.type == "cpu":
+        done.keep_freed_memory = keep_freed_memory()
+        copy_writer_kernel = None
+        for net, optimizer in networks:
+            done.matmul_layers += use_matmul_layers(net, done.channels_last)
+            if dtype != torch.bfloat16 or processes > 1:
+                continue
+            copies = attach_compute_copies(net, dtype)
+            done.compute_copies += len(copies)
+            if optimizer is not None and copies:
+                copy_writer_kernel = copy_writer_kernel or compile_adam_with_copy()
+                done.fused_adam = copy_writer_kernel is not None
+                AdamCopyWriter(optimizer, copies, copy_writer_kernel)
+    if done.channels_last:
+        for net, _ in networks:
+            net.register_forward_pre_hook(channels_last_inputs)
+    return done
+
+
+def channels_last_inputs(module: nn.Module, args: tuple) -> tuple:
+    """A forward pre-hook: the network's (N, C, H, W) inputs in channels_last (NHWC)."""
+    return tuple(
+        a.contiguous(memory_format=torch.channels_last) if isinstance(a, torch.Tensor) and a.dim() == 4 else a
+        for a in args
+    )
+
+
+@functools.cache
 def keep_freed_memory() -> bool:
     """Let glibc keep freed blocks for reuse instead of unmapping them (see above); once per
     process, Linux/glibc only (elsewhere nothing changes). Returns whether it is in effect."""
-    global _malloc_tuned
-    if _malloc_tuned or not TUNE_MALLOC or not sys.platform.startswith("linux"):
-        return _malloc_tuned
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         # Blocks up to 1 GiB come from the heap, and up to 2 GiB free at its top is kept.
-        _malloc_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(
-            libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)
-        )
+        mmap = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
+        return bool(mmap) and bool(libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
     except (OSError, AttributeError):  # not glibc (musl, say): leave the allocator alone
-        _malloc_tuned = False
-    return _malloc_tuned
+        return False
 
 
 WARMUP_STEPS = 3  # eager steps before the capture (PyTorch's examples use 3; DDP would need 11)

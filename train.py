@@ -20,7 +20,6 @@ import itertools
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -30,19 +29,19 @@ from torch.utils.data import DataLoader
 
 import checkpoint as ckpt
 import distributed as ddp
-from checkpoint import CheckpointError, Progress, RunState
+from checkpoint import CheckpointError
 from config import Config, ConfigError, architecture_defaults, generator_depth, parse_args
 from data import build_data, make_loader, prepare_data_root
 from dataset import DatasetError, PairedDataset
 from discriminator import PatchDiscriminator
-from generator import UNetGenerator, translate_items
-from layers import attach_compute_copies, compute_layout, init_weights, set_requires_grad
+from evaluation import translate_pairs
+from generator import UNetGenerator
+from layers import init_weights, set_requires_grad
 from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
 from report import Reporter, RunLog, check_tensorboard
-from speedups import GraphedStep, keep_freed_memory
+from speedups import GraphedStep, accelerate
+from state import LOSS_NAMES, History, Progress, RunDirs, RunState
 from utils import OutputError, exit_on_errors, resolve_device, resolve_precision, seed_everything
-
-LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
 
 
 class TrainingError(RuntimeError):
@@ -129,8 +128,6 @@ def train_step(state: RunState, real_A: torch.Tensor, real_B: torch.Tensor) -> t
 def eager_step(state: RunState, real_A: torch.Tensor, real_B: torch.Tensor) -> torch.Tensor:
     """train_step's work, op by op."""
     amp, scaler = state.amp, state.scaler
-    # channels_last on CUDA and for bf16 on the CPU, where the convolutions run fastest in NHWC.
-    real_A, real_B = compute_layout(real_A, state.dtype), compute_layout(real_B, state.dtype)
     with amp:
         fake_B = state.G_train(real_A)  # (N, output_nc, H, W)
     state.opt_D.zero_grad(set_to_none=True)
@@ -150,20 +147,57 @@ def eager_step(state: RunState, real_A: torch.Tensor, real_B: torch.Tensor) -> t
 # --- The run ---
 
 
-def setup(cfg: Config, world: ddp.World | None = None, device: torch.device | None = None) -> RunState:
-    """Seed, pick device and precision, build networks and optimizers, and an empty history.
-
-    Under torchrun the networks get synchronised BatchNorm (cfg.sync_bn) and DDP wrappers for
-    the training step (state.G_train, state.D_train); state.G and state.D stay the bare networks.
-    """
+def setup(
+    cfg: Config, world: ddp.World | None = None, device: torch.device | None = None, fast: bool = True
+) -> RunState:
+    """Seed, pick device and precision, build the networks and optimizers, make them fast (unless
+    `fast` is false: benchmark.py's baseline): the state of a run at its start. Under torchrun the
+    networks get synchronised BatchNorm (cfg.sync_bn) and DDP wrappers for the training step
+    (state.G_train, state.D_train); state.G and state.D stay the bare networks."""
     world = world or ddp.World()
-    seed_everything(cfg.seed)  # the same initial weights in every process (DDP also copies rank 0's)
+    seed_and_threads(cfg)
+    device, dtype = device_and_precision(cfg, device)
+    G, D = build_networks(cfg, device, world)
+    (opt_G, opt_D), (sched_G, sched_D) = build_optimizers(cfg, G, D)
+    applied = accelerate([(G, opt_G), (D, opt_D)], device, dtype, world.size) if fast else None
+    G_train, D_train = G, D
+    if world.size > 1:
+        G_train, D_train = ddp.data_parallel(G, device), ddp.data_parallel(D, device)
+        seed_everything(cfg.seed + world.rank)  # dropout noise differs between processes
+    state = RunState(
+        cfg=cfg,
+        world=world,
+        device=device,
+        dtype=dtype,
+        G=G,
+        D=D,
+        G_train=G_train,
+        D_train=D_train,
+        opt_G=opt_G,
+        opt_D=opt_D,
+        sched_G=sched_G,
+        sched_D=sched_D,
+        scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        generator_kwargs=generator_kwargs(cfg),
+        history=History(),
+        progress=Progress.start(device),
+        acceleration=applied,
+    )
+    state.graphed_step = cuda_graphs(cfg, state)
+    return state
+
+
+def seed_and_threads(cfg: Config) -> None:
+    """The same initial weights in every process (DDP also copies rank 0's), and the CPU threads."""
+    seed_everything(cfg.seed)
     # Adam's second moments and late gradients underflow into subnormal floats, which x86 CPUs
-    # process up to 100x slower; flushing them to zero changes nothing measurable and saves ~25%.
+    # process many times slower; flushing them to zero changes nothing measurable.
     torch.set_flush_denormal(True)
-    keep_freed_memory()  # large freed blocks stay in the heap: no page faults every step (speedups.py)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+
+
+def device_and_precision(cfg: Config, device: torch.device | None) -> tuple[torch.device, torch.dtype]:
     try:
         device = device or resolve_device(cfg.device)
         dtype = resolve_precision(cfg.precision, device)
@@ -173,50 +207,31 @@ def setup(cfg: Config, world: ddp.World | None = None, device: torch.device | No
         torch.backends.cudnn.benchmark = (
             True  # fixed shapes: cuDNN times its algorithms once, then reuses the best
         )
-    kwargs = generator_kwargs(cfg)
-    G, D = UNetGenerator(**kwargs).to(device), build_discriminator(cfg).to(device)
+    return device, dtype
+
+
+def build_networks(cfg: Config, device: torch.device, world: ddp.World) -> tuple[nn.Module, nn.Module]:
+    """G and D with the paper's initialisation; synchronised BatchNorm under torchrun (sync_bn)."""
+    G, D = UNetGenerator(**generator_kwargs(cfg)).to(device), build_discriminator(cfg).to(device)
     init_weights(G, cfg.init_gain)
     init_weights(D, cfg.init_gain)
-    G_train, D_train = G, D
-    if world.size > 1:
-        if cfg.sync_bn:  # before the optimizers, though the parameters stay the same objects
-            G, D = ddp.sync_batchnorm(G, device), ddp.sync_batchnorm(D, device)
-        G_train, D_train = ddp.data_parallel(G, device), ddp.data_parallel(D, device)
-        seed_everything(cfg.seed + world.rank)  # dropout noise differs between processes
-    (opt_G, opt_D), (sched_G, sched_D) = build_optimizers(cfg, G, D)
-    if device.type == "cpu" and dtype == torch.bfloat16 and world.size == 1:
-        # bf16 weight copies that Adam writes, instead of autocast casting the fp32 weights on every
-        # forward and the gradients back on every backward (layers.attach_compute_copies).
-        for net, opt in ((G, opt_G), (D, opt_D)):
-            attach_compute_copies(net, opt, dtype)
-    history = {"epochs": [], "steps": {"epoch": [], **{name: [] for name in LOSS_NAMES}}}
-    state = RunState(
-        cfg,
-        world,
-        device,
-        dtype,
-        G,
-        D,
-        G_train,
-        D_train,
-        opt_G,
-        opt_D,
-        sched_G,
-        sched_D,
-        torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-        kwargs,
-        history,
-        Progress.start(device),
-    )
-    if cfg.cuda_graphs:
-        if GraphedStep.usable(state):
-            state.graphed_step = GraphedStep(eager_step)  # train_step replays it
-        elif world.is_main:
-            print(
-                "--cuda_graphs true: needs CUDA, bf16 or fp32 and one process; training without CUDA graphs",
-                file=sys.stderr,
-            )
-    return state
+    if world.size > 1 and cfg.sync_bn:  # the parameters stay the same objects
+        G, D = ddp.sync_batchnorm(G, device), ddp.sync_batchnorm(D, device)
+    return G, D
+
+
+def cuda_graphs(cfg: Config, state: RunState) -> GraphedStep | None:
+    """With --cuda_graphs true, the training step as a replayed CUDA graph where that works."""
+    if not cfg.cuda_graphs:
+        return None
+    if GraphedStep.usable(state):
+        return GraphedStep(eager_step)  # train_step replays it
+    if state.world.is_main:
+        print(
+            "--cuda_graphs true: needs CUDA, bf16 or fp32 and one process; training without CUDA graphs",
+            file=sys.stderr,
+        )
+    return None
 
 
 def check_finite(sums: torch.Tensor, where: str) -> None:
@@ -237,15 +252,13 @@ def log_point(state: RunState, n_batches: int, report: Reporter) -> None:
         p.window, f"in epoch {state.epoch + 1}, iterations {p.iteration - p.in_window + 1}-{p.iteration}"
     )
     means = dict(zip(LOSS_NAMES, (p.window / p.in_window).tolist()))
-    state.history["steps"]["epoch"].append(state.epoch + p.iteration / n_batches)
-    for name, value in means.items():
-        state.history["steps"][name].append(value)
+    state.history.add_point(state.epoch + p.iteration / n_batches, means)
     report.losses(state, means)
     p.window.zero_()
     p.in_window = 0
 
 
-def train_one_epoch(state: RunState, loader: DataLoader, report: Reporter, dirs: dict) -> dict | None:
+def train_one_epoch(state: RunState, loader: DataLoader, report: Reporter, dirs: RunDirs) -> dict | None:
     """Run (the rest of) one epoch; returns its loss means, or None when stopped by a signal.
 
     Losses stay on the device and are read back only every log_every iterations. With
@@ -282,7 +295,7 @@ def train_one_epoch(state: RunState, loader: DataLoader, report: Reporter, dirs:
             done = state.epoch * n_batches + p.iteration
             if stop or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
                 check_finite(p.total, f"in epoch {state.epoch + 1}")
-                ckpt.save_latest(state, dirs["checkpoints"] / "latest.pt")
+                ckpt.save_latest(state, dirs.latest)
                 if stop:
                     state.stop = True
                     return None
@@ -294,7 +307,7 @@ def train_one_epoch(state: RunState, loader: DataLoader, report: Reporter, dirs:
 def validate(state: RunState, val_set: PairedDataset) -> tuple[dict[str, float], list[list[torch.Tensor]]]:
     """Mean L1, PSNR and SSIM (and FID/KID with val_fid) of the generator on the validation split,
     each image as the paper generates it alone (BatchNorm statistics of the image itself), several
-    at a time (generator.translate_items), each scored as soon as it is generated. Also returns the
+    at a time (evaluation.translate_pairs), each scored as soon as it is generated. Also returns the
     first num_samples [real_A, fake_B, real_B] for the sample grid, which need not be made again."""
     cfg, G, samples = state.cfg, state.G, []
 
@@ -304,30 +317,25 @@ def validate(state: RunState, val_set: PairedDataset) -> tuple[dict[str, float],
                 samples.append([real_A, fake_B, real_B])
             yield fake_B, real_B
 
-    with ddp.local_norm_stats(G):  # rank 0 generates alone: no synchronised BatchNorm
-        items = (val_set[i] for i in range(len(val_set)))
-        _, means = evaluate_pairs(
-            scored(translate_items(G, items, cfg.eval_mode, cfg.seed, state.amp, state.device)),
-            cfg.val_fid,
-            state.device,
-        )
+    # The per-image view normalises locally: rank 0 generates alone, with no synchronised BatchNorm.
+    pairs = (val_set[i] for i in range(len(val_set)))
+    triples = translate_pairs(G, pairs, cfg.eval_mode, cfg.seed, state.amp, state.device)
+    _, means = evaluate_pairs(scored(triples), cfg.val_fid, state.device)
     return {f"val_{k}": v for k, v in means.items() if k in ("L1", "PSNR", "SSIM", "FID", "KID")}, samples
 
 
-def end_of_epoch(state: RunState, val_set: PairedDataset, report: Reporter, dirs: dict) -> None:
+def end_of_epoch(state: RunState, val_set: PairedDataset, report: Reporter, dirs: RunDirs) -> None:
     """Validate, report, checkpoint: rank 0 alone (on_main), latest.pt last (the commit point)."""
-    cfg, row, samples = state.cfg, state.history["epochs"][-1], None
+    cfg, row, samples = state.cfg, state.history.epochs[-1], None
     if cfg.val_every and state.epoch % cfg.val_every == 0:
         metrics, samples = validate(state, val_set)
         row.update(metrics)
-    with ddp.local_norm_stats(state.G):
-        report.epoch(state, val_set, samples)
+    report.epoch(state, val_set, samples)
     snapshot = ckpt.snapshot(state)
     if cfg.save_every and state.epoch % cfg.save_every == 0:
-        ckpt.save_checkpoint(snapshot, dirs["checkpoints"] / f"epoch_{state.epoch:03d}.pt")
-    scores = [r["val_L1"] for r in state.history["epochs"] if "val_L1" in r]
-    if "val_L1" in row and row["val_L1"] == min(scores):
-        ckpt.save_checkpoint(snapshot, dirs["checkpoints"] / "best.pt")
+        ckpt.save_checkpoint(snapshot, dirs.checkpoints / f"epoch_{state.epoch:03d}.pt")
+    if state.history.is_best(row):
+        ckpt.save_checkpoint(snapshot, dirs.checkpoints / "best.pt")
 
 
 def train(cfg: Config, world: ddp.World | None = None, device: torch.device | None = None) -> None:
@@ -336,18 +344,18 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
     if cfg.val_fid:
         inception_weights_path()  # a missing optional package fails now, not after the first epoch
     check_tensorboard(cfg)  # so does --tensorboard true without the package
-    dirs = {"results": Path(cfg.results_dir) / cfg.name, "checkpoints": Path(cfg.checkpoint_dir) / cfg.name}
-    lock = ckpt.run_lock(dirs["checkpoints"]) if world.is_main else contextlib.nullcontext()
+    dirs = RunDirs.of(cfg)
+    lock = ckpt.run_lock(dirs.checkpoints) if world.is_main else contextlib.nullcontext()
     with lock, RunLog(world.is_main) as log:  # what is printed from here on also goes to train.log
         ddp.in_turns(world, device, lambda: prepare_data_root(cfg))  # a download happens once
         train_set, val_set = build_data(cfg)  # first, so that bad data fails before any work
         state = setup(cfg, world, device)
         if world.is_main:
-            ckpt.remove_stale_temporaries(dirs["checkpoints"], dirs["results"], dirs["results"] / "samples")
+            ckpt.remove_stale_temporaries(dirs.checkpoints, dirs.results, dirs.results / "samples")
         ckpt.resume_or_start(state, dirs, architecture_defaults())
         ddp.check_same_start(world, state.device, state.epoch, state.progress.iteration)
         loader = make_loader(train_set, cfg, state.device, world)
-        report = Reporter(state, dirs["results"], len(train_set), log, len(val_set))
+        report = Reporter(state, dirs.results, len(train_set), log, len(val_set))
         with report, ckpt.stop_on_signals(state, report.print):
             while state.epoch < cfg.epochs:
                 loader.sampler.set_epoch(state.epoch)
@@ -360,7 +368,7 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
                     sched.step()
                 state.epoch += 1
                 state.progress = Progress.start(state.device)
-                state.history["epochs"].append(
+                state.history.epochs.append(
                     {
                         "epoch": state.epoch,
                         **means,
@@ -369,7 +377,7 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
                     }
                 )
                 ddp.on_main(world, state.device, lambda: end_of_epoch(state, val_set, report, dirs))
-                ckpt.save_latest(state, dirs["checkpoints"] / "latest.pt")
+                ckpt.save_latest(state, dirs.latest)
                 # Only an agreed flag may end the loop: a signal seen by one process alone
                 # would otherwise leave the others waiting in the next epoch's collectives.
                 if ddp.any_rank(world, state.device, state.stop):

@@ -28,7 +28,7 @@ import train
 from checkpoint import full_checkpoint, save_checkpoint
 from config import Config
 from dataset import read_image
-from utils import autocast, resolve_precision
+from evaluation import translate_image
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
@@ -79,7 +79,7 @@ def custom_run(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_translate_image_is_predicts_file_path(checkpoint, tmp_path):
-    """predict.translate_image on a decoded image is exactly what predict.py writes for the file,
+    """evaluation.translate_image on a decoded image is exactly what predict.py writes for the file,
     at any size."""
     G, cfg, _ = predict.load_run(checkpoint, torch.device("cpu"))
     rng = np.random.default_rng(0)
@@ -87,7 +87,10 @@ def test_translate_image_is_predicts_file_path(checkpoint, tmp_path):
     Image.fromarray(image).save(tmp_path / "in.png")
     real_A = torch.from_numpy(image).permute(2, 0, 1)
     for resize in (False, True):
-        from_tensor = predict.translate_image(G, cfg, real_A, torch.device("cpu"), None, resize)
+        resize_to = cfg.image_size if resize else None
+        from_tensor = translate_image(
+            G, real_A, cfg.eval_mode, cfg.seed, torch.device("cpu"), None, resize_to
+        )
         predict.predict_files(
             G, cfg, [tmp_path / "in.png"], tmp_path / "out", torch.device("cpu"), None, resize
         )
@@ -106,8 +109,8 @@ def test_demo_translate_keeps_size_and_follows_the_seed(checkpoint):
     assert out.shape == (70, 90, 3) and out.dtype == np.uint8
     cpu = torch.device("cpu")
     G, cfg, _ = predict.load_run(checkpoint, cpu)
-    amp = autocast(cpu, resolve_precision("auto", cpu))  # as predict.run translates
-    direct = predict.translate_image(G, cfg, torch.from_numpy(image).permute(2, 0, 1), cpu, amp, False)
+    amp = predict.inference_precision(G, cpu)  # as predict.run translates
+    direct = translate_image(G, torch.from_numpy(image).permute(2, 0, 1), cfg.eval_mode, 0, cpu, amp)
     assert np.array_equal(out, direct.add(1).mul(127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy())
     assert np.array_equal(model.translate(image, 0, False), out)  # a seed gives one image ...
     assert not np.array_equal(model.translate(image, 1, False), out)  # ... and dropout varies with it
@@ -122,10 +125,9 @@ def test_uploads_are_read_and_translated_as_predict_does(checkpoint, tmp_path):
     image = demo.to_rgb(model.read(tmp_path / "upload.png"))
     cpu = torch.device("cpu")
     G, cfg, _ = predict.load_run(checkpoint, cpu)
-    amp = autocast(cpu, resolve_precision("auto", cpu))
-    expected = predict.translate_image(
-        G, cfg, read_image(tmp_path / "upload.png", cfg.input_nc), cpu, amp, False
-    )
+    amp = predict.inference_precision(G, cpu)
+    upload = read_image(tmp_path / "upload.png", cfg.input_nc)
+    expected = translate_image(G, upload, cfg.eval_mode, cfg.seed, cpu, amp)
     assert np.array_equal(
         model.translate(image, cfg.seed, False),
         expected.add(1).mul(127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy(),

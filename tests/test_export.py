@@ -15,7 +15,8 @@ import train
 from checkpoint import full_checkpoint, save_checkpoint
 from config import Config
 from dataset import AlignedDataset
-from generator import UNetGenerator, deployable, translate
+from evaluation import export_copy, translate
+from generator import UNetGenerator
 
 
 def export(tmp_path: Path, **overrides) -> tuple[Path, Config]:
@@ -41,7 +42,7 @@ def test_onnx_and_pt2_match_pytorch_at_a_new_size(facades, tmp_path):
     path, cfg = export(tmp_path)
     G, _, _ = predict.load_run(tmp_path / "latest.pt", torch.device("cpu"))
     real_A = real_label_map(facades, 96, 64)  # not the size exported with, not square
-    expected = deployable(G, cfg.eval_mode)(real_A).detach()
+    expected = export_copy(G, cfg.eval_mode)(real_A).detach()
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (fake_B,) = session.run(None, {session.get_inputs()[0].name: real_A.numpy()})
@@ -53,12 +54,12 @@ def test_onnx_and_pt2_match_pytorch_at_a_new_size(facades, tmp_path):
 
 
 def test_exported_graph_is_the_papers_test_time_generator_without_dropout(facades, tmp_path):
-    """With dropout 0, deployable() (batch statistics) equals translate() in the paper's mode."""
+    """With dropout 0, export_copy() (batch statistics) equals translate() in the paper's mode."""
     _, cfg = export(tmp_path, dropout=0.0)
     G, _, _ = predict.load_run(tmp_path / "latest.pt", torch.device("cpu"))
     real_A = real_label_map(facades, 64, 64)
     paper = translate(G, real_A, eval_mode=False, seed=0)
-    assert (deployable(G, eval_mode=False)(real_A) - paper).abs().max() < 1e-5
+    assert (export_copy(G, eval_mode=False)(real_A) - paper).abs().max() < 1e-5
 
 
 def test_missing_export_packages_give_one_line(tmp_path, monkeypatch):

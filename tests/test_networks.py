@@ -72,12 +72,12 @@ def test_init_weights_follows_the_paper():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("eval_mode", [False, True], ids=["paper-mode", "eval-mode"])
-def test_translate_each_equals_one_image_at_a_time(dtype, eval_mode):
-    """A batch through translate_each gives each image what translate gives it alone: BatchNorm
+def test_a_batch_gives_each_image_what_it_gets_alone(dtype, eval_mode):
+    """A batch through translate gives each image what it gets alone: BatchNorm
     with the image's own statistics and the dropout mask of the seed. Equal to float rounding
     (the batch sums in another order): fp32 to 1e-5, bf16 to a few bf16 roundings (< 0.02 of
     the [-1, 1] range, 2.5 levels of 255, and 0.003 on average)."""
-    from generator import translate, translate_each
+    from evaluation import translate
     from utils import autocast
 
     torch.manual_seed(0)
@@ -85,28 +85,34 @@ def test_translate_each_equals_one_image_at_a_time(dtype, eval_mode):
     init_weights(G)
     real_A = torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
     amp = autocast(torch.device("cpu"), dtype)
+    before = {k: v.clone() for k, v in G.state_dict().items()}
     alone = torch.cat([translate(G, a[None], eval_mode, 3, amp) for a in real_A])
-    batch = translate_each(G, real_A, eval_mode, 3, amp)
+    batch = translate(G, real_A, eval_mode, 3, amp)
     max_diff, mean_diff = (batch - alone).abs().max().item(), (batch - alone).abs().mean().item()
     if dtype == torch.float32:
         assert max_diff < 1e-5
     else:
         assert max_diff < 0.02 and mean_diff < 0.003
+    # G is left as it was: its modules, and its running averages even in train mode
+    assert G.training and all(torch.equal(before[k], v) for k, v in G.state_dict().items())
+    assert {type(m).__name__ for m in G.modules()} >= {"BatchNorm2d", "Dropout"}
     if not eval_mode:  # the test means something: a plain batch (shared statistics) differs
-        assert (translate(G, real_A, eval_mode, 3, amp) - alone).abs().max() > 0.05
+        with torch.no_grad(), torch.random.fork_rng(), amp:
+            torch.manual_seed(3)
+            shared = G(real_A).float()
+        assert (shared - alone).abs().max() > 0.05
         assert (translate(G, real_A[:1], eval_mode, 4, amp) - alone[:1]).abs().max() > 0.05  # dropout is on
-    assert all(not m.__dict__.get("forward") for m in G.modules())  # G is left as it was
 
 
-def test_translate_items_batches_images_of_one_size():
-    from generator import translate, translate_items
+def test_translate_pairs_batches_images_of_one_size():
+    from evaluation import translate, translate_pairs
 
     torch.manual_seed(0)
     G = UNetGenerator(ngf=8, num_downs=5, dropout=0.0)
     init_weights(G)
     sizes = [(32, 32), (32, 32), (64, 32), (32, 32)]
     items = [(torch.rand(3, h, w) * 2 - 1, torch.rand(3, h, w)) for h, w in sizes]
-    out = list(translate_items(G, iter(items), False, 0, None, torch.device("cpu"), batch_pixels=2 * 32 * 32))
+    out = list(translate_pairs(G, iter(items), False, 0, None, torch.device("cpu"), batch_pixels=2 * 32 * 32))
     assert len(out) == len(items)
     for (real_A, real_B), (a, fake_B, b) in zip(items, out):
         assert a is real_A and b is real_B and fake_B.shape == real_A.shape

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import train
 from config import Config
 from dataset import AlignedDataset
-from generator import translate
+from evaluation import translate
 
 
 def fifty_steps(precision: str, real_A, real_B, val_A, val_B) -> tuple[float, float]:

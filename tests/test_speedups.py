@@ -1,13 +1,22 @@
-"""layers.py's fast paths against the stock layers: the matrix-product convolutions (forward and
-gradients, fp32 and bf16, odd sizes), and the bf16 compute copies that Adam writes."""
+"""The speed layer against the stock networks: speedups.accelerate (what it replaces, what it keeps),
+the matrix-product convolutions (forward and gradients, fp32 and bf16, odd sizes), the bf16
+compute copies that Adam writes, and channels_last."""
 
+import ast
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-import layers
+import fast_layers
+import speedups
+from fast_layers import MatmulConv2d, MatmulConvTranspose2d
+from layers import init_weights, set_requires_grad
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
 
 # (in, out, kernel, stride, padding, input height, width): the U-Net's 4/2/1 and odd cases.
 CONV_CASES = [
@@ -21,22 +30,21 @@ CONV_CASES = [
 
 @pytest.fixture(autouse=True)
 def matmul_for_every_map(monkeypatch):
-    monkeypatch.setattr(layers, "SMALL_MAP_PIXELS", 10**9)  # every test map takes the matrix product
+    monkeypatch.setattr(fast_layers, "SMALL_MAP_PIXELS", 10**9)  # every test map takes the matrix product
 
 
 def pair_of(kind: str, cin: int, cout: int, k: int, s: int, p: int, bias: bool):
-    """A fast layer and the stock layer with the same parameters."""
+    """A fast layer and the stock layer with equal (not shared) parameters."""
     fast_cls, stock_cls = {
-        "conv": (layers.Conv2d, nn.Conv2d),
-        "transposed": (layers.ConvTranspose2d, nn.ConvTranspose2d),
+        "conv": (MatmulConv2d, nn.Conv2d),
+        "transposed": (MatmulConvTranspose2d, nn.ConvTranspose2d),
     }[kind]
     torch.manual_seed(0)
-    fast = fast_cls(cin, cout, k, s, p, bias=bias)
-    nn.init.normal_(fast.weight, 0.0, 0.2)
-    if bias:
-        nn.init.normal_(fast.bias, 0.0, 0.2)
     stock = stock_cls(cin, cout, k, s, p, bias=bias)
-    stock.load_state_dict(fast.state_dict())
+    nn.init.normal_(stock.weight, 0.0, 0.2)
+    if bias:
+        nn.init.normal_(stock.bias, 0.0, 0.2)
+    fast = fast_cls.replacing(copy.deepcopy(stock), channels_last=False)
     return fast, stock
 
 
@@ -113,29 +121,32 @@ def test_the_decoder_stays_channels_last_below_a_1x1_bottleneck():
     layout conversion per layer and ran batched generation ~20 % slower)."""
     fast, _ = pair_of("transposed", 8, 4, 4, 2, 1, bias=False)
     x = torch.randn(2, 8, 1, 1)  # NCHW strides, as an out-of-place ReLU leaves a 1x1 map
+    fast.channels_last = True  # as accelerate() sets it for bf16 on the CPU
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert is_really_channels_last(fast(x))
-    assert fast(x).is_contiguous() and not is_really_channels_last(fast(x))  # fp32 on the CPU: NCHW
+    fast.channels_last = False  # fp32 on the CPU: NCHW
+    assert fast(x).is_contiguous() and not is_really_channels_last(fast(x))
     from generator import UNetGenerator
 
     torch.manual_seed(0)
     G = UNetGenerator(ngf=4, num_downs=5)  # 32 px: a 1x1 bottleneck
+    assert speedups.accelerate([(G, None)], CPU, torch.bfloat16).channels_last
     seen = []
     for up in G.up:
         up.register_forward_hook(lambda module, args, out: seen.append(is_really_channels_last(out)))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = G(layers.compute_layout(torch.randn(2, 3, 32, 32), torch.bfloat16))
+        out = G(torch.randn(2, 3, 32, 32))  # NCHW in: the pre-hook makes it channels_last
     assert all(seen) and len(seen) == 4 and is_really_channels_last(out)
 
 
 def test_which_maps_take_the_matrix_product(monkeypatch):
-    monkeypatch.setattr(layers, "SMALL_MAP_PIXELS", 256)
-    assert layers._small_cpu_map(torch.zeros(1, 3, 16, 16))
-    assert not layers._small_cpu_map(torch.zeros(2, 3, 16, 16))  # a batch of 2 has 512 pixels
-    assert not layers._small_cpu_map(torch.zeros(1, 3, 32, 16))
+    monkeypatch.setattr(fast_layers, "SMALL_MAP_PIXELS", 256)
+    assert fast_layers.small_cpu_map(torch.zeros(1, 3, 16, 16))
+    assert not fast_layers.small_cpu_map(torch.zeros(2, 3, 16, 16))  # a batch of 2 has 512 pixels
+    assert not fast_layers.small_cpu_map(torch.zeros(1, 3, 32, 16))
     calls = []
     monkeypatch.setattr(torch.nn.functional, "unfold", lambda *a, **k: calls.append(1) or 1 / 0)
-    layers.Conv2d(3, 4, 4, 2, 1)(torch.zeros(2, 3, 4, 4))  # a batch: oneDNN, no unfold
+    MatmulConv2d(3, 4, 4, 2, 1)(torch.zeros(2, 3, 4, 4))  # a batch: oneDNN, no unfold
     assert not calls
 
 
@@ -147,12 +158,12 @@ def test_which_maps_take_the_matrix_product(monkeypatch):
 def small_net() -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(
-        layers.Conv2d(3, 8, 4, 2, 1),
+        nn.Conv2d(3, 8, 4, 2, 1),
         nn.BatchNorm2d(8),
         nn.LeakyReLU(0.2),
-        layers.ConvTranspose2d(8, 3, 4, 2, 1, bias=False),
+        nn.ConvTranspose2d(8, 3, 4, 2, 1, bias=False),
     )
-    layers.init_weights(net)
+    init_weights(net)
     return net
 
 
@@ -177,12 +188,13 @@ def train_steps(net: nn.Module, opt: torch.optim.Optimizer, steps: int) -> list[
 def test_compute_copies_train_as_autocast_does(compiled, monkeypatch):
     """Adam updating the fp32 weights from the copies' bf16 gradients (and writing the copies)
     takes the steps that autocast + torch's fused Adam take, to fp32 rounding."""
-    if not compiled:
-        monkeypatch.setattr(layers, "FUSED_UPDATE", layers._FusedUpdate())
-        layers.FUSED_UPDATE.failed = True  # as when no C++ compiler is there
+    if not compiled:  # as when no C++ compiler is there
+        monkeypatch.setattr(speedups, "compile_adam_with_copy", lambda: None)
     plain, fast = small_net(), small_net()
+    fast_layers.use_matmul_layers(plain, channels_last=False)  # the same products, no copies
     opt_plain, opt_fast = adam(plain), adam(fast)
-    assert layers.attach_compute_copies(fast, opt_fast, torch.bfloat16) == 2
+    applied = speedups.accelerate([(fast, opt_fast)], CPU, torch.bfloat16)
+    assert applied.compute_copies == 2 and applied.fused_adam == compiled
     assert train_steps(fast, opt_fast, 5) == pytest.approx(train_steps(plain, opt_plain, 5), rel=1e-4)
     for a, b in zip(plain.parameters(), fast.parameters()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
@@ -200,7 +212,7 @@ def test_compute_copies_train_as_autocast_does(compiled, monkeypatch):
 def test_compute_copy_follows_a_loaded_checkpoint_and_freezing():
     net = small_net()
     opt = adam(net)
-    layers.attach_compute_copies(net, opt, torch.bfloat16)
+    speedups.accelerate([(net, opt)], CPU, torch.bfloat16)
     conv = net[0]
     conv.compute_copy.current()
     other = small_net()
@@ -209,42 +221,100 @@ def test_compute_copy_follows_a_loaded_checkpoint_and_freezing():
             p.add_(1.0)
     net.load_state_dict(other.state_dict())  # changes the weights behind the copy's back
     assert torch.equal(conv.compute_copy.current(), other[0].weight.detach().bfloat16())
-    layers.set_requires_grad(net, False)
-    assert not conv.compute_copy.tensor.requires_grad
-    layers.set_requires_grad(net, True)
-    assert conv.compute_copy.tensor.requires_grad
-    clone = copy.deepcopy(net)  # e.g. generator.deployable: a plain copy works as before
+    set_requires_grad(net, False)  # the plain freeze: the copy follows its weight
+    assert not conv.compute_copy.current().requires_grad
+    set_requires_grad(net, True)
+    assert conv.compute_copy.current().requires_grad
+    clone = copy.deepcopy(net)  # a copy with weights of its own gets copies of its own
+    assert clone[0].compute_copy is not conv.compute_copy and clone[0].compute_copy.param is clone[0].weight
     with torch.no_grad():
         assert clone(torch.randn(1, 3, 8, 8)).shape == (1, 3, 8, 8)
 
 
 def test_compute_copies_only_under_bf16_autocast():
     net = small_net()
-    layers.attach_compute_copies(net, adam(net), torch.bfloat16)
+    speedups.accelerate([(net, adam(net))], CPU, torch.bfloat16)
     x = torch.randn(1, 3, 8, 8)
     conv = net[0]
-    assert layers._compute_weight(conv, x) is conv.weight  # fp32: the parameter itself
+    assert fast_layers.compute_weight(conv, x) is conv.weight  # fp32: the parameter itself
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert layers._compute_weight(conv, x) is conv.compute_copy.tensor
-
-
-def test_compute_layout():
-    x = torch.zeros(2, 3, 4, 4)
-    assert layers.compute_layout(x, torch.bfloat16).is_contiguous(memory_format=torch.channels_last)
-    assert layers.compute_layout(x, torch.float32).is_contiguous()  # fp32 on the CPU: NCHW is faster
+        assert fast_layers.compute_weight(conv, x) is conv.compute_copy.tensor
 
 
 def test_inference_copies_give_what_autocast_gives():
     """predict.py and demo.py attach bf16 copies without an optimizer (2x faster at batch 1): the
     copy is the weight rounded to bf16 once, as autocast rounds it at every call, so the images
     are bit for bit the same."""
-    from generator import UNetGenerator, translate
+    from evaluation import translate
+    from generator import UNetGenerator
 
     torch.manual_seed(0)
     G = UNetGenerator(ngf=8, num_downs=6)  # 64 px: dropout and the small-map products both run
-    layers.init_weights(G)
+    init_weights(G)
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     amp = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    fast_layers.use_matmul_layers(G, channels_last=True)
     plain = translate(G, x, False, 5, amp())
-    assert layers.attach_compute_copies(G, None, torch.bfloat16) == 12  # 6 convolutions down, 6 up
+    assert len(fast_layers.attach_compute_copies(G, torch.bfloat16)) == 12  # 6 convolutions down, 6 up
     assert torch.equal(translate(G, x, False, 5, amp()), plain)
+
+
+# ---------------------------------------------------------------------------------------------
+# accelerate(): put on from outside, the networks stay the paper's
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_accelerate_keeps_parameters_keys_and_optimizer(dtype):
+    from discriminator import PatchDiscriminator
+    from generator import UNetGenerator
+
+    G, D = UNetGenerator(ngf=8, num_downs=6), PatchDiscriminator(6, 8)
+    stock_types = {type(m) for m in [*G.modules(), *D.modules()]}
+    assert not stock_types & {MatmulConv2d, MatmulConvTranspose2d}  # without it: the stock modules
+    params = {name: p for net in (G, D) for name, p in net.named_parameters()}
+    keys = [list(net.state_dict()) for net in (G, D)]
+    opt_G, opt_D = adam(G), adam(D)
+    applied = speedups.accelerate([(G, opt_G), (D, opt_D)], CPU, dtype)
+    assert applied.matmul_layers == 12 + 5 and applied.channels_last == (dtype == torch.bfloat16)
+    assert applied.compute_copies == (17 if dtype == torch.bfloat16 else 0)
+    assert [list(net.state_dict()) for net in (G, D)] == keys
+    assert all(p is params[name] for net in (G, D) for name, p in net.named_parameters())
+    assert opt_G.param_groups[0]["params"][0] is G.down[0].weight  # the optimizer's own objects
+    assert "matmul" in applied.describe()
+
+
+def test_accelerate_on_cuda_changes_only_the_layout():
+    """On a GPU no CPU layer is swapped in and no copy made (checked without a GPU: nothing runs)."""
+    from generator import UNetGenerator
+
+    G = UNetGenerator(ngf=8, num_downs=6)
+    applied = speedups.accelerate([(G, None)], torch.device("cuda"), torch.bfloat16)
+    assert applied.channels_last and not applied.matmul_layers and not applied.compute_copies
+    assert not any(isinstance(m, (MatmulConv2d, MatmulConvTranspose2d)) for m in G.modules())
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_networks_import_only_torch_and_the_paper_blocks():
+    for name in ("generator.py", "discriminator.py"):
+        assert imported_modules(ROOT / name) <= {"__future__", "torch", "layers"}, name
+    assert imported_modules(ROOT / "layers.py") <= {"__future__", "torch"}
+
+
+def test_no_method_is_swapped_on_an_instance():
+    """No `x.forward = ...` and no `del x.forward` anywhere in the project's code."""
+    for path in sorted(ROOT.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else []
+            for target in targets:
+                assert not (isinstance(target, ast.Attribute) and target.attr == "forward"), path.name

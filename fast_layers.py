@@ -1,0 +1,220 @@
+"""Convolutions that are fast on the CPU, and the low-precision weight copies they compute with.
+
+Nothing here is part of the paper's networks: speedups.accelerate() puts these on a built network
+from outside, each layer sharing the Parameter objects of the stock layer it replaces, so the
+parameters, the state_dict keys and the results stay those of nn.Conv2d / nn.ConvTranspose2d.
+
+Small maps as matrix products. oneDNN, PyTorch's CPU convolution library, is tuned for large
+feature maps. On the U-Net's inner levels at batch 1 (16x16 pixels and less, 512-1024 channels)
+the same arithmetic as one matrix product is faster (docs/performance.md), so these layers take
+that route for small maps on the CPU and are the stock layers everywhere else.
+
+Compute copies. Under CPU autocast every forward casts each fp32 weight to bf16, and every
+backward turns the bf16 weight gradient back into fp32 for Adam: two extra passes over the 57 M
+weights per step, where the U-Net's inner layers are bound by memory traffic, not arithmetic.
+Instead each convolution can keep a bf16 copy of its weight (not a parameter: the fp32 weights
+stay the parameters, the state_dict and the checkpoints); forward and backward use the copy, so
+its gradient arrives in bf16, and the optimizer updates the fp32 weight from that gradient and
+writes the new bf16 copy in the same pass (adam_copies.py). The arithmetic is autocast's: the
+copy is the same rounding of the same fp32 weight, the gradient the same bf16 numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Maps whose batch pixels (the matrix product's other dimension) are at most this many take the
+# matrix product: every level of 16x16 and less at batch 1, only 4x4 and less in a batch of 16.
+SMALL_MAP_PIXELS = 16 * 16
+
+
+class ComputeCopy:
+    """The low-precision copy of one fp32 parameter. current() refreshes it when the parameter was
+    changed by anything but the optimizer (loading a checkpoint, init_weights), and gives it the
+    parameter's requires_grad (a frozen D computes no gradient for its copies either)."""
+
+    def __init__(self, param: nn.Parameter, dtype: torch.dtype) -> None:
+        self.param, self.dtype = param, dtype
+        self.tensor = torch.empty_like(param, dtype=dtype).requires_grad_(param.requires_grad)
+        self.version: int | None = -1  # the parameter's version counter when the copy was last written
+
+    def current(self) -> torch.Tensor:
+        if self.version != self.param._version:
+            with torch.no_grad():
+                self.tensor.copy_(self.param)
+            self.version = self.param._version
+        if self.tensor.requires_grad != self.param.requires_grad:
+            self.tensor.requires_grad_(self.param.requires_grad)
+        return self.tensor
+
+    def __deepcopy__(self, memo: dict) -> ComputeCopy:
+        # A copy of a network that shares its weights (evaluation's per-image view) shares their
+        # copies too; a copy with weights of its own gets copies of its own.
+        param = copy.deepcopy(self.param, memo)
+        return self if param is self.param else ComputeCopy(param, self.dtype)
+
+
+def small_cpu_map(x: torch.Tensor) -> bool:
+    """Whether a layer input takes the matrix product: on the CPU, at most SMALL_MAP_PIXELS."""
+    # Exported graphs (ONNX, torch.export) get the stock layers: they run elsewhere, at any size.
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return False
+    return x.device.type == "cpu" and x.shape[0] * x.shape[-2] * x.shape[-1] <= SMALL_MAP_PIXELS
+
+
+def compute_weight(layer: MatmulConv2d | MatmulConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """The weight as this call computes with it: under CPU autocast to a low-precision dtype, the
+    layer's compute copy, or else a contiguous cast of the parameter (cached by autocast within
+    its region) rather than the strided cast of a reshaped view the matrix products would get."""
+    weight = layer.weight
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu") or weight.dtype != torch.float32:
+        return weight
+    dtype = torch.get_autocast_dtype("cpu")
+    if layer.compute_copy is not None and layer.compute_copy.dtype == dtype:
+        return layer.compute_copy.current()
+    return weight.to(dtype)
+
+
+def same_format(out: torch.Tensor, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """The matrix-product result in the input's memory format (channels_last in, channels_last out).
+    A 1x1 map is contiguous in both formats: its result takes the network's layout, else the
+    U-Net's decoder would fall back to NCHW from its 1x1 bottleneck on."""
+    if x.shape[-2:] == (1, 1):
+        to_channels_last = channels_last
+    else:
+        to_channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return out.contiguous(memory_format=torch.channels_last) if to_channels_last else out
+
+
+class MatmulConv2d(nn.Conv2d):
+    """nn.Conv2d computed as unfold + matmul for small CPU maps at batch 1 (groups 1, dilation 1,
+    zero padding). For batches oneDNN is faster: unfold of a batch, and a batched product that
+    repeats the weight per image, cost more than they save (docs/performance.md)."""
+
+    compute_copy: ComputeCopy | None = None
+    channels_last: bool = False  # the layout a 1x1 input's result takes
+
+    @classmethod
+    def replacing(cls, conv: nn.Conv2d, channels_last: bool) -> MatmulConv2d:
+        """A layer computing what `conv` computes, with `conv`'s own weight and bias objects."""
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device="meta",
+        )
+        layer.weight, layer.bias = conv.weight, conv.bias
+        layer.channels_last = channels_last
+        return layer.train(conv.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = compute_weight(self, x)
+        plain = self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros"
+        if x.shape[0] != 1 or plain or not small_cpu_map(x):
+            return self._conv_forward(x, weight, self.bias)
+        n, _, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        cols = F.unfold(x.to(weight.dtype), self.kernel_size, padding=self.padding, stride=self.stride)
+        out = torch.matmul(weight.flatten(1), cols)  # (N, C_in*kh*kw, L) -> (N, C_out, L)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)[:, None]
+        out = out.view(n, -1, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)  # (N, C_out, H', W')
+        return same_format(out, x, self.channels_last)
+
+
+class MatmulConvTranspose2d(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d computed as matmul + fold for small CPU maps (groups 1, dilation 1)."""
+
+    compute_copy: ComputeCopy | None = None
+    channels_last: bool = False
+
+    @classmethod
+    def replacing(cls, conv: nn.ConvTranspose2d, channels_last: bool) -> MatmulConvTranspose2d:
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.output_padding,
+            conv.groups,
+            conv.bias is not None,
+            conv.dilation,
+            conv.padding_mode,
+            device="meta",
+        )
+        layer.weight, layer.bias = conv.weight, conv.bias
+        layer.channels_last = channels_last
+        return layer.train(conv.training)
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        weight = compute_weight(self, x)
+        plain = self.groups != 1 or self.dilation != (1, 1) or self.output_padding != (0, 0)
+        if plain or output_size is not None or not small_cpu_map(x):
+            return self._stock_forward(x, weight, output_size)
+        n, c_in, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        # Every input pixel spreads a (C_out, kh, kw) patch; fold sums the overlapping patches.
+        x = x.to(weight.dtype)
+        if n == 1:
+            cols = torch.matmul(weight.flatten(1).t(), x.reshape(n, c_in, h * w))  # (N, C_out*kh*kw, h*w)
+        else:  # one product for the whole batch: pixels as rows (a view of channels_last input)
+            rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c_in)
+            cols = (rows @ weight.flatten(1)).view(n, h * w, -1).transpose(1, 2)  # (N, C_out*kh*kw, h*w)
+        size = ((h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw)
+        out = F.fold(
+            cols, size, self.kernel_size, padding=self.padding, stride=self.stride
+        )  # (N, C_out, H, W)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)[:, None, None]
+        return same_format(out, x, self.channels_last)
+
+    def _stock_forward(
+        self, x: torch.Tensor, weight: torch.Tensor, output_size: list[int] | None
+    ) -> torch.Tensor:
+        if weight is self.weight:
+            return super().forward(x, output_size)
+        output_padding = self._output_padding(
+            x, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
+        )
+        return F.conv_transpose2d(
+            x, weight, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation
+        )
+
+
+def use_matmul_layers(module: nn.Module, channels_last: bool) -> int:
+    """Replace every nn.Conv2d / nn.ConvTranspose2d below `module` by its matrix-product twin
+    (the same weight and bias objects, the same names); returns how many were replaced."""
+    replaced = 0
+    for name, child in module.named_children():
+        if type(child) is nn.Conv2d:
+            setattr(module, name, MatmulConv2d.replacing(child, channels_last))
+        elif type(child) is nn.ConvTranspose2d:
+            setattr(module, name, MatmulConvTranspose2d.replacing(child, channels_last))
+        else:
+            replaced += use_matmul_layers(child, channels_last)
+            continue
+        replaced += 1
+    return replaced
+
+
+def attach_compute_copies(module: nn.Module, dtype: torch.dtype) -> dict[nn.Parameter, ComputeCopy]:
+    """Give every matrix-product layer below `module` a `dtype` copy of its fp32 weight, which it
+    computes with under CPU autocast to `dtype`; returns the copies by weight (for the optimizer)."""
+    copies = {}
+    for m in module.modules():
+        if isinstance(m, (MatmulConv2d, MatmulConvTranspose2d)) and m.weight.dtype == torch.float32:
+            if m.compute_copy is None:
+                m.compute_copy = ComputeCopy(m.weight, dtype)
+            copies[m.weight] = m.compute_copy
+    return copies
