@@ -362,9 +362,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    from utils import ArgumentParser
+
+    parser = ArgumentParser(__doc__)
     parser.add_argument(
         "--data_root", default="data/facades", help="the facades folder (default: the project's data/facades)"
     )
@@ -386,9 +386,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if not (Path(args.data_root) / "train").is_dir():
-        parser.exit(2, f"error: --data_root {args.data_root}: no train/ folder with the facades images\n")
+        parser.error(f"--data_root {args.data_root}: no train/ folder with the facades images")
     if args.configs and not set(args.configs.split(",")) <= {"baseline", "fast", "graphs"}:
-        parser.exit(2, f"error: --configs {args.configs}: choose from baseline, fast, graphs\n")
+        parser.error(f"--configs {args.configs}: choose from baseline, fast, graphs")
     result = run(args)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -35,11 +35,10 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+# The names of the layouts and preprocessing modes are the config's (config.py imports nothing).
+from config import LAYOUTS, PREPROCESS_MODES
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-# Expected number of images per split of the official facades archive, used to verify a download.
-FACADES_COUNTS = {"train": 400, "val": 100, "test": 106}
-PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "none")
-LAYOUTS = ("aligned", "paired_folders")
 # At most this many unmatched file names are spelled out in the one-line error of paired_folders.
 MAX_LISTED = 20
 

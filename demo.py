@@ -370,14 +370,6 @@ def build_app(
 # ---------------------------------------------------------------------------------------------
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one 'error: ...' line, like every other error here."""
-
-    def error(self, message: str):
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def port_number(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
@@ -385,7 +377,9 @@ def port_number(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from utils import ArgumentParser
+
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint written by train.py")
     parser.add_argument(
         "--host",

@@ -25,7 +25,7 @@ from typing import IO
 
 from tqdm import tqdm
 
-from dataset import FACADES_COUNTS, DatasetError, list_images
+from dataset import DatasetError, list_images
 
 # Seconds a connection, or a read of the reply, may stall before the download is given up.
 TIMEOUT_S = 30.0
@@ -258,15 +258,3 @@ def _move_into_place(unpacked: Path, root: Path) -> None:
         unpacked.rename(root)
     except OSError as err:
         raise DatasetError(f"{root}: cannot move the unpacked data there ({_reason(err)})") from None
-
-
-def ensure_facades(
-    root: str | Path,
-    url: str,
-    sha256: str = "",
-    counts: dict[str, int] = FACADES_COUNTS,
-    *,
-    timeout: float = TIMEOUT_S,
-) -> Path:
-    """ensure_dataset for the facades archive: 400/100/106 images in train/val/test."""
-    return ensure_dataset(root, "facades", url, counts, sha256, timeout=timeout)

@@ -33,8 +33,6 @@ colour, regions of at least 40 px):
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -134,14 +132,13 @@ def training_label_maps(data_root: Path, limit: int = 0) -> list[torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    from utils import ArgumentParser
+
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--data_root", type=Path, default=Path("data/facades"), help="the facades set")
     args = parser.parse_args(argv)
     if not (args.data_root / "train").is_dir():
-        print(f"error: {args.data_root / 'train'}: no such folder (set --data_root)", file=sys.stderr)
-        raise SystemExit(1)
+        parser.error(f"{args.data_root / 'train'}: no such folder (set --data_root)")
     colours = derive_palette(training_label_maps(args.data_root))
     for (name, _), colour in zip(FACADES_CLASSES, colours):
         print(f'    ("{name}", {tuple(int(c) for c in colour)}),')

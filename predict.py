@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import html
 import importlib.util
 import json
@@ -43,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import CheckpointError, load_generator
-from config import ConfigError, name_problem
+from config import DATASETS, Config, ConfigError, name_problem
 from dataset import DatasetError, list_images, open_split, read_image
 from evaluation import export_copy, translate_image, translate_pairs
 from figures import html_page, save_image
@@ -51,6 +52,7 @@ from generator import UNetGenerator
 from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
 from speedups import accelerate
 from utils import (
+    ArgumentParser,
     OutputError,
     atomic_write,
     autocast,
@@ -61,27 +63,15 @@ from utils import (
 )
 
 # What predict.py needs of the run's config, with the defaults of checkpoints older than a field.
-RUN_DEFAULTS = {
-    "name": "run",
-    "results_dir": "results",
-    "dataset": "facades",
-    "data_root": "",
-    "data_layout": "aligned",
-    "direction": "BtoA",
-    "load_size": 286,
-    "image_size": 256,
-    "preprocess": "resize_and_crop",
-    "input_nc": 3,
-    "output_nc": 3,
-    "eval_mode": False,
-    "seed": 0,
-}
+# The run's fields predict.py uses; a checkpoint older than a field gets config.py's default.
+RUN_FIELDS = (
+    "name", "results_dir", "dataset", "data_root", "data_layout", "direction", "load_size", "image_size",
+    "preprocess", "input_nc", "output_nc", "eval_mode", "seed",
+)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(__doc__)
     parser.add_argument("inputs", nargs="*", type=Path, help="input-domain images or folders of them")
     parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint written by train.py")
     parser.add_argument(
@@ -126,7 +116,10 @@ def load_run(path: Path, device: torch.device) -> tuple[UNetGenerator, SimpleNam
     """
     G, checkpoint = load_generator(path, device)
     saved = checkpoint.get("config", {})
-    settings = SimpleNamespace(**{key: saved.get(key, default) for key, default in RUN_DEFAULTS.items()})
+    dataset = saved.get("dataset")
+    known = isinstance(dataset, str) and dataset in DATASETS  # a crafted file may hold anything
+    defaults = dataclasses.asdict(Config(dataset=dataset if known else Config.dataset))
+    settings = SimpleNamespace(**{key: saved.get(key, defaults[key]) for key in RUN_FIELDS})
     problem = name_problem(settings.name) if isinstance(settings.name, str) else "must be a string"
     if problem or not isinstance(settings.results_dir, str):
         raise CheckpointError(

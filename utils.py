@@ -8,6 +8,7 @@ the new complete file, never half of one.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import random
@@ -15,7 +16,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn
 
 import numpy as np
 import torch
@@ -180,3 +181,16 @@ def fail(message: str, status: int) -> None:
     """Print ``error: message`` on stderr and exit with `status`."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(status) from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the scripts: a bad argument is one ``error: ...`` line and exit status 2, as
+    every other bad setting is (train.py's fields go through config.parse_args, which says the same)."""
+
+    def __init__(self, description: str | None = None, **kwargs) -> None:
+        super().__init__(
+            description=description, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs
+        )
+
+    def error(self, message: str) -> NoReturn:
+        fail(message, 2)

@@ -111,6 +111,19 @@ def tiny_config(**overrides):
     return Config(**{**settings, **overrides})
 
 
+def write_tiny_checkpoint(path: Path, epoch: int = 1, **overrides) -> Path:
+    """A freshly initialised tiny run's full checkpoint at `epoch` (tiny_config with `overrides`):
+    what the predict, demo, export and error tests need is weights, not a trained model."""
+    import dataclasses
+
+    import train
+    from checkpoint import full_checkpoint, save_checkpoint
+
+    state = dataclasses.replace(train.setup(tiny_config(**overrides)), epoch=epoch)
+    save_checkpoint(full_checkpoint(state), path)
+    return path
+
+
 def cli_args(cfg) -> list[str]:
     """Every field of a Config as --field=value, for running a script with exactly that config."""
     import dataclasses

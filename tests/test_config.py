@@ -80,15 +80,6 @@ def test_train_py_exits_2_with_one_line(argv, tmp_path):
     assert not any(tmp_path.iterdir()), "nothing may be written before the config is valid"
 
 
-def test_choices_agree_with_the_modules_that_take_them():
-    """config.py imports nothing of the project, so its lists of choices are copies: keep them equal."""
-    import config
-    import dataset
-
-    assert config.LAYOUTS == dataset.LAYOUTS and config.PREPROCESS_MODES == dataset.PREPROCESS_MODES
-    assert config.DATASETS["facades"].splits == dataset.FACADES_COUNTS
-
-
 def test_help_and_the_readme_table_come_from_the_field_metadata(tmp_path):
     from conftest import ROOT
 

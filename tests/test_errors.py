@@ -11,7 +11,7 @@ from urllib.parse import unquote_to_bytes
 
 import pytest
 import torch
-from conftest import error_lines, require, run_main, run_script, tiny_config
+from conftest import error_lines, require, run_main, run_script, tiny_config, write_tiny_checkpoint
 
 import predict
 import train
@@ -20,9 +20,7 @@ from checkpoint import full_checkpoint, save_checkpoint
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("run") / "latest.pt"
-    save_checkpoint(full_checkpoint(train.setup(tiny_config(name="tiny"))), path)
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("run") / "latest.pt", epoch=0, name="tiny")
 
 
 @pytest.mark.parametrize(

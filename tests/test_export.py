@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import require
+from conftest import require, tiny_config, write_tiny_checkpoint
 
 import predict
 import train
-from checkpoint import full_checkpoint, save_checkpoint
 from config import Config
 from dataset import AlignedDataset
 from evaluation import export_copy, translate
@@ -22,9 +20,8 @@ from generator import UNetGenerator
 def export(tmp_path: Path, **overrides) -> tuple[Path, Config]:
     for name in ("onnx", "onnxscript"):
         require(name)
-    cfg = Config(image_size=32, load_size=32, ngf=8, ndf=8, **overrides)
-    checkpoint = tmp_path / "latest.pt"
-    save_checkpoint(full_checkpoint(dataclasses.replace(train.setup(cfg), epoch=1)), checkpoint)
+    cfg = tiny_config(load_size=32, precision="auto", **overrides)
+    checkpoint = write_tiny_checkpoint(tmp_path / "latest.pt", load_size=32, precision="auto", **overrides)
     predict.run(
         predict.parse_args(["--checkpoint", str(checkpoint), "--export", str(tmp_path / "model.onnx")])
     )

@@ -17,7 +17,6 @@ from test_download import build_archive, server  # noqa: F401  (server: the 127.
 import train
 from checkpoint import CheckpointError, full_checkpoint, restore
 from config import (
-    DATASETS,
     FACADES_URL,
     Config,
     ConfigError,
@@ -27,7 +26,6 @@ from config import (
 )
 from data import make_dataset
 from dataset import (
-    FACADES_COUNTS,
     AlignedDataset,
     DatasetError,
     PairedFoldersDataset,
@@ -479,7 +477,6 @@ def test_defaults_are_still_facades_in_data_facades():
         "BtoA",
         "facades",
     )
-    assert DATASETS["facades"].splits == FACADES_COUNTS
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL_DIRECTIONS))

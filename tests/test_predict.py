@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import subprocess
@@ -12,22 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, html_links, require, require_fid, run_main
+from conftest import ROOT, html_links, require, require_fid, run_main, write_tiny_checkpoint
 from PIL import Image
 
 import predict
-import train
-from checkpoint import full_checkpoint, save_checkpoint
-from config import Config
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A freshly initialised tiny run's checkpoint (predict needs weights, not a trained model)."""
-    cfg = Config(image_size=32, load_size=32, ngf=8, ndf=8, precision="fp32", name="tiny")
-    path = tmp_path_factory.mktemp("run") / "latest.pt"
-    save_checkpoint(full_checkpoint(dataclasses.replace(train.setup(cfg), epoch=1)), path)
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("run") / "latest.pt", load_size=32, name="tiny")
 
 
 @pytest.fixture
