@@ -53,7 +53,7 @@ import torch
 BASELINE_WORKERS = 4  # the official code's default --num_threads
 DEFAULTS = {
     "cpu": {"iters": 15, "repeats": 3, "warmup": 3, "configs": "baseline,fast"},
-    # A GPU step takes ~10-20 ms: longer blocks; the warm-up covers cuDNN autotuning and capture.
+    # A GPU step is short: longer blocks; the warm-up covers cuDNN autotuning and capture.
     "cuda": {"iters": 200, "repeats": 5, "warmup": 30, "configs": "baseline,fast,graphs"},
 }
 

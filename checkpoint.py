@@ -144,7 +144,7 @@ def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
 
 def _without_crc32() -> contextlib.AbstractContextManager:
     """torch.save without the zip records' CRC-32s, which torch.load never checks: computing them
-    is a third of the time of writing latest.pt (docs/performance.md). Older torch: a no-op."""
+    is a large part of writing latest.pt (docs/performance.md). Older torch: a no-op."""
     try:
         from torch.utils.serialization import config
 

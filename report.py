@@ -267,6 +267,18 @@ class TensorBoardLog:
 VAL_NAMES = ("val_L1", "val_PSNR", "val_SSIM")  # history columns of the validation pass
 FID_NAMES = ("val_FID", "val_KID")
 PLAIN_PROGRESS_SECONDS = 30.0  # without a terminal: a progress line at most this often
+# The whole run's time is estimated once this process has trained this many iterations (the
+# first few, which set up kernels and caches, are left out of the speed).
+ESTIMATE_AFTER, WARM_UP_ITERATIONS = 30, 5
+
+
+def duration(seconds: float) -> str:
+    """A time span as a person reads it: 45 s, 12 min, 3.4 h, 2.1 days."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 48 * 3600 else f"{seconds / 86400:.1f} days"
 
 
 class Reporter:
@@ -287,6 +299,9 @@ class Reporter:
         self.console = self.log.console_err if self.log.active else sys.stderr
         self.last_line = self.epoch_started = 0.0
         self.epoch_start_iteration = 0
+        self.iterations_here, self.warm_at = 0, 0.0  # iterations trained by this process; when warm
+        self.started_at: float | None = None  # when this process's first epoch began
+        self.first_epoch = 0  # the epoch it began with
         self.tensorboard_asked = False  # once per process: a run without it does not ask each epoch
         if self.active:
             self._start(state, n_pairs, val_pairs)
@@ -348,6 +363,8 @@ class Reporter:
             self._open_tensorboard(state)
         self.epoch_started = self.last_line = time.perf_counter()
         self.epoch_start_iteration = state.progress.iteration
+        if self.started_at is None:
+            self.started_at, self.first_epoch = self.epoch_started, state.epoch
         # A bar only on a terminal: in a file, its redrawn frames would be one long line.
         if self.active and self.console.isatty():
             self.bar = tqdm(
@@ -365,9 +382,28 @@ class Reporter:
                 self.bar.close()
                 self.bar = None
 
-    def update(self) -> None:
+    def update(self, state) -> None:
+        """After each iteration: the bar, and once, early on, what the whole run will take."""
         if self.bar is not None:
             self.bar.update()
+        self.iterations_here += 1
+        if self.iterations_here == WARM_UP_ITERATIONS:
+            self.warm_at = time.perf_counter()
+        elif self.iterations_here == ESTIMATE_AFTER and self.active:
+            per_iteration = self.seconds_per_iteration()
+            total = state.cfg.epochs * self.n_batches
+            self.print(
+                f"at {per_iteration:.2f} s per iteration here, the run's {total} iterations take "
+                f"about {duration(per_iteration * total)} of training steps, "
+                f"{duration(per_iteration * self.iterations_left(state))} of them still to go "
+                f"(plus each epoch's validation and checkpoints)"
+            )
+
+    def seconds_per_iteration(self) -> float:
+        return (time.perf_counter() - self.warm_at) / max(self.iterations_here - WARM_UP_ITERATIONS, 1)
+
+    def iterations_left(self, state) -> int:
+        return (state.cfg.epochs - state.epoch) * self.n_batches - state.progress.iteration
 
     def losses(self, state, means: dict[str, float]) -> None:
         """The mean losses of the last log_every iterations."""
@@ -390,11 +426,13 @@ class Reporter:
         done = state.progress.iteration - self.epoch_start_iteration
         per_iteration = (now - self.epoch_started) / max(done, 1)
         left = per_iteration * (self.n_batches - state.progress.iteration)
+        run_left = per_iteration * self.iterations_left(state)
         losses = "  ".join(f"{name} {value:.3f}" for name, value in means.items())
         return (
             f"epoch {state.epoch + 1}/{state.cfg.epochs}  "
             f"iteration {state.progress.iteration}/{self.n_batches}"
-            f"  {losses}  {per_iteration:.2f} s/it, {left:.0f} s left in this epoch"
+            f"  {losses}  {per_iteration:.2f} s/it, {left:.0f} s left in this epoch, "
+            f"about {duration(run_left)} in the run"
         )
 
     def epoch(self, state, val_set, samples: list[list[torch.Tensor]] | None = None) -> None:
@@ -430,7 +468,19 @@ class Reporter:
             self.tensorboard.image("samples", grid, step)
             self.tensorboard.flush()  # an epoch's curves are visible at once, not after flush_secs
         summary = "  ".join(f"{name} {row[name]:.4f}" for name in self.loss_names + VAL_NAMES if name in row)
-        self.print(f"epoch {state.epoch}/{cfg.epochs}  {summary}  lr {row['lr']:.2e}  {row['seconds']:.1f}s")
+        left = self.run_left(state)
+        self.print(
+            f"epoch {state.epoch}/{cfg.epochs}  {summary}  lr {row['lr']:.2e}  {row['seconds']:.1f}s{left}"
+        )
+
+    def run_left(self, state) -> str:
+        """', about 3.2 h left': the epochs to come at the pace of this process's epochs so far,
+        their ends (validation, report, checkpoints) included; '' after the last epoch."""
+        epochs_here = state.epoch - self.first_epoch
+        if self.started_at is None or epochs_here <= 0 or state.epoch >= state.cfg.epochs:
+            return ""
+        per_epoch = (time.perf_counter() - self.started_at) / epochs_here
+        return f", about {duration(per_epoch * (state.cfg.epochs - state.epoch))} left"
 
     def print(self, line: str, file: TextIO | None = None) -> None:
         """A line on stdout (or `file`), and so in train.log; on a terminal, above the bar."""

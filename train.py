@@ -280,7 +280,7 @@ def train_one_epoch(state: RunState, loader: DataLoader, report: Reporter, dirs:
             p.window += losses
             p.in_window += 1
             p.iteration += 1
-            report.update()
+            report.update(state)
             logged = p.in_window == cfg.log_every or p.iteration == n_batches
             if logged:
                 log_point(state, n_batches, report)

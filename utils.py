@@ -67,7 +67,7 @@ def resolve_device(name: str) -> torch.device:
 def cpu_has_fast_bf16() -> bool:
     """True when this CPU has native bf16 instructions (AVX512-BF16 or AMX).
 
-    oneDNN also runs bf16 on plain AVX-512 by emulation, but that is about 2x slower than fp32.
+    oneDNN also runs bf16 on plain AVX-512 by emulation, but slower than fp32 (docs/performance.md).
     """
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 

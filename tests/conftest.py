@@ -18,18 +18,43 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project is a flat set of modules, as nanoGPT
 
-# The facades set lives beside the checkout (../shared/datasets/facades); PIX2PIX_FACADES overrides.
-FACADES = Path(os.environ.get("PIX2PIX_FACADES", ROOT.parent / "shared" / "datasets" / "facades"))
+# Where the real facades set is looked for, in this order: PIX2PIX_FACADES, then data/facades
+# (where `python train.py` downloads it), then the copy beside the checkout of the team's machines.
+FACADES_PLACES = [Path(p) for p in [os.environ.get("PIX2PIX_FACADES")] if p] + [
+    ROOT / "data" / "facades",
+    ROOT.parent / "shared" / "datasets" / "facades",
+]
+SKIPPED_FOR_DATA: list[str] = []  # the real-data tests skipped in this session, for the summary line
+
+
+def find_facades() -> Path | None:
+    if os.environ.get("PIX2PIX_FACADES"):  # an explicit place is the only place
+        return FACADES_PLACES[0] if (FACADES_PLACES[0] / "train").is_dir() else None
+    return next((p for p in FACADES_PLACES if (p / "train").is_dir()), None)
 
 
 @pytest.fixture(scope="session")
 def facades() -> Path:
-    """The real facades folder; in CI its absence is a failure, elsewhere the test is skipped."""
-    if not (FACADES / "train").is_dir():
+    """The real facades folder; in CI its absence is a failure, elsewhere the test is skipped and
+    the run ends with a line saying how to run it."""
+    found = find_facades()
+    if found is None:
+        places = ", ".join(str(p) for p in FACADES_PLACES)
         if os.environ.get("CI"):
-            pytest.fail(f"{FACADES}: the real facades data is required in CI")
-        pytest.skip(f"{FACADES}: real facades data not found")
-    return FACADES
+            pytest.fail(f"the real facades data is required in CI; looked in {places}")
+        SKIPPED_FOR_DATA.append(places)
+        pytest.skip(f"real facades data not found in {places}")
+    return found
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One visible line (also under -q) when tests were skipped for want of the real data."""
+    if SKIPPED_FOR_DATA:
+        terminalreporter.write_line(
+            f"note: {len(SKIPPED_FOR_DATA)} tests need the real facades data and were skipped: put it in "
+            f"data/facades (`python train.py` downloads it there) or set PIX2PIX_FACADES=<folder>",
+            yellow=True,
+        )
 
 
 def write_pair(path: Path, a: np.ndarray, b: np.ndarray) -> None:
