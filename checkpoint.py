@@ -96,6 +96,7 @@ def full_checkpoint(state: RunState) -> dict:
             "total": p.total.tolist(),
             "window": p.window.tolist(),
             "in_window": p.in_window,
+            "batches": p.batches,
         },
         "rng": rng_state(),
         "world_size": state.world.size,
@@ -234,6 +235,7 @@ def restore(state: RunState, checkpoint: dict, path: Path, architecture: dict[st
         state.history = History.from_dict(checkpoint["history"])
     if checkpoint.get("kind", "full") == "full" and all(k in checkpoint for k in FULL_KEYS):
         _restore_training(state, checkpoint, path)
+        _apply_changed_settings(state, checkpoint["config"], path)
     else:
         # A snapshot: drop the points of later iterations (there are none) and start Adam afresh.
         if state.world.is_main:
@@ -254,11 +256,37 @@ def _restore_training(state: RunState, checkpoint: dict, path: Path) -> None:
             window=torch.tensor(p["window"], device=state.device),
             iteration=p["iteration"],
             in_window=p["in_window"],
+            batches=p.get("batches", 0),
         )
         set_rng_state(checkpoint["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: its training state does not fit this run ({err!r})") from None
     _restore_across_world_sizes(state, checkpoint, path)
+
+
+# Optimisation settings that may change when a run is continued: they take effect from the next
+# epoch on and are recorded in the history (and so in config.json and train.log). epochs and
+# lr_decay_epochs reshape the lr schedule (_follow_schedule); the architecture fields are refused.
+CHANGEABLE = ("lr", "beta1", "beta2", "lambda_l1")
+
+
+def _apply_changed_settings(state: RunState, saved: dict, path: Path) -> None:
+    """Adam and the lr schedule take the config's lr and betas, not the checkpoint's (its
+    state_dicts carry the old ones); each change is said once and recorded."""
+    cfg = state.cfg
+    for opt, sched in ((state.opt_G, state.sched_G), (state.opt_D, state.sched_D)):
+        sched.base_lrs = [cfg.lr for _ in opt.param_groups]
+        for group in opt.param_groups:
+            group["initial_lr"], group["betas"] = cfg.lr, (cfg.beta1, cfg.beta2)
+    changes = [
+        {"epoch": state.epoch + 1, "field": f, "from": saved[f], "to": getattr(cfg, f)}
+        for f in CHANGEABLE
+        if f in saved and saved[f] != getattr(cfg, f)
+    ]
+    state.history.changes += changes
+    if changes and state.world.is_main:
+        said = ", ".join(f"{c['field']} {c['from']} -> {c['to']}" for c in changes)
+        print(f"{path}: changed settings apply from epoch {state.epoch + 1} on: {said}")
 
 
 def _follow_schedule(state: RunState) -> None:
@@ -328,19 +356,43 @@ def load_latest(path: Path, device: torch.device) -> dict:
 
 
 def resume_or_start(state: RunState, dirs: RunDirs, architecture: dict[str, object]) -> None:
-    """Continue resume_from, or this run's latest.pt, or start over (moving an old run aside)."""
-    cfg, latest = state.cfg, dirs.latest
-    if cfg.resume_from or (cfg.resume and latest.exists()):
-        path = Path(cfg.resume_from) if cfg.resume_from else latest
-        checkpoint = (
-            load_checkpoint(path, state.device) if cfg.resume_from else load_latest(path, state.device)
-        )
-        restore(state, checkpoint, path, architecture)
-        if state.world.is_main:
-            print(f"resuming {path}: epoch {state.epoch + 1}, iteration {state.progress.iteration}")
-    elif not cfg.resume and state.world.is_main:
-        for moved in move_aside(dirs.checkpoints, dirs.results):
-            print(f"--resume false: the previous run's files are now in {moved}")
+    """Where the run goes on from, in this order (docs/recovery.md):
+
+    - --resume false: the old run's folders are moved aside, then the run starts (from the weights
+      of --resume_from if given);
+    - the run's own latest.pt, when it has one: it wins over --resume_from, which only starts a run
+      (so the same command continues after a stop);
+    - --resume_from;
+    - else a new run: folders that hold another run's files are moved aside first.
+    """
+    cfg, main = state.cfg, state.world.is_main
+    if not cfg.resume:
+        _say_moved(main and move_aside(dirs.checkpoints, dirs.results), "--resume false")
+    elif dirs.latest.exists():
+        if cfg.resume_from and main:
+            print(
+                f"{dirs.latest} exists: the run continues from it (--resume_from {cfg.resume_from} "
+                f"only starts a run; --resume false starts over from it)"
+            )
+        _continue_from(state, dirs.latest, load_latest(dirs.latest, state.device), architecture)
+        return
+    elif not cfg.resume_from:
+        _say_moved(main and move_aside(dirs.checkpoints, dirs.results), "a new run")
+    if cfg.resume_from:
+        path = Path(cfg.resume_from)
+        _continue_from(state, path, load_checkpoint(path, state.device), architecture)
+
+
+def _continue_from(state: RunState, path: Path, checkpoint: dict, architecture: dict[str, object]) -> None:
+    restore(state, checkpoint, path, architecture)
+    if state.world.is_main and state.epoch < state.cfg.epochs:
+        print(f"resuming {path}: epoch {state.epoch + 1}, iteration {state.progress.iteration}")
+
+
+def _say_moved(moved: list[Path] | bool, why: str) -> None:
+    for folder in moved or []:
+        old = folder.with_name(folder.name.rsplit(".old-", 1)[0])
+        print(f"{why}: the previous run's files in {old} are now in {folder}")
 
 
 @contextlib.contextmanager

@@ -91,6 +91,7 @@ def run_record(state, train_pairs: int, val_pairs: int | None) -> dict:
             "iteration": state.progress.iteration,
             "resumed": bool(state.epoch or state.progress.iteration),
         },
+        "changes": state.history.changes,  # settings changed when the run was continued
         "host": platform.node(),
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
     }

@@ -29,6 +29,7 @@ class Progress:
     window: torch.Tensor  # (4,) the same since the last log point
     iteration: int = 0
     in_window: int = 0
+    batches: int = 0  # iterations in this epoch, as the loader cut it (0: not known yet)
 
     @classmethod
     def start(cls, device: torch.device) -> Progress:
@@ -47,12 +48,18 @@ class History:
         default_factory=lambda: {"epoch": [], **{name: [] for name in LOSS_NAMES}}
     )
 
+    # settings changed when the run was continued: {"epoch": first epoch trained with it, "field",
+    # "from", "to"} (docs/recovery.md says which fields may change)
+    changes: list[dict] = dataclasses.field(default_factory=list)
+
     def to_dict(self) -> dict:
-        return {"epochs": self.epochs, "steps": self.steps}
+        return {"epochs": self.epochs, "steps": self.steps, "changes": self.changes}
 
     @classmethod
     def from_dict(cls, saved: dict) -> History:
-        return cls([dict(row) for row in saved["epochs"]], {k: list(v) for k, v in saved["steps"].items()})
+        epochs = [dict(row) for row in saved["epochs"]]
+        steps = {k: list(v) for k, v in saved["steps"].items()}
+        return cls(epochs, steps, [dict(c) for c in saved.get("changes", [])])
 
     @property
     def loss_names(self) -> tuple[str, ...]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import sys
 import time
 from typing import Iterator
@@ -36,17 +35,13 @@ from dataset import DatasetError, PairedDataset
 from discriminator import PatchDiscriminator
 from evaluation import translate_pairs
 from generator import UNetGenerator
+from guards import TrainingError, check_losses, check_metrics, check_networks
 from layers import init_weights, set_requires_grad
 from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
 from report import Reporter, RunLog, check_tensorboard
 from speedups import GraphedStep, accelerate
 from state import LOSS_NAMES, History, Progress, RunDirs, RunState
 from utils import OutputError, exit_on_errors, resolve_device, resolve_precision, seed_everything
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a loss became NaN or infinite); the message says where."""
-
 
 # --- Networks and optimizers ---
 
@@ -234,23 +229,12 @@ def cuda_graphs(cfg: Config, state: RunState) -> GraphedStep | None:
     return None
 
 
-def check_finite(sums: torch.Tensor, where: str) -> None:
-    """Stop on the first loss whose sum is NaN or infinite (one bad step poisons the sum)."""
-    for name, value in zip(LOSS_NAMES, sums.tolist()):
-        if not math.isfinite(value):
-            raise TrainingError(
-                f"loss {name} became {value} {where}; stopped before saving it, the last "
-                f"checkpoint holds the last good state"
-            )
-
-
 def log_point(state: RunState, n_batches: int, report: Reporter) -> None:
     """Read back the mean losses of the last few iterations (one host sync) and record a point."""
     p = state.progress
     ddp.mean_over_ranks(p.window, state.world)  # the same in every process: all stop on a NaN together
-    check_finite(
-        p.window, f"in epoch {state.epoch + 1}, iterations {p.iteration - p.in_window + 1}-{p.iteration}"
-    )
+    iterations = f"in epoch {state.epoch + 1}, iterations {p.iteration - p.in_window + 1}-{p.iteration}"
+    check_losses(LOSS_NAMES, p.window, p.in_window, iterations)
     means = dict(zip(LOSS_NAMES, (p.window / p.in_window).tolist()))
     state.history.add_point(state.epoch + p.iteration / n_batches, means)
     report.losses(state, means)
@@ -268,6 +252,7 @@ def train_one_epoch(state: RunState, loader: DataLoader, report: Reporter, dirs:
     state.G_train.train()
     state.D_train.train()
     n_batches = len(loader)  # the same in every process (DistributedSampler pads the shards)
+    p.batches = n_batches
     with report.progress(state, n_batches):
         # A resumed epoch skips the batches it already trained on (the order is fixed per epoch).
         for real_A, real_B in itertools.islice(loader, p.iteration, None):
@@ -294,14 +279,20 @@ def train_one_epoch(state: RunState, loader: DataLoader, report: Reporter, dirs:
             )
             done = state.epoch * n_batches + p.iteration
             if stop or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-                check_finite(p.total, f"in epoch {state.epoch + 1}")
-                ckpt.save_latest(state, dirs.latest)
+                save_latest(state, dirs, f"in epoch {state.epoch + 1}")
                 if stop:
                     state.stop = True
                     return None
     ddp.mean_over_ranks(p.total, state.world)  # epoch means over all processes' batches
-    check_finite(p.total, f"in epoch {state.epoch + 1}")
+    check_losses(LOSS_NAMES, p.total, n_batches, f"in epoch {state.epoch + 1}")
     return dict(zip(LOSS_NAMES, (p.total / n_batches).tolist()))
+
+
+def save_latest(state: RunState, dirs: RunDirs, where: str) -> None:
+    """latest.pt, unless a loss, a weight or a BatchNorm statistic is no longer a usable number."""
+    check_losses(LOSS_NAMES, state.progress.total, state.progress.iteration, where)
+    check_networks({"generator": state.G, "discriminator": state.D}, where)
+    ckpt.save_latest(state, dirs.latest)
 
 
 def validate(state: RunState, val_set: PairedDataset) -> tuple[dict[str, float], list[list[torch.Tensor]]]:
@@ -329,6 +320,7 @@ def end_of_epoch(state: RunState, val_set: PairedDataset, report: Reporter, dirs
     cfg, row, samples = state.cfg, state.history.epochs[-1], None
     if cfg.val_every and state.epoch % cfg.val_every == 0:
         metrics, samples = validate(state, val_set)
+        check_metrics(metrics, state.epoch)
         row.update(metrics)
     report.epoch(state, val_set, samples)
     snapshot = ckpt.snapshot(state)
@@ -353,8 +345,16 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
         if world.is_main:
             ckpt.remove_stale_temporaries(dirs.checkpoints, dirs.results, dirs.results / "samples")
         ckpt.resume_or_start(state, dirs, architecture_defaults())
-        ddp.check_same_start(world, state.device, state.epoch, state.progress.iteration)
+        if state.epoch >= cfg.epochs:
+            if world.is_main:
+                print(
+                    f"{cfg.name} has finished {state.epoch}/{cfg.epochs} epochs ({dirs.latest}); "
+                    f"raise --epochs to continue it"
+                )
+            return
         loader = make_loader(train_set, cfg, state.device, world)
+        fit_epoch_to_loader(state, len(loader))
+        ddp.check_same_start(world, state.device, state.epoch, state.progress.iteration)
         report = Reporter(state, dirs.results, len(train_set), log, len(val_set))
         with report, ckpt.stop_on_signals(state, report.print):
             while state.epoch < cfg.epochs:
@@ -376,6 +376,7 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
                         "seconds": round(time.perf_counter() - started, 2),
                     }
                 )
+                check_networks({"generator": state.G, "discriminator": state.D}, f"after epoch {state.epoch}")
                 ddp.on_main(world, state.device, lambda: end_of_epoch(state, val_set, report, dirs))
                 ckpt.save_latest(state, dirs.latest)
                 # Only an agreed flag may end the loop: a signal seen by one process alone
@@ -384,6 +385,22 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
                     state.stop = True
                     break
             report.finish(state, dirs)
+
+
+def fit_epoch_to_loader(state: RunState, n_batches: int) -> None:
+    """A checkpoint saved within an epoch that is now cut into another number of iterations (the
+    data or the batch size changed) cannot skip the iterations it had done: that epoch starts
+    again from its first iteration, as the line says."""
+    p = state.progress
+    if p.iteration and (p.batches or p.iteration) != n_batches and (p.batches or p.iteration >= n_batches):
+        if state.world.is_main:
+            print(
+                f"latest.pt was saved at iteration {p.iteration} of an epoch of {p.batches or '?'}; "
+                f"with this data and batch size an epoch has {n_batches}: epoch {state.epoch + 1} "
+                f"starts again from its first iteration"
+            )
+        state.progress = Progress.start(state.device)
+        state.history.drop_points_after(state.epoch)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from conftest import ROOT, html_links, require, require_fid, run_main, write_tin
 from PIL import Image
 
 import predict
+from evaluation import translate
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +65,8 @@ def test_translate_is_the_plain_generator_without_padding_and_crops_back_with_it
     with torch.no_grad():
         expected = G.eval()(x)
     before = {k: v.clone() for k, v in G.state_dict().items()}
-    assert torch.equal(predict.translate(G, x, True, 0), expected)  # a multiple of 32: no padding at all
-    padded = predict.translate(G, torch.cat([x, x[..., :5, :]], dim=-2), True, 0)  # 69 rows -> pad to 96
+    assert torch.equal(translate(G, x, True, 0), expected)  # a multiple of 32: no padding at all
+    padded = translate(G, torch.cat([x, x[..., :5, :]], dim=-2), True, 0)  # 69 rows -> pad to 96
     assert padded.shape == (1, 3, 69, 32) and torch.isfinite(padded).all()
     assert not torch.equal(padded[..., :64, :], expected), "the extra rows are seen by the generator"
     assert all(torch.equal(v, G.state_dict()[k]) for k, v in before.items()), "translate leaves G as it was"
