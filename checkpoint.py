@@ -202,16 +202,21 @@ def _without_crc32() -> contextlib.AbstractContextManager:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with weights_only=True: tensors and plain data only, never code."""
+    import official_weights  # the authors' latest_net_G.pth files load as snapshots
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        loaded = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = official_weights.as_project(loaded, path.stem)
     except Exception as err:  # torch raises many kinds for a file that is not a safe checkpoint
         reason = first_line(err) or type(err).__name__
         raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("generator"), dict):
-        raise CheckpointError(f"{path}: not a pix2pix checkpoint (no generator weights)")
+        raise CheckpointError(
+            f"{path}: not a pix2pix checkpoint (neither this project's nor the authors' U-Net)"
+        )
     for key, kind in (("config", dict), ("epoch", int), ("history", dict), ("generator_kwargs", dict)):
         if key in checkpoint and not isinstance(checkpoint[key], kind):
             raise CheckpointError(
