@@ -159,9 +159,13 @@ class Config:
         0, "also write latest.pt every N iterations, mid-epoch (0 = per epoch only)"
     )
     seed: int = option(0, "seeds python, numpy and torch; the data order and augmentation derive from it")
-    device: str = option("auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N")
+    device: str = option(
+        "auto", "auto (cuda if present, else mps on Apple silicon, else cpu), cpu, mps, cuda or cuda:N"
+    )
     precision: str = option(
-        "auto", "auto = bf16 on GPUs and on CPUs with native bf16, else fp32; fp16 on CUDA only", PRECISIONS
+        "auto",
+        "auto = bf16 on CUDA GPUs and on CPUs with native bf16, else fp32 (mps: fp32); fp16 on CUDA only",
+        PRECISIONS,
     )
     threads: int = option(0, "CPU threads for torch (0 = one per core)")
     cuda_graphs: bool = option(
@@ -368,8 +372,8 @@ def validate(cfg: Config) -> None:
             ("checkpoint_every", cfg.checkpoint_every >= 0, "must be >= 0"),
             (
                 "device",
-                re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", cfg.device) is not None,
-                "must be auto, cpu, cuda or cuda:N",
+                re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", cfg.device) is not None,
+                "must be auto, cpu, mps, cuda or cuda:N",
             ),
             ("threads", cfg.threads >= 0, "must be >= 0"),
         ]
