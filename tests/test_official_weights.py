@@ -6,12 +6,13 @@ so the same state-dict keys), written here from the description of their archite
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import require, run_main
+from conftest import require, run_main, write_pair
 from PIL import Image
 from torch import nn
 
@@ -206,11 +207,24 @@ def test_predict_end_to_end(official_file, tmp_path, monkeypatch, capsys):
     assert (written - expected).abs().mean() < 1 / 127.5
 
 
-def test_demo_loads_an_official_file(official_file):
+def test_demo_loads_an_official_file(official_file, tmp_path):
+    """demo.py --checkpoint latest_net_G.pth: the app is built (as for a facades run: the canvas
+    and the label maps of --data_root), without being launched."""
+    require("gradio")
     model = demo.load_model(official_file[0], "cpu")
     image = np.zeros((128, 128, 3), dtype=np.uint8)
     assert model.translate(image, 0, False).shape == (128, 128, 3)
     assert model.config["eval_mode"] is False and model.epoch == 0
+    (tmp_path / "data" / "val").mkdir(parents=True)
+    write_pair(tmp_path / "data" / "val" / "1.png", image, image)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["--checkpoint", str(official_file[0]), "--data_root", str(tmp_path / "data"), "--port", str(port)]
+    app, _ = demo.prepare(demo.parse_args(args))
+    assert app is not None
+    examples = demo.starting_points(model.config, demo.example_inputs(model.config, tmp_path / "data"))
+    assert list(examples) == [demo.BLANK, "val/1.png"]
 
 
 def test_export_of_an_official_file(official_file, tmp_path):
