@@ -265,6 +265,11 @@ def restore(state: RunState, checkpoint: dict, path: Path, architecture: dict[st
     """Load a checkpoint into the run's state (the networks first; a full one also the optimizers,
     schedules, progress and RNG states). `architecture`: the config fields that fix the networks
     and the data, with the values a checkpoint older than a field was made with (its defaults)."""
+    if not isinstance(checkpoint.get("discriminator"), dict):
+        raise CheckpointError(
+            f"{path}: holds no discriminator weights, so training cannot continue from it; "
+            f"use a latest.pt, best.pt or epoch_NNN.pt written by train.py"
+        )
     saved = {**architecture, **checkpoint.get("config", {})}
     changed = [f for f in architecture if saved.get(f) != getattr(state.cfg, f)]
     if changed:
@@ -272,11 +277,6 @@ def restore(state: RunState, checkpoint: dict, path: Path, architecture: dict[st
         raise CheckpointError(
             f"{path} cannot continue with this config ({detail}); use another --name or "
             f"--resume false to start over"
-        )
-    if not isinstance(checkpoint.get("discriminator"), dict):
-        raise CheckpointError(
-            f"{path}: holds no discriminator weights, so training cannot continue from it; "
-            f"use a latest.pt, best.pt or epoch_NNN.pt written by train.py"
         )
     for net, key in ((state.G, "generator"), (state.D, "discriminator")):
         check_state_dict(net, checkpoint[key], key, path)

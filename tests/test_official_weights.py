@@ -19,6 +19,7 @@ from torch import nn
 import demo
 import official_weights
 import predict
+import train
 from checkpoint import CheckpointError, load_generator
 
 # --- A stand-in for the official network, in their module layout ---------------------------
@@ -242,3 +243,14 @@ def test_export_of_an_official_file(official_file, tmp_path):
     x = torch.rand(2, 3, 256, 384) * 2 - 1  # 2 x 3 blocks of 128: the .pt2 rejects one-block sides
     with torch.no_grad():
         torch.testing.assert_close(program(x), reference.train()(x), rtol=0, atol=1e-5)
+
+
+def test_training_cannot_continue_from_an_official_file(
+    official_file, synthetic_split, tmp_path, monkeypatch, capsys
+):
+    """It holds the generator alone: one line says so (before any config difference)."""
+    root = synthetic_split(n=1, size=32).parent
+    argv = ["--data_root", root, "--image_size", "32", "--ngf", "8", "--resume_from", official_file[0]]
+    code, err, lines = run_main(train.main, [*argv, "--tensorboard", "false"], tmp_path, monkeypatch, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "latest_net_G.pth: holds no discriminator weights, so training cannot continue" in lines[0]
