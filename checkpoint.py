@@ -156,16 +156,21 @@ def _without_crc32() -> contextlib.AbstractContextManager:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with weights_only=True: tensors and plain data only, never code."""
+    import official_weights  # the authors' latest_net_G.pth files load as snapshots
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        loaded = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = official_weights.as_project(loaded, path.stem)
     except Exception as err:  # torch raises many kinds for a file that is not a safe checkpoint
         reason = first_line(err) or type(err).__name__
         raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("generator"), dict):
-        raise CheckpointError(f"{path}: not a pix2pix checkpoint (no generator weights)")
+        raise CheckpointError(
+            f"{path}: not a pix2pix checkpoint (neither this project's nor the authors' U-Net)"
+        )
     for key, kind in (("config", dict), ("epoch", int), ("history", dict), ("generator_kwargs", dict)):
         if key in checkpoint and not isinstance(checkpoint[key], kind):
             raise CheckpointError(
@@ -214,6 +219,11 @@ def restore(state: RunState, checkpoint: dict, path: Path, architecture: dict[st
     """Load a checkpoint into the run's state (the networks first; a full one also the optimizers,
     schedules, progress and RNG states). `architecture`: the config fields that fix the networks
     and the data, with the values a checkpoint older than a field was made with (its defaults)."""
+    if not isinstance(checkpoint.get("discriminator"), dict):
+        raise CheckpointError(
+            f"{path}: holds no discriminator weights, so training cannot continue from it; "
+            f"use a latest.pt, best.pt or epoch_NNN.pt written by train.py"
+        )
     saved = {**architecture, **checkpoint.get("config", {})}
     changed = [f for f in architecture if saved.get(f) != getattr(state.cfg, f)]
     if changed:
@@ -221,11 +231,6 @@ def restore(state: RunState, checkpoint: dict, path: Path, architecture: dict[st
         raise CheckpointError(
             f"{path} cannot continue with this config ({detail}); use another --name or "
             f"--resume false to start over"
-        )
-    if not isinstance(checkpoint.get("discriminator"), dict):
-        raise CheckpointError(
-            f"{path}: holds no discriminator weights, so training cannot continue from it; "
-            f"use a latest.pt, best.pt or epoch_NNN.pt written by train.py"
         )
     for net, key in ((state.G, "generator"), (state.D, "discriminator")):
         check_state_dict(net, checkpoint[key], key, path)

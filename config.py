@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import math
 import re
@@ -159,9 +160,13 @@ class Config:
         0, "also write latest.pt every N iterations, mid-epoch (0 = per epoch only)"
     )
     seed: int = option(0, "seeds python, numpy and torch; the data order and augmentation derive from it")
-    device: str = option("auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N")
+    device: str = option(
+        "auto", "auto (cuda if present, else mps on Apple silicon, else cpu), cpu, mps, cuda or cuda:N"
+    )
     precision: str = option(
-        "auto", "auto = bf16 on GPUs and on CPUs with native bf16, else fp32; fp16 on CUDA only", PRECISIONS
+        "auto",
+        "auto = bf16 on CUDA GPUs and on CPUs with native bf16, else fp32 (mps: fp32); fp16 on CUDA only",
+        PRECISIONS,
     )
     threads: int = option(0, "CPU threads for torch (0 = one per core)")
     cuda_graphs: bool = option(
@@ -368,8 +373,8 @@ def validate(cfg: Config) -> None:
             ("checkpoint_every", cfg.checkpoint_every >= 0, "must be >= 0"),
             (
                 "device",
-                re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", cfg.device) is not None,
-                "must be auto, cpu, cuda or cuda:N",
+                re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", cfg.device) is not None,
+                "must be auto, cpu, mps, cuda or cuda:N",
             ),
             ("threads", cfg.threads >= 0, "must be >= 0"),
         ]
@@ -387,6 +392,13 @@ def _help(f: dataclasses.Field, default) -> str:
     return f"{text}{'' if text.endswith('.') else '.'}{allowed} Default: {default!r}".replace("%", "%%")
 
 
+def did_you_mean(option: str) -> str:
+    """ "; did you mean --epochs?" for a near miss of a field's name (--epoch), else ""."""
+    name = option.lstrip("-").split("=", 1)[0]
+    close = difflib.get_close_matches(name, [f.name for f in fields(Config)] + ["config"], n=1)
+    return f"; did you mean --{close[0]}?" if close else ""
+
+
 def _from_file(path: str) -> dict[str, object]:
     """Fields from a JSON file: a plain {field: value} object, or a run's results/<name>/config.json
     (its "config" section). Values keep their JSON types and are checked like the rest."""
@@ -400,7 +412,7 @@ def _from_file(path: str) -> dict[str, object]:
     by_name = {f.name: f for f in fields(Config)}
     unknown = sorted(set(data) - set(by_name))
     if unknown:
-        raise ConfigError(f"--config {path}: unknown field {unknown[0]!r}")
+        raise ConfigError(f"--config {path}: unknown field {unknown[0]!r}{did_you_mean(unknown[0])}")
     # Through the same conversion as the command line, so a wrong type fails the same way.
     return {k: _convert(by_name[k], json.dumps(v) if not isinstance(v, str) else v) for k, v in data.items()}
 
@@ -436,7 +448,9 @@ def parse_args(argv: Sequence[str] | None = None, description: str | None = None
         raise ConfigError(f"{err.argument_name}: {err.message}") from None
     if unknown:
         option = next((u for u in unknown if u.startswith("-")), unknown[0])
-        raise ConfigError(f"{option}: unknown setting (see --help for the fields of config.py)")
+        raise ConfigError(
+            f"{option}: unknown setting{did_you_mean(option)} (see --help for the fields of config.py)"
+        )
     values = _from_file(known.config) if known.config else {}
     values.update(
         {

@@ -72,7 +72,7 @@ def load_model(checkpoint: Path, device_name: str) -> Model:
     except ValueError as err:  # a device this machine lacks; the message names --device
         raise DemoError(str(err)) from None
     except RuntimeError:  # torch does not know the name
-        raise DemoError(f"--device {device_name}: not a device name (auto, cpu, cuda, cuda:N)") from None
+        raise DemoError(f"--device {device_name}: not a device name (auto, cpu, mps, cuda, cuda:N)") from None
     try:
         G, cfg, epoch = predict.load_run(checkpoint, device)
     except (CheckpointError, ValueError) as err:  # ValueError: a config the networks cannot be built from
@@ -391,7 +391,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data_root", type=Path, help="where the example inputs come from (default: the run's data_root)"
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help="auto, cpu, mps, cuda or cuda:N")
     parser.add_argument(
         "--live",
         choices=("auto", "on", "off"),

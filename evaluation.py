@@ -114,8 +114,12 @@ def _generate(
     multiple = view.size_multiple
     pad_h, pad_w = -h % multiple, -w % multiple
     padded = F.pad(real_A, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else real_A
-    devices = [real_A.device] if real_A.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), amp or contextlib.nullcontext():
+    kind = real_A.device.type  # the accelerator's RNG is forked too: dropout draws from it there
+    devices = [real_A.device] if kind in ("cuda", "mps") else []
+    with (
+        torch.random.fork_rng(devices=devices, device_type=kind if devices else "cuda"),
+        amp or contextlib.nullcontext(),
+    ):
         torch.manual_seed(seed)
         fake_B = view(padded).float()  # (N, out_channels, H + pad_h, W + pad_w)
     return fake_B[..., :h, :w]

@@ -7,7 +7,9 @@ Inputs are images of the input domain (label maps for facades), files or folders
 gives <output>/<stem>.png of the same size as the input. Images of any size work: by default
 the input is padded (its border repeated) to a multiple of the generator's 2^depth, translated
 and cropped back; with --resize it is instead resized to the training image_size and the output
-resized back.
+resized back. For a run on aligned data, a file twice as wide as high is taken for an A|B pair
+of its dataset: its input half (the half --direction, by default the run's, reads) is
+translated, with a line saying so; --whole keeps such inputs whole.
 
 With --split, the paired images of that split are translated as in validation (resized to
 image_size), and the output folder gets <stem>.png per image, real_A/ and real_B/ (input and
@@ -23,7 +25,9 @@ direction, input/output channels, eval_mode): onnx.load(path).metadata_props.
 
 The generator is rebuilt from the checkpoint alone. Batch-norm mode and dropout follow the run's
 `eval_mode` (false, the paper's choice: batch statistics and dropout at test time too) unless
---eval_mode says otherwise.
+--eval_mode says otherwise. --checkpoint also takes a U-Net generator of the authors'
+pytorch-CycleGAN-and-pix2pix (latest_net_G.pth, see official_weights.py), run with their
+defaults: eval_mode false, dropout 0.5; its direction is BtoA unless --direction says otherwise.
 """
 
 from __future__ import annotations
@@ -99,7 +103,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "beside it, as a torch.export .pt2 (needs pip install -r requirements-export.txt)",
     )
     parser.add_argument("--eval_mode", choices=("true", "false"), help="override the run's eval_mode")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--direction",
+        choices=("AtoB", "BtoA"),
+        help="override the run's direction: which half of an A|B pair file (and of --split) is the input",
+    )
+    parser.add_argument(
+        "--whole",
+        action="store_true",
+        help="translate an input twice as wide as high whole, not as the input half of an A|B pair",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, mps, cuda or cuda:N")
     args = parser.parse_args(argv)
     if sum((bool(args.inputs), bool(args.split), bool(args.export))) != 1:
         parser.error("give input images or folders, or --split, or --export: one of them")
@@ -124,6 +138,13 @@ def load_run(path: Path, device: torch.device) -> tuple[UNetGenerator, SimpleNam
     if problem or not isinstance(settings.results_dir, str):
         raise CheckpointError(
             f"{path}: its run name {settings.name!r} {problem or 'is not usable'}; give --output"
+        )
+    if checkpoint.get("official"):
+        kwargs = checkpoint["generator_kwargs"]
+        print(
+            f"{path}: a generator of the authors' pytorch-CycleGAN-and-pix2pix (unet_{settings.image_size}, "
+            f"{kwargs['norm']} norm), run as their test.py runs it by default: eval_mode false, dropout "
+            f"{kwargs['dropout']}; direction {settings.direction} unless --direction says otherwise"
         )
     return G, settings, int(checkpoint.get("epoch", 0))
 
@@ -156,11 +177,34 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
     return files
 
 
+def read_input(path: Path, settings: SimpleNamespace, whole: bool = False) -> torch.Tensor:
+    """An input file as uint8 (C, H, W). A file twice as wide as high, given to a run on aligned
+    data, is taken for an A|B pair file of its dataset: its input half (the half `direction`
+    reads) is returned, and a line says so; `whole` keeps every image whole."""
+    real_A = read_image(path, settings.input_nc)
+    height, width = real_A.shape[-2:]
+    if whole or settings.data_layout != "aligned" or width != 2 * height:
+        return real_A
+    side, where = ("B", "right") if settings.direction == "BtoA" else ("A", "left")
+    tqdm.write(
+        f"{path}: {width}x{height}, an A|B pair file of the run's aligned data: translating its "
+        f"{side} ({where}) half, as direction {settings.direction} says (--whole: the whole image)"
+    )
+    return real_A[..., height:] if side == "B" else real_A[..., :height]
+
+
 def predict_files(
-    G, settings: SimpleNamespace, files: list[Path], output: Path, device, amp, resize: bool
+    G,
+    settings: SimpleNamespace,
+    files: list[Path],
+    output: Path,
+    device,
+    amp,
+    resize: bool,
+    whole: bool = False,
 ) -> None:
     for path in tqdm(files, desc="translating", dynamic_ncols=True):
-        real_A = read_image(path, settings.input_nc)  # (C, H, W) uint8
+        real_A = read_input(path, settings, whole)  # (C, H, W) uint8
         resize_to = settings.image_size if resize else None
         fake_B = translate_image(G, real_A, settings.eval_mode, settings.seed, device, amp, resize_to)
         save_image(fake_B, output / f"{path.stem}.png")
@@ -309,6 +353,7 @@ def run(args: argparse.Namespace) -> Path:
     G, settings, epoch = load_run(args.checkpoint, device)
     if args.eval_mode:
         settings.eval_mode = args.eval_mode == "true"
+    settings.direction = args.direction or settings.direction
     if args.export:
         export_generator(G, settings, args.export, epoch)
         return args.export.parent
@@ -316,7 +361,7 @@ def run(args: argparse.Namespace) -> Path:
     where = args.split or "predict"
     output = args.output or Path(settings.results_dir) / settings.name / where
     if not args.split:
-        predict_files(G, settings, collect_inputs(args.inputs), output, device, amp, args.resize)
+        predict_files(G, settings, collect_inputs(args.inputs), output, device, amp, args.resize, args.whole)
         return output
     folder = Path(args.data_root or settings.data_root) / args.split
     if not folder.is_dir():

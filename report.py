@@ -68,6 +68,7 @@ def run_record(state, train_pairs: int, val_pairs: int | None) -> dict:
         "world_size": world.size,
         "global_batch": cfg.batch_size * world.size,
         "generator_depth": state.generator_kwargs["num_downs"],
+        "lr_decay_epochs": min(cfg.lr_decay_epochs, cfg.epochs),  # as train.lr_factor clamps it
         "data_root": str(Path(cfg.data_root).resolve()),
         "train_pairs": train_pairs,
         "val_pairs": val_pairs,
@@ -331,6 +332,11 @@ class Reporter:
             f"training {cfg.name}: {n_pairs} pairs, {cfg.direction}, {cfg.image_size} px, {batch}, "
             f"on {state.device} in {str(state.dtype).removeprefix('torch.')}"
         )
+        if cfg.lr_decay_epochs > cfg.epochs:  # train.lr_factor decays over all epochs then
+            self.print(
+                f"lr_decay_epochs {cfg.lr_decay_epochs} is more than epochs {cfg.epochs}: the lr decays "
+                f"linearly over all {cfg.epochs} epochs, as with lr_decay_epochs {cfg.epochs}"
+            )
 
     def _open_tensorboard(self, state) -> None:
         """The event writer, once the steps per epoch are known (the first epoch's progress)."""

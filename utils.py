@@ -41,6 +41,7 @@ def rng_state() -> dict:
         "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "mps": torch.mps.get_rng_state() if mps_available() else None,  # dropout's stream on a Mac's GPU
     }
 
 
@@ -52,15 +53,28 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if state.get("mps") is not None and mps_available():  # older checkpoints have no "mps"
+        torch.mps.set_rng_state(state["mps"])
+
+
+def mps_available() -> bool:
+    """Whether Apple silicon's GPU can be used: a PyTorch built with MPS, on a Mac that has it."""
+    return torch.backends.mps.is_built() and torch.backends.mps.is_available()
 
 
 def resolve_device(name: str) -> torch.device:
-    """ "auto" picks the first GPU when there is one, else the CPU."""
+    """ "auto" picks the first CUDA GPU when there is one, else Apple silicon's GPU (MPS), else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "mps" and not mps_available():
+        raise ValueError(
+            f"--device {name}: MPS (the GPU of Apple silicon Macs) is not available on this machine"
+        )
     return device
 
 
@@ -73,13 +87,18 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype for "auto"/"fp32"/"bf16"/"fp16"; "auto" takes bf16 where it is fast."""
+    """The autocast dtype for "auto"/"fp32"/"bf16"/"fp16"; "auto" takes bf16 where it is fast.
+
+    On MPS "auto" is fp32: bf16 there needs macOS 14 and M1/M2 chips only emulate it, fp16 would
+    need loss scaling, and neither has been measured on a Mac; --precision bf16 can be asked for."""
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "mps":
+            return torch.float32
         return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     if name == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16: only supported on CUDA; use bf16 or fp32 on the CPU")
+        raise ValueError(f"--precision fp16: only supported on CUDA; use bf16 or fp32 on {device.type}")
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
