@@ -14,8 +14,9 @@ import benchmark
 import config
 import data
 import demo
-import layers
+import fast_layers
 import predict
+import speedups
 import utils
 from distributed import World
 from generator import UNetGenerator
@@ -77,15 +78,18 @@ def test_precision_on_mps():
 
 
 def test_nothing_cpu_specific_runs_on_mps():
-    """The CPU's matrix-product convolutions, bf16 compute copies and fp32 channels_last stay off."""
-    on_mps = SimpleNamespace(device=MPS, shape=(1, 512, 2, 2))  # as layers sees a small map there
+    """The CPU's matrix-product convolutions, bf16 compute copies and channels_last stay off."""
+    on_mps = SimpleNamespace(device=MPS, shape=(1, 512, 2, 2))  # as fast_layers sees a small map there
     on_cpu = SimpleNamespace(device=torch.device("cpu"), shape=(1, 512, 2, 2))
-    assert layers._small_cpu_map(on_cpu) and not layers._small_cpu_map(on_mps)
-    assert not layers.channels_last_pays(MPS, torch.float32)
+    assert fast_layers.small_cpu_map(on_cpu) and not fast_layers.small_cpu_map(on_mps)
+    for dtype in (torch.float32, torch.bfloat16):
+        G = UNetGenerator(ngf=2, num_downs=5)
+        applied = speedups.accelerate([(G, None)], MPS, dtype)
+        assert not (applied.matmul_layers or applied.compute_copies or applied.channels_last)
+        assert not G._forward_pre_hooks
     G = UNetGenerator(ngf=2, num_downs=5)
-    amp = predict.inference_precision(G, MPS)
-    assert isinstance(amp, contextlib.nullcontext)
-    assert not any("compute_copy" in vars(m) for m in G.modules())
+    assert isinstance(predict.inference_precision(G, MPS), contextlib.nullcontext)
+    assert all(type(m).__module__.startswith("torch.") for m in G.modules() if m is not G)
 
 
 def test_loader_pins_memory_only_for_cuda():
