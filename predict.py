@@ -44,12 +44,12 @@ from tqdm import tqdm
 
 from checkpoint import CheckpointError, load_generator
 from config import ConfigError, name_problem
-from dataset import DatasetError, list_images, open_split, read_image
+from dataset import DatasetError, PairedDataset, list_images, open_split, read_image
 from dataset import resize as resize_image
 from figures import html_page, save_image
 from generator import UNetGenerator, deployable, translate, translate_items
 from layers import attach_compute_copies
-from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
+from metrics import FID_MIN_IMAGES, SSIM_SIZE, MissingPackageError, evaluate_pairs, inception_weights_path
 from utils import (
     OutputError,
     atomic_write,
@@ -194,6 +194,19 @@ def predict_files(
         save_image(translate_image(G, settings, real_A, device, amp, resize), output / f"{path.stem}.png")
 
 
+def check_scorable(data: PairedDataset, folder: Path, with_fid: bool) -> None:
+    """Before the first image is translated: every image of the split is big enough for SSIM's
+    window, and --fid has two images or more to compare."""
+    for (height, width), name in data.sizes().items():
+        if min(height, width) < SSIM_SIZE:
+            raise DatasetError(
+                f"{name}: {width}x{height} as the run's --preprocess {data.preprocess} reads it, but SSIM "
+                f"needs at least {SSIM_SIZE}x{SSIM_SIZE}; evaluate another split, or translate the files"
+            )
+    if with_fid and len(data) < FID_MIN_IMAGES:
+        raise DatasetError(f"{folder}: {len(data)} image, but --fid needs at least {FID_MIN_IMAGES}")
+
+
 def evaluate_split(
     G, settings: SimpleNamespace, folder: Path, output: Path, device, amp, with_fid: bool
 ) -> dict:
@@ -211,6 +224,7 @@ def evaluate_split(
         multiple=G.size_multiple,
     )
     names = [path.stem for path in data.files]
+    check_scorable(data, folder, with_fid)
 
     def pairs():
         items = tqdm(
