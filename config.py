@@ -14,15 +14,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import json
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field, fields
 from typing import Sequence
 
+import config_file
+
 # The allowed values of the fields that name a choice. dataset.py checks the same names where it
-# takes them as arguments (config.py imports nothing of the project; a test keeps them equal).
+# takes them as arguments (config.py imports only config_file, no torch; a test keeps them equal).
 LAYOUTS = ("aligned", "paired_folders")
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "none")
 NORMS = ("batch", "instance")
@@ -168,7 +170,7 @@ class Config:
         "auto = bf16 on CUDA GPUs and on CPUs with native bf16, else fp32 (mps: fp32); fp16 on CUDA only",
         PRECISIONS,
     )
-    threads: int = option(0, "CPU threads for torch (0 = one per core)")
+    threads: int = option(0, "CPU threads for torch (0 = one per core; at most 4 per usable CPU)")
     cuda_graphs: bool = option(
         False,
         "on CUDA, replay each training step as one captured CUDA graph (bf16/fp32, "
@@ -328,6 +330,12 @@ def _range_checks(cfg: Config) -> list[tuple[str, bool, str]]:
     return checks
 
 
+def max_threads() -> int:
+    """The most --threads a run may ask for: 4 per CPU this process may run on (its affinity);
+    more only slows it down, and OpenMP runs out of memory for the stacks of 100000."""
+    return 4 * (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first field whose value cannot work."""
     resizes = cfg.preprocess in ("resize_and_crop", "scale_width")  # only these use load_size
@@ -377,6 +385,12 @@ def validate(cfg: Config) -> None:
                 "must be auto, cpu, mps, cuda or cuda:N",
             ),
             ("threads", cfg.threads >= 0, "must be >= 0"),
+            ("threads", cfg.threads <= max_threads(), f"must be at most {max_threads()} (4 per usable CPU)"),
+            (
+                "download_sha256",
+                re.fullmatch("[0-9a-fA-F]{64}|", cfg.download_sha256),
+                "must be 64 hex digits",
+            ),
         ]
     )
     for name, ok, rule in checks:
@@ -403,8 +417,8 @@ def _from_file(path: str) -> dict[str, object]:
     """Fields from a JSON file: a plain {field: value} object, or a run's results/<name>/config.json
     (its "config" section). Values keep their JSON types and are checked like the rest."""
     try:
-        data = json.loads(open(path, encoding="utf-8").read())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+        data = config_file.read_json(path)  # at most 1 MiB and 8 levels deep
+    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise ConfigError(f"--config {path}: cannot read a JSON object ({err})") from None
     data = data.get("config", data) if isinstance(data, dict) else data
     if not isinstance(data, dict):
@@ -413,8 +427,10 @@ def _from_file(path: str) -> dict[str, object]:
     unknown = sorted(set(data) - set(by_name))
     if unknown:
         raise ConfigError(f"--config {path}: unknown field {unknown[0]!r}{did_you_mean(unknown[0])}")
-    # Through the same conversion as the command line, so a wrong type fails the same way.
-    return {k: _convert(by_name[k], json.dumps(v) if not isinstance(v, str) else v) for k, v in data.items()}
+    try:  # exactly the field's JSON type: no list, object or null as text, no 1 as true
+        return {k: config_file.typed_value(k, by_name[k].type, v) for k, v in data.items()}
+    except ValueError as err:
+        raise ConfigError(f"--config {path}: {err}") from None
 
 
 def parse_args(argv: Sequence[str] | None = None, description: str | None = None) -> Config:

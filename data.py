@@ -12,6 +12,7 @@ from config import DATASETS, Config, size_multiple
 from dataset import DatasetError, PairedDataset, open_split
 from distributed import World
 from download import ensure_dataset
+from metrics import FID_MIN_IMAGES, SSIM_SIZE
 
 
 def make_dataset(cfg: Config, folder: Path, train: bool, max_images: int = 0) -> PairedDataset:
@@ -50,7 +51,50 @@ def build_data(cfg: Config) -> tuple[PairedDataset, PairedDataset]:
     train_set = make_dataset(cfg, root / "train", train=True, max_images=cfg.max_images)
     train_set.check_batchable(cfg.batch_size)
     val_split = next(root / s for s in ("val", "test", "train") if (root / s).is_dir())
-    return train_set, make_dataset(cfg, val_split, train=False, max_images=cfg.max_images)
+    val_set = make_dataset(cfg, val_split, train=False, max_images=cfg.max_images)
+    check_usable(cfg, train_set, val_set, val_split)
+    return train_set, val_set
+
+
+def discriminator_size(n_layers: int) -> int:
+    """The smallest side the PatchGAN takes: n_layers halvings must leave 3 pixels for its two
+    4x4 stride-1 convolutions (and 2x2 values per channel for the BatchNorm between them)."""
+    return 3 * 2**n_layers
+
+
+def check_usable(cfg: Config, train_set: PairedDataset, val_set: PairedDataset, val_split: Path) -> None:
+    """Images too small or too few for what the run does with them, named before the first step:
+    the discriminator's smallest input in training (--preprocess none trains on the images' own
+    sizes), SSIM's window in validation (crop, none and scale_width keep the images' shapes), and
+    the two images FID needs."""
+    n_layers = cfg.n_layers_D
+    needed_by = f"the discriminator with --n_layers_D {n_layers}"
+    _check_sides(cfg, train_set, discriminator_size(n_layers), needed_by, "a smaller --n_layers_D")
+    if not cfg.val_every:
+        return
+    _check_sides(cfg, val_set, SSIM_SIZE, "validation's SSIM", "--val_every 0")
+    if cfg.val_fid and len(val_set) < FID_MIN_IMAGES:
+        raise DatasetError(
+            f"{val_split}: {len(val_set)} validation image, but --val_fid true needs at least "
+            f"{FID_MIN_IMAGES} (FID and KID compare two sets); use more images or --val_fid false"
+        )
+
+
+def _check_sides(cfg: Config, dataset: PairedDataset, least: int, needed_by: str, remedy: str) -> None:
+    for (height, width), name in dataset.sizes().items():
+        if min(height, width) < least:
+            raise DatasetError(
+                f"{name}: {width}x{height} after --preprocess {cfg.preprocess}{_how(cfg, dataset.train)}, "
+                f"but {needed_by} needs at least {least}x{least}; use larger images, another "
+                f"--preprocess or {remedy}"
+            )
+
+
+def _how(cfg: Config, train: bool) -> str:
+    """What the preprocessing does to an image's size, where it keeps it small."""
+    if cfg.preprocess == "scale_width" and not train:
+        return f" (width --image_size {cfg.image_size}, height by the aspect ratio)"
+    return " (each image keeps its own size)" if cfg.preprocess in ("crop", "none") else ""
 
 
 def make_loader(train_set: PairedDataset, cfg: Config, device: torch.device, world: World) -> DataLoader:

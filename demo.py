@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import os
 import random
 import socket
@@ -31,6 +32,7 @@ from facades_palette import FACADES_CLASSES, blank_facade, hex_colour
 MAX_EXAMPLES = 500  # a longer dropdown of starting points is no help (edges2shoes has 200 val images)
 BLANK = "a blank facade"
 LIVE_SECONDS = 1.0  # generate after every stroke only when one generation takes less than this
+SEED_LIMIT = 2**32  # the seed box takes what train.py's --seed takes: 0 <= seed < 2^32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,6 +135,16 @@ def editor_image(value: Any) -> np.ndarray | None:
     """The painted image of an ImageEditor value (its composite), or None when there is none."""
     image = value.get("composite") if isinstance(value, dict) else value
     return None if image is None else to_rgb(np.asarray(image))
+
+
+def dropout_seed(value: float | None) -> int:
+    """The seed box's value as translate takes it (an empty box is 0); ValueError with the message
+    the page shows for anything but a whole number in [0, SEED_LIMIT)."""
+    if value is None:
+        return 0
+    if not (math.isfinite(value) and value == int(value) and 0 <= value < SEED_LIMIT):
+        raise ValueError(f"seed {value}: must be a whole number from 0 to {SEED_LIMIT - 1}")
+    return int(value)
 
 
 def time_generation(model: Model, image: np.ndarray) -> float:
@@ -291,6 +303,8 @@ def output_panel(gr, cfg: dict[str, Any], live: bool) -> dict:
         ui["seed"] = gr.Number(
             value=cfg["seed"],
             precision=0,
+            minimum=0,
+            maximum=SEED_LIMIT - 1,
             label="seed (dropout noise)",
             interactive=not cfg["eval_mode"],
             elem_id="seed",
@@ -310,7 +324,11 @@ def connect(gr, app, model: Model, starts: dict[str, Callable[[], np.ndarray]], 
 
     def generate(value: Any, seed: float | None, resize: bool) -> np.ndarray | None:
         image = editor_image(value)
-        return None if image is None else to_rgb(model.translate(image, int(seed or 0), resize))
+        try:
+            seed = dropout_seed(seed)
+        except ValueError as err:  # the box's limits stop most on the page; the message, not torch's
+            raise gr.Error(str(err)) from None
+        return None if image is None else to_rgb(model.translate(image, seed, resize))
 
     def generate_if_live(value: Any, seed: float | None, resize: bool, follow: bool):
         return generate(value, seed, resize) if follow else gr.skip()

@@ -18,6 +18,7 @@ import dataclasses
 import io
 import itertools
 import os
+import re
 from typing import Callable, Iterator, Mapping
 
 import torch
@@ -118,8 +119,35 @@ def process_group(device_name: str, world: World) -> Iterator[torch.device | Non
     device = join_process_group(device_name, world)
     try:
         yield device
+    except RuntimeError as err:
+        if isinstance(err, DistributedError) or not lost_peer(err):
+            raise
+        raise DistributedError(
+            f"rank {world.rank} lost contact with another process of the launch ({peer_reason(err)}); "
+            f"it stopped or its machine did (its own output says why): run the same command to resume "
+            f"from the last checkpoint"
+        ) from None
     finally:
         dist.destroy_process_group()
+
+
+# What gloo and NCCL say when a collective finds that another process is gone or does not answer.
+PEER_LOST_MARKS = ("gloo/transport", "ProcessGroupGloo", "ProcessGroupNCCL", "NCCL communicator", "by peer")
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Whether `err`, raised in a collective (an all-reduce, DDP's gradient reduction, synchronised
+    BatchNorm), says that another process of the group is gone: torch's DistError types, or the
+    plain RuntimeError that gloo raises. Any other RuntimeError is a bug to show in full."""
+    return isinstance(err, dist.DistError) or any(mark in str(err) for mark in PEER_LOST_MARKS)
+
+
+def peer_reason(err: BaseException) -> str:
+    """gloo's message without its source location and its advice: "Read error [127.0.0.1]:55526:
+    Connection reset by peer"."""
+    text = first_line(err) or type(err).__name__
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", text)
+    return text.split(". This is typically")[0].rstrip(".")
 
 
 def all_agree(world: World, device: torch.device | None, ok: bool) -> bool:

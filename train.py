@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 import checkpoint as ckpt
 import distributed as ddp
+import preflight
 from checkpoint import CheckpointError
 from config import Config, ConfigError, architecture_defaults, generator_depth, parse_args
 from data import build_data, make_loader, prepare_data_root
@@ -333,6 +334,7 @@ def end_of_epoch(state: RunState, val_set: PairedDataset, report: Reporter, dirs
 def train(cfg: Config, world: ddp.World | None = None, device: torch.device | None = None) -> None:
     """The whole run; under torchrun, world and device come from process_group (main does it)."""
     world = world or ddp.World()
+    preflight.check_run(cfg, world, device)  # every setting and path, before any work
     if cfg.val_fid:
         inception_weights_path()  # a missing optional package fails now, not after the first epoch
     check_tensorboard(cfg)  # so does --tensorboard true without the package

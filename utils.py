@@ -75,6 +75,11 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(
             f"--device {name}: MPS (the GPU of Apple silicon Macs) is not available on this machine"
         )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(
+            f"--device {name}: this machine has {count} GPU{'s' * (count != 1)} (cuda:0 to cuda:{count - 1})"
+        )
     return device
 
 

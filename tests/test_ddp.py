@@ -318,3 +318,47 @@ def test_launch_settings_are_checked(monkeypatch):
     assert distributed.rank_device("auto", distributed.World(rank=3, local_rank=0, size=4)) == torch.device(
         "cuda", 0
     )
+
+
+def test_a_lost_process_is_one_error_line_per_rank(facades, tmp_path):
+    """kill -9 of rank 1 in the middle of a run: rank 0 stops with one line saying it lost the other
+    process, not a traceback of gloo (each rank's stderr as torchrun --redirects keeps it)."""
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--redirects",
+            "3",
+            str(ROOT / "train.py"),
+            "--data_root",
+            str(facades),
+            *TINY,
+            "--epochs",
+            "500",
+            "--name",
+            "lost",
+        ],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(tmp_path / "checkpoints" / "lost" / "epoch_002.pt", launcher)
+        os.kill(rank_pid(launcher.pid, 1), signal.SIGKILL)
+        launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert launcher.returncode != 0
+    (log,) = (tmp_path / "logs").rglob("attempt_0/0/stderr.log")
+    text = log.read_text()
+    assert "Traceback" not in text, text[-3000:]
+    (line,) = [line for line in text.splitlines() if "error: " in line]
+    assert "rank 0 lost contact with another process" in line and "resume" in line, line

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import queue
+import re
 import socket
 import subprocess
 import sys
@@ -284,6 +285,29 @@ def test_palette_script_needs_the_data(tmp_path, capsys):
         facades_palette.main(["--data_root", str(tmp_path)])
     assert exit_info.value.code != 0
     assert_one_error_line(capsys.readouterr().err, str(tmp_path / "train"), "no such folder")
+
+
+def test_seeds_out_of_range_get_a_message_not_a_console_error(checkpoint, tmp_path):
+    """The seed box takes what --seed takes, [0, 2^32): beyond it, the page says so (gr.Error) instead
+    of torch raising in the console. Driven through the app's own event, without a browser."""
+    gr = require("gradio")
+    model = demo.load_model(checkpoint, "cpu")
+    starts = demo.starting_points(model.config, {})
+    app = demo.build_app(model, starts, next(iter(starts.values()))(), 0.1, False)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "canvas.png")
+    canvas = {
+        "background": str(tmp_path / "canvas.png"),
+        "layers": [],
+        "composite": str(tmp_path / "canvas.png"),
+    }
+    assert Path(app(canvas, 2**32 - 1, False, api_name="generate")).is_file()  # the largest seed works
+    for seed in (2**32, 2**64, -1):
+        with pytest.raises(gr.Error, match=re.escape(str(seed))):
+            app(canvas, seed, False, api_name="generate")
+    for seed in (2**64, -1, 0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="whole number from 0 to 4294967295"):
+            demo.dropout_seed(seed)
+    assert demo.dropout_seed(None) == 0 and demo.dropout_seed(7.0) == 7
 
 
 # ---------------------------------------------------------------------------------------------
