@@ -65,7 +65,7 @@ class PILAlignedDataset(torch.utils.data.Dataset):
     """The official way: open, split, resize, crop and flip each pair with PIL on every access."""
 
     def __init__(self, folder: Path, direction: str, load_size: int, image_size: int) -> None:
-        from dataset import list_images
+        from images import list_images
 
         self.files, self.direction = list_images(folder), direction
         self.load_size, self.image_size = load_size, image_size

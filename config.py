@@ -4,16 +4,13 @@ The defaults are the official facades recipe (Isola et al. 2017, and the authors
 labels -> photo, 286 px resize + 256 px random crop + flip, batch 1, U-Net 256, 70x70 PatchGAN,
 Adam 2e-4 (0.5, 0.999), lambda_l1 100, 100 epochs at constant lr + 100 epochs of linear decay.
 
-Every field can be overridden on the command line as ``--field value``; see ``parse_args``.
+Every field can be overridden on the command line as ``--field value``: cli.parse_args.
 Only the scripts (train.py, predict.py, benchmark.py) read this module: the model and data
 modules take plain arguments.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import difflib
 import math
 import os
 import re
@@ -21,10 +18,8 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Sequence
 
-import config_file
-
 # The allowed values of the fields that name a choice. dataset.py checks the same names where it
-# takes them as arguments (config.py imports only config_file, no torch; a test keeps them equal).
+# takes them as arguments (config.py imports nothing of the project: dataset.py imports these).
 LAYOUTS = ("aligned", "paired_folders")
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "none")
 NORMS = ("batch", "instance")
@@ -213,34 +208,6 @@ class ConfigError(ValueError):
     """A config value that cannot be used; the message names the field."""
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
-def _convert(field: dataclasses.Field, text: str):
-    """Turn the command-line text for `field` into a value of the field's declared type."""
-    kind = field.type  # a string such as "int", because of `from __future__ import annotations`
-    try:
-        if kind == "bool":
-            return _parse_bool(text)
-        if kind == "int":
-            return int(text)
-        if kind == "float":
-            value = float(text)
-            if not math.isfinite(value):
-                raise ValueError(f"expected a finite number, got {text!r}")
-            return value
-        return text
-    except ValueError as err:
-        message = str(err) if kind == "bool" or "finite" in str(err) else f"expected {kind}, got {text!r}"
-        raise ConfigError(f"--{field.name}: {message}") from None
-
-
 def is_valid_unet_size(image_size: int) -> bool:
     """The U-Net halves the image at least 5 times, so the size must be a multiple of 32."""
     return image_size >= 32 and image_size % 32 == 0
@@ -398,98 +365,6 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"--{name}: {rule}, got {getattr(cfg, name)!r}")
 
 
-def _help(f: dataclasses.Field, default) -> str:
-    """One line of --help: the field's description, its allowed values and its default."""
-    choices = f.metadata.get("choices")
-    allowed = f" One of: {', '.join(c for c in choices if c)}." if choices else ""
-    text = f.metadata.get("help", "")
-    return f"{text}{'' if text.endswith('.') else '.'}{allowed} Default: {default!r}".replace("%", "%%")
-
-
-def did_you_mean(option: str) -> str:
-    """ "; did you mean --epochs?" for a near miss of a field's name (--epoch), else ""."""
-    name = option.lstrip("-").split("=", 1)[0]
-    close = difflib.get_close_matches(name, [f.name for f in fields(Config)] + ["config"], n=1)
-    return f"; did you mean --{close[0]}?" if close else ""
-
-
-def _from_file(path: str) -> dict[str, object]:
-    """Fields from a JSON file: a plain {field: value} object, or a run's results/<name>/config.json
-    (its "config" section). Values keep their JSON types and are checked like the rest."""
-    try:
-        data = config_file.read_json(path)  # at most 1 MiB and 8 levels deep
-    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise ConfigError(f"--config {path}: cannot read a JSON object ({err})") from None
-    data = data.get("config", data) if isinstance(data, dict) else data
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: expected a JSON object of config fields")
-    by_name = {f.name: f for f in fields(Config)}
-    unknown = sorted(set(data) - set(by_name))
-    if unknown:
-        raise ConfigError(f"--config {path}: unknown field {unknown[0]!r}{did_you_mean(unknown[0])}")
-    try:  # exactly the field's JSON type: no list, object or null as text, no 1 as true
-        return {k: config_file.typed_value(k, by_name[k].type, v) for k, v in data.items()}
-    except ValueError as err:
-        raise ConfigError(f"--config {path}: {err}") from None
-
-
-def parse_args(argv: Sequence[str] | None = None, description: str | None = None) -> Config:
-    """Build a Config from defaults, then --config FILE's fields, then ``--field value`` pairs,
-    then validate it.
-
-    Raises ConfigError (one line, naming the field) for an unknown field, a value that is not of
-    the field's type, or a value that cannot work. Scripts turn it into exit status 2.
-    """
-    parser = argparse.ArgumentParser(
-        description=description,
-        allow_abbrev=False,
-        exit_on_error=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--config",
-        metavar="FILE.json",
-        help="start from the fields of this JSON file "
-        "(e.g. results/<name>/config.json); options given here still override them",
-    )
-    defaults = Config()
-    for f in fields(Config):
-        parser.add_argument(
-            f"--{f.name}", default=None, metavar=f.type.upper(), help=_help(f, getattr(defaults, f.name))
-        )
-    # argparse would print its usage and exit on a bad option; we want our own one-line error.
-    try:
-        known, unknown = parser.parse_known_args(argv)
-    except argparse.ArgumentError as err:
-        raise ConfigError(f"{err.argument_name}: {err.message}") from None
-    if unknown:
-        option = next((u for u in unknown if u.startswith("-")), unknown[0])
-        raise ConfigError(
-            f"{option}: unknown setting{did_you_mean(option)} (see --help for the fields of config.py)"
-        )
-    values = _from_file(known.config) if known.config else {}
-    values.update(
-        {
-            f.name: _convert(f, getattr(known, f.name))
-            for f in fields(Config)
-            if getattr(known, f.name) is not None
-        }
-    )
-    # A new Config, not a replace of the defaults: fields left empty follow the chosen dataset.
-    cfg = Config(**values)
-    validate(cfg)
-    return cfg
-
-
-def parse_or_exit(argv: Sequence[str] | None = None, description: str | None = None) -> Config:
-    """parse_args for scripts: a bad setting prints one line and exits with status 2."""
-    try:
-        return parse_args(argv, description)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 def markdown_table() -> str:
     """The README's config table, from the same field metadata as --help (a test keeps them equal)."""
     rows = ["| field | default | allowed | meaning |", "|---|---|---|---|"]
@@ -501,13 +376,12 @@ def markdown_table() -> str:
 
 
 def main() -> None:
-    """Print the resolved config: ``python config.py --lr 1e-4``; ``--markdown`` prints the README's table."""
-    if sys.argv[1:] == ["--markdown"]:
-        print(markdown_table(), end="")
-        return
-    cfg = parse_or_exit(description=__doc__)
-    for f in fields(cfg):
-        print(f"{f.name:16s} {getattr(cfg, f.name)!r}")
+    """``python config.py --markdown`` prints the README's config table (cli.py prints a resolved
+    config: ``python cli.py --lr 1e-4``)."""
+    if sys.argv[1:] != ["--markdown"]:
+        print("usage: python config.py --markdown (the README's table); python cli.py [--field value ...]")
+        raise SystemExit(2)
+    print(markdown_table(), end="")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from config import DATASETS, Config, size_multiple
-from dataset import DatasetError, PairedDataset, open_split
+from dataset import PairedDataset, open_split
 from distributed import World
 from download import ensure_dataset
+from images import DatasetError
 from metrics import FID_MIN_IMAGES, SSIM_SIZE
 
 

@@ -25,7 +25,7 @@ from typing import IO
 
 from tqdm import tqdm
 
-from dataset import DatasetError, list_images
+from images import DatasetError, list_images
 
 # Seconds a connection, or a read of the reply, may stall before the download is given up.
 TIMEOUT_S = 30.0

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataset import resize as resize_image
+from images import resize as resize_image
 
 # Generation runs this many pixels at a time (16 images of 256x256): batches amortise the
 # per-layer overheads, which dominate the small inner maps of a U-Net at batch 1.

@@ -125,7 +125,7 @@ def derive_palette(
 
 def training_label_maps(data_root: Path, limit: int = 0) -> list[torch.Tensor]:
     """The B halves (label maps) of the aligned facades training files, uint8 (3, H, W)."""
-    from dataset import list_images, read_pair
+    from images import list_images, read_pair
 
     files = list_images(data_root / "train")
     return [read_pair(path)[1] for path in (files[:limit] if limit else files)]

@@ -49,10 +49,11 @@ from tqdm import tqdm
 
 from checkpoint import CheckpointError, load_generator
 from config import DATASETS, Config, ConfigError, name_problem
-from dataset import DatasetError, PairedDataset, list_images, open_split, read_image
+from dataset import PairedDataset, open_split
 from evaluation import export_copy, translate_image, translate_pairs
 from figures import html_page, save_image
 from generator import UNetGenerator
+from images import DatasetError, list_images, read_image
 from metrics import FID_MIN_IMAGES, SSIM_SIZE, MissingPackageError, evaluate_pairs, inception_weights_path
 from speedups import accelerate
 from utils import (

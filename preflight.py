@@ -20,7 +20,7 @@ import torch
 import distributed as ddp
 from checkpoint import CheckpointError
 from config import Config, ConfigError
-from dataset import DatasetError
+from images import DatasetError
 from utils import OutputError, resolve_device, resolve_precision
 
 # What a run writes in checkpoints/<name>/ and results/<name>/ (checkpoint.py, report.py,

@@ -30,13 +30,15 @@ import checkpoint as ckpt
 import distributed as ddp
 import preflight
 from checkpoint import CheckpointError
-from config import Config, ConfigError, architecture_defaults, generator_depth, parse_args
+from cli import parse_args
+from config import Config, ConfigError, architecture_defaults, generator_depth
 from data import build_data, make_loader, prepare_data_root
-from dataset import DatasetError, PairedDataset
+from dataset import PairedDataset
 from discriminator import PatchDiscriminator
 from evaluation import translate_pairs
 from generator import UNetGenerator
 from guards import TrainingError, check_losses, check_metrics, check_networks
+from images import DatasetError
 from layers import init_weights, set_requires_grad
 from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
 from report import Reporter, RunLog, check_tensorboard

@@ -6,7 +6,8 @@ import sys
 import pytest
 from conftest import ROOT
 
-from config import Config, ConfigError, parse_args
+from cli import parse_args
+from config import Config, ConfigError
 
 
 def test_defaults_are_the_official_facades_recipe():
@@ -99,3 +100,18 @@ def test_help_and_the_readme_table_come_from_the_field_metadata(tmp_path):
         assert field.metadata["help"] and field.metadata["help"] in result.stdout, field.name
         for choice in field.metadata["choices"] or ():
             assert choice in result.stdout
+
+
+def test_config_imports_nothing_of_the_project():
+    """config.py is the one file to edit for hyperparameters: readable alone, no project import."""
+    import ast
+
+    from conftest import ROOT
+
+    tree = ast.parse((ROOT / "config.py").read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {
+        n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0
+    }
+    project = {p.stem for p in ROOT.glob("*.py")}
+    assert not imported & project, imported & project

@@ -7,15 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset import (
-    AlignedDataset,
-    DatasetError,
-    PairedFoldersDataset,
-    list_images,
-    read_image,
-    read_pair,
-    read_two,
-)
+from dataset import AlignedDataset, PairedFoldersDataset
+from images import DatasetError, list_images, read_image, read_pair, read_two
 
 
 def test_files_are_sorted_numerically(tmp_path):

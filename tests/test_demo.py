@@ -22,10 +22,11 @@ from conftest import ROOT, require, write_tiny_checkpoint
 from PIL import Image
 
 import demo
+import demo_app
 import facades_palette
 import predict
-from dataset import read_image
 from evaluation import translate_image
+from images import read_image
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
@@ -306,8 +307,8 @@ def test_seeds_out_of_range_get_a_message_not_a_console_error(checkpoint, tmp_pa
             app(canvas, seed, False, api_name="generate")
     for seed in (2**64, -1, 0.5, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="whole number from 0 to 4294967295"):
-            demo.dropout_seed(seed)
-    assert demo.dropout_seed(None) == 0 and demo.dropout_seed(7.0) == 7
+            demo_app.dropout_seed(seed)
+    assert demo_app.dropout_seed(None) == 0 and demo_app.dropout_seed(7.0) == 7
 
 
 # ---------------------------------------------------------------------------------------------

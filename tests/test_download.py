@@ -16,8 +16,8 @@ from PIL import Image
 
 import download
 from config import DATASETS
-from dataset import DatasetError
 from download import ensure_dataset
+from images import DatasetError
 
 FACADES_COUNTS = DATASETS["facades"].splits  # 400/100/106 images in train/val/test
 

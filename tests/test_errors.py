@@ -162,11 +162,12 @@ def test_an_export_path_that_cannot_be_written_is_one_line(tiny_checkpoint, tmp_
     ],
 )
 def test_a_config_file_that_is_not_a_config_is_one_line(tmp_path, text, message):
+    import cli
     import config
 
     (tmp_path / "c.json").write_text(text)
     with pytest.raises(config.ConfigError, match=re.escape(message)):
-        config.parse_args(["--config", str(tmp_path / "c.json")])
+        cli.parse_args(["--config", str(tmp_path / "c.json")])
     if text == "[1, 2]":  # and through the script: exit status 2, one line
         result = run_script("train.py", "--config", tmp_path / "c.json", cwd=tmp_path)
         (line,) = error_lines(result)
@@ -174,9 +175,10 @@ def test_a_config_file_that_is_not_a_config_is_one_line(tmp_path, text, message)
 
 
 def test_a_config_file_round_trips(tmp_path):
+    import cli
     import config
 
     (tmp_path / "c.json").write_text('{"config": {"lr": 0.001, "epochs": 3, "flip": false}}')
-    cfg = config.parse_args(["--config", str(tmp_path / "c.json"), "--epochs", "4"])
+    cfg = cli.parse_args(["--config", str(tmp_path / "c.json"), "--epochs", "4"])
     assert (cfg.lr, cfg.epochs, cfg.flip) == (0.001, 4, False)
     assert dataclasses.replace(cfg, lr=2e-4, epochs=200, flip=True) == config.Config()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import run_main, tiny_config
 
+import cli
 import config
 import train
 
@@ -29,11 +30,11 @@ def test_near_misses_name_the_setting(argv, hint, tmp_path, monkeypatch, capsys)
 
 def test_no_hint_for_a_name_like_none_and_in_config_files(tmp_path):
     with pytest.raises(config.ConfigError) as raised:
-        config.parse_args(["--zzzz", "1"])
+        cli.parse_args(["--zzzz", "1"])
     assert "did you mean" not in str(raised.value)
     (tmp_path / "c.json").write_text(json.dumps({"epoch": 3}))
     with pytest.raises(config.ConfigError, match="unknown field 'epoch'; did you mean --epochs?"):
-        config.parse_args(["--config", str(tmp_path / "c.json")])
+        cli.parse_args(["--config", str(tmp_path / "c.json")])
 
 
 def run_tiny(root: Path, tmp_path: Path, monkeypatch, capsys, **settings) -> tuple[str, dict]:

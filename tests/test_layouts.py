@@ -25,15 +25,10 @@ from config import (
     parse_args,
 )
 from data import make_dataset
-from dataset import (
-    AlignedDataset,
-    DatasetError,
-    PairedFoldersDataset,
-    list_images,
-    match_pairs,
-)
+from dataset import AlignedDataset, PairedFoldersDataset, match_pairs
 from figures import HEADER_HEIGHT, save_sample_grid
 from generator import UNetGenerator
+from images import DatasetError, list_images
 
 # ---------------------------------------------------------------------------------------------
 # Building layouts from real pairs

@@ -11,6 +11,7 @@ import torch
 from conftest import run_main
 
 import benchmark
+import cli
 import config
 import data
 import demo
@@ -61,9 +62,9 @@ def test_mps_where_there_is_none_is_one_line(no_mps, tmp_path, monkeypatch, caps
 
 
 def test_config_accepts_mps():
-    assert config.parse_args(["--device", "mps"]).device == "mps"
+    assert cli.parse_args(["--device", "mps"]).device == "mps"
     with pytest.raises(config.ConfigError, match="must be auto, cpu, mps, cuda or cuda:N"):
-        config.parse_args(["--device", "metal"])
+        cli.parse_args(["--device", "metal"])
 
 
 def test_precision_on_mps():

@@ -16,6 +16,7 @@ import torch
 from conftest import run_main, tiny_config
 from PIL import Image
 
+import cli
 import config
 import data
 import metrics
@@ -64,7 +65,7 @@ def test_validation_images_too_small_for_ssim_stop_before_training(
     assert f"--preprocess {preprocess}" in line and f"{size}x{size}" in line and "--val_every 0" in line
     # Without validation the same data trains: nothing else needs that size.
     monkeypatch.setattr(train, "setup", setup)
-    train.train(config.parse_args([*map(str, argv), "--val_every", "0"]))
+    train.train(cli.parse_args([*map(str, argv), "--val_every", "0"]))
     assert (tmp_path / "results" / "custom" / "samples" / "epoch_001.png").is_file()
 
 
@@ -155,7 +156,7 @@ def test_the_discriminators_smallest_input_is_exact(n_layers):
 def test_config_file_values_must_have_the_fields_json_type(tmp_path, text, message):
     (tmp_path / "c.json").write_text(text)
     with pytest.raises(config.ConfigError) as err:
-        config.parse_args(["--config", str(tmp_path / "c.json")])
+        cli.parse_args(["--config", str(tmp_path / "c.json")])
     assert str(err.value).startswith(f"--config {tmp_path / 'c.json'}: ") and message in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -163,7 +164,7 @@ def test_config_file_values_must_have_the_fields_json_type(tmp_path, text, messa
 def test_config_file_numbers_keep_their_meaning(tmp_path):
     """An integer for a float field is that float; everything else arrives as written."""
     (tmp_path / "c.json").write_text('{"lr": 1, "beta1": 0, "epochs": 3, "flip": false, "name": "x"}')
-    cfg = config.parse_args(["--config", str(tmp_path / "c.json")])
+    cfg = cli.parse_args(["--config", str(tmp_path / "c.json")])
     assert (cfg.lr, cfg.beta1, cfg.epochs, cfg.flip, cfg.name) == (1.0, 0.0, 3, False, "x")
     assert type(cfg.lr) is float and type(cfg.epochs) is int
 
@@ -179,7 +180,7 @@ def test_config_file_numbers_keep_their_meaning(tmp_path):
 def test_config_file_size_and_depth_are_bounded(tmp_path, content, message):
     (tmp_path / "c.json").write_text(content)
     with pytest.raises(config.ConfigError, match=re.escape(message)):
-        config.parse_args(["--config", str(tmp_path / "c.json")])
+        cli.parse_args(["--config", str(tmp_path / "c.json")])
 
 
 def test_a_runs_own_config_json_is_within_the_bounds(tmp_path, synthetic_split):
@@ -194,7 +195,7 @@ def test_a_runs_own_config_json_is_within_the_bounds(tmp_path, synthetic_split):
         tensorboard="false",
     )
     train.train(cfg)
-    assert config.parse_args(["--config", str(tmp_path / "res" / "run" / "config.json")]) == cfg
+    assert cli.parse_args(["--config", str(tmp_path / "res" / "run" / "config.json")]) == cfg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +206,7 @@ def test_a_runs_own_config_json_is_within_the_bounds(tmp_path, synthetic_split):
 def test_threads_are_capped_at_four_per_usable_cpu(tmp_path, monkeypatch, capsys):
     cap = config.max_threads()
     assert cap == 4 * len(os.sched_getaffinity(0))
-    assert config.parse_args(["--threads", str(cap)]).threads == cap
+    assert cli.parse_args(["--threads", str(cap)]).threads == cap
     monkeypatch.setattr(train, "build_data", no_work)
     code, _, (line,) = run_main(train.main, ["--threads", "100000"], tmp_path, monkeypatch, capsys)
     assert code == 2 and line.startswith("error: --threads:") and f"at most {cap}" in line
@@ -219,7 +220,7 @@ def test_a_checksum_that_cannot_match_is_refused_before_downloading(tmp_path, mo
     argv = ["--data_root", tmp_path / "facades", "--download_sha256", "not-a-digest"]
     code, _, (line,) = run_main(train.main, argv, tmp_path, monkeypatch, capsys)
     assert code == 2 and line.startswith("error: --download_sha256: must be 64 hex digits")
-    assert config.parse_args(["--download_sha256", "A" * 64]).download_sha256 == "A" * 64
+    assert cli.parse_args(["--download_sha256", "A" * 64]).download_sha256 == "A" * 64
 
 
 @pytest.mark.parametrize("device,precision,message", [("cuda:3", "auto", "1 GPU"), ("cpu", "fp16", "fp16")])

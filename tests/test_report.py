@@ -19,7 +19,7 @@ from PIL import Image
 import figures
 import report
 import train
-from config import parse_args
+from cli import parse_args
 
 TAGS = {"loss/G_GAN", "loss/G_L1", "loss/D_real", "loss/D_fake", "val/L1", "val/PSNR", "val/SSIM", "train/lr"}
 
