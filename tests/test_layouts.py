@@ -16,13 +16,13 @@ from test_download import build_archive, server  # noqa: F401  (server: the 127.
 
 import train
 from checkpoint import CheckpointError, full_checkpoint, restore
+from cli import parse_args
 from config import (
     FACADES_URL,
     Config,
     ConfigError,
     architecture_defaults,
     generator_depth,
-    parse_args,
 )
 from data import make_dataset
 from dataset import AlignedDataset, PairedFoldersDataset, match_pairs
