@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -93,3 +94,16 @@ def test_train_py_writes_every_per_epoch_file(facades, tmp_path):
     G = UNetGenerator(**checkpoint["generator_kwargs"])
     G.load_state_dict(checkpoint["generator"])
     assert G(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def test_a_run_without_the_real_data_says_so_in_one_visible_line(tmp_path):
+    """Outside CI, the real-data tests skip where no facades set is found, and the run ends with a
+    line (also under -q) saying how to enable them."""
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["PIX2PIX_FACADES"] = str(tmp_path / "nowhere")
+    test = "tests/test_dataset.py::test_real_facades_pair"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "1 skipped" in result.stdout, result.stdout[-2000:]
+    assert "note: 1 tests need the real facades data and were skipped" in result.stdout
+    assert "PIX2PIX_FACADES=<folder>" in result.stdout
