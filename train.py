@@ -41,7 +41,8 @@ from guards import TrainingError, check_losses, check_metrics, check_networks
 from images import DatasetError
 from layers import init_weights, set_requires_grad
 from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
-from report import Reporter, RunLog, check_tensorboard
+from report import Reporter, check_tensorboard
+from runlog import RunLog
 from speedups import GraphedStep, accelerate
 from state import LOSS_NAMES, History, Progress, RunDirs, RunState
 from utils import OutputError, exit_on_errors, resolve_device, resolve_precision, seed_everything

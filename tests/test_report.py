@@ -18,6 +18,7 @@ from PIL import Image
 
 import figures
 import report
+import runlog
 import train
 from cli import parse_args
 
@@ -200,7 +201,7 @@ def test_plain_progress_lines_without_a_terminal(tiny, monkeypatch, capsys):
 
 def test_run_log_keeps_lines_until_opened_and_drops_terminal_frames(tmp_path, capsys):
     with pytest.raises(ValueError):
-        with report.RunLog() as log:
+        with runlog.RunLog() as log:
             print("before the folder is known")
             sys.stderr.write("\rframe 1\rframe 2\r      \rwarning: a real line\n")
             log.open(tmp_path / "train.log")
@@ -209,7 +210,7 @@ def test_run_log_keeps_lines_until_opened_and_drops_terminal_frames(tmp_path, ca
             raise ValueError("it broke")
     lines = [line.split("  ", 1)[1] for line in (tmp_path / "train.log").read_text().splitlines()]
     assert lines == ["before the folder is known", "warning: a real line", "after", "error: it broke"]
-    assert not isinstance(sys.stdout, report._Tee) and not isinstance(sys.stderr, report._Tee)
+    assert not isinstance(sys.stdout, runlog._Tee) and not isinstance(sys.stderr, runlog._Tee)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,19 +245,19 @@ def test_config_json_records_the_run_and_starts_it_again(tiny):
 
 
 def test_git_version_tolerates_no_git_and_no_checkout(tmp_path, monkeypatch):
-    assert report.git_version(tmp_path) is None  # not a checkout
+    assert runlog.git_version(tmp_path) is None  # not a checkout
 
     def missing(*args, **kwargs):
         raise FileNotFoundError("git")
 
-    monkeypatch.setattr(report.subprocess, "run", missing)
-    assert report.git_version() is None
+    monkeypatch.setattr(runlog.subprocess, "run", missing)
+    assert runlog.git_version() is None
 
     def hangs(*args, **kwargs):
         raise subprocess.TimeoutExpired("git", 5)
 
-    monkeypatch.setattr(report.subprocess, "run", hangs)
-    assert report.git_version() is None
+    monkeypatch.setattr(runlog.subprocess, "run", hangs)
+    assert runlog.git_version() is None
 
 
 # ---------------------------------------------------------------------------------------------
