@@ -40,7 +40,7 @@ from torch import nn
 
 from distributed import World, gather_objects, mean_over_ranks, on_main
 from integrity import first_non_finite, seal, unseal
-from utils import atomic_write, autocast, first_line, on_signals, rng_state, set_rng_state
+from utils import atomic_write, autocast, first_line, on_signals, open_own_file, rng_state, set_rng_state
 
 FULL_KEYS = (
     "generator",
@@ -419,7 +419,7 @@ def run_lock(checkpoints: Path) -> Iterator[None]:
     lock_path = checkpoints.parent / f".{checkpoints.name}.lock"
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(lock_path, "a+")
+        handle = open_own_file(lock_path, "r+")  # never through a link planted at its name
     except OSError as err:
         raise CheckpointError(f"{lock_path}: cannot create the run's lock file ({err.strerror})") from None
     with handle:

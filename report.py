@@ -22,7 +22,7 @@ import torch
 
 from figures import plot_curves, save_sample_grid, write_csv, write_gallery
 from metrics import MissingPackageError
-from utils import write_text
+from utils import open_own_file, write_text
 
 PROJECT_DIR = Path(__file__).resolve().parent
 
@@ -174,7 +174,7 @@ class RunLog:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(path, "a", encoding="utf-8", buffering=1)  # line-buffered: tail -f works
+            self.file = open_own_file(path, "a", encoding="utf-8", buffering=1)  # line-buffered: tail -f
         except OSError as err:
             self.console_err.write(f"warning: cannot write {path} ({err}); the run goes on without it\n")
             self.failed, self.waiting = True, []
