@@ -19,7 +19,8 @@ A checkpoint is a dict of tensors and plain data, loadable with
 
 Every checkpoint is written atomically. latest.pt is the commit point of an epoch: it is written
 after everything else the epoch writes, so a crash at any moment loses nothing that a rerun does
-not make again.
+not make again. Each carries a checksum of its contents (integrity.py), verified whenever it
+is loaded: a file changed after it was written is refused, not used.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ import torch
 from torch import nn
 
 from distributed import gather_objects, mean_over_ranks, on_main
+from integrity import first_non_finite, seal, unseal
 from state import History, Progress, RunDirs, RunState
-from utils import atomic_write, first_line, on_signals, rng_state, set_rng_state
+from utils import atomic_write, first_line, on_signals, open_own_file, rng_state, set_rng_state
 
 FULL_KEYS = (
     "generator",
@@ -139,8 +141,9 @@ def generator_kwargs_of(checkpoint: dict) -> dict:
 
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
+    sealed = seal(checkpoint)  # the checksum inside the file: one rename commits both
     with _without_crc32():
-        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+        atomic_write(path, lambda tmp: torch.save(sealed, tmp))
 
 
 def _without_crc32() -> contextlib.AbstractContextManager:
@@ -154,9 +157,13 @@ def _without_crc32() -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with weights_only=True: tensors and plain data only, never code."""
-    import official_weights  # the authors' latest_net_G.pth files load as snapshots
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", name_snapshot: bool = True
+) -> dict:
+    """Load a checkpoint with weights_only=True: tensors and plain data only, never code; its
+    checksum verified (a mismatch names, with name_snapshot, the newest snapshot that verifies).
+    The authors' latest_net_G.pth files load as snapshots (official_weights.py)."""
+    import official_weights
 
     path = Path(path)
     if not path.is_file():
@@ -167,6 +174,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as err:  # torch raises many kinds for a file that is not a safe checkpoint
         reason = first_line(err) or type(err).__name__
         raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})") from None
+    if isinstance(checkpoint, dict) and unseal(checkpoint) is False:
+        fallback = newest_loadable_snapshot(path.parent) if name_snapshot else None
+        beside = f"; the newest snapshot beside it that verifies is {fallback}" if fallback else ""
+        raise CheckpointError(
+            f"{path}: its contents do not match the checksum written with it (the file changed since)"
+            + (beside or ("; no snapshot beside it verifies" if name_snapshot else ""))
+        )
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("generator"), dict):
         raise CheckpointError(
             f"{path}: not a pix2pix checkpoint (neither this project's nor the authors' U-Net)"
@@ -194,6 +208,8 @@ def check_state_dict(module: nn.Module, saved: dict, what: str, path: str | Path
                 f"{path}: {what} parameter {key} has shape {shape} in the "
                 f"checkpoint but {tuple(expected[key].shape)} in the configured network"
             )
+    if bad := first_non_finite(saved):
+        raise CheckpointError(f"{path}: {what} tensor {bad} holds NaN or infinite values")
 
 
 def load_generator(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
@@ -334,7 +350,7 @@ def newest_loadable_snapshot(folder: Path) -> Path | None:
     found = []
     for path in sorted(folder.glob("epoch_*.pt")) + [folder / "best.pt"]:
         try:
-            found.append((int(load_checkpoint(path).get("epoch", 0)), path))
+            found.append((int(load_checkpoint(path, name_snapshot=False).get("epoch", 0)), path))
         except CheckpointError:
             continue
     return max(found)[1] if found else None
@@ -343,7 +359,7 @@ def newest_loadable_snapshot(folder: Path) -> Path | None:
 def load_latest(path: Path, device: torch.device) -> dict:
     """latest.pt; if it cannot be loaded, one line naming the newest snapshot that can and how to go on."""
     try:
-        return load_checkpoint(path, device)
+        return load_checkpoint(path, device, name_snapshot=False)
     except CheckpointError as err:
         fallback = newest_loadable_snapshot(path.parent)
         way_out = (
@@ -410,7 +426,7 @@ def run_lock(checkpoints: Path) -> Iterator[None]:
     lock_path = checkpoints.parent / f".{checkpoints.name}.lock"
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(lock_path, "a+")
+        handle = open_own_file(lock_path, "r+")  # never through a link planted at its name
     except OSError as err:
         raise CheckpointError(f"{lock_path}: cannot create the run's lock file ({err.strerror})") from None
     with handle:

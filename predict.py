@@ -16,8 +16,9 @@ image_size), and the output folder gets <stem>.png per image, real_A/ and real_B
 target), metrics.json (means and per-image L1, PSNR, SSIM; FID and KID with --fid) and
 index.html, a page of input | generated | target with each image's numbers.
 
-With --export model.onnx, the generator is written as ONNX (dynamic batch, height and width:
-multiples of 2^depth) and as a torch.export program (model.pt2 beside it), for deployment
+With --export model.onnx (or --export model), the generator is written as ONNX, model.onnx
+(dynamic batch, height and width: multiples of 2^depth), and as a torch.export program,
+model.pt2 beside it, for deployment
 without this code. The exported graph is deterministic: dropout off, and BatchNorm as the run's
 eval_mode says (false: the statistics of the input batch, as in training). Each file written is
 printed; the ONNX model's metadata_props say how to feed it (input range [-1, 1], size multiple,
@@ -28,6 +29,9 @@ The generator is rebuilt from the checkpoint alone. Batch-norm mode and dropout 
 --eval_mode says otherwise. --checkpoint also takes a U-Net generator of the authors'
 pytorch-CycleGAN-and-pix2pix (latest_net_G.pth, see official_weights.py), run with their
 defaults: eval_mode false, dropout 0.5; its direction is BtoA unless --direction says otherwise.
+
+Nothing it writes replaces an input: an output folder that would overwrite an input image, or
+that lies in the run's data root (--data_root or the checkpoint's), is refused before any work.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ from utils import (
 # What predict.py needs of the run's config, with the defaults of checkpoints older than a field.
 # The run's fields predict.py uses; a checkpoint older than a field gets config.py's default.
 RUN_FIELDS = (
-    "name", "results_dir", "dataset", "data_root", "data_layout", "direction", "load_size", "image_size",
+    "name", "dataset", "data_root", "data_layout", "direction", "load_size", "image_size",
     "preprocess", "input_nc", "output_nc", "eval_mode", "seed",
 )  # fmt: skip
 
@@ -82,7 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--output",
         type=Path,
-        help="output folder (default: results/<name>/predict or results/<name>/<split>)",
+        help="output folder (default: <results_dir>/<name>/predict or <results_dir>/<name>/<split>)",
+    )
+    parser.add_argument(
+        "--results_dir",
+        type=Path,
+        default=Path("results"),
+        help="where the default output folder goes, whatever the checkpoint's run used (default: results)",
     )
     parser.add_argument("--split", help="translate and evaluate this paired split (e.g. test) of data_root")
     parser.add_argument("--data_root", help="folder of the paired splits (default: the run's data_root)")
@@ -100,8 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--export",
         type=Path,
         metavar="MODEL.onnx",
-        help="write the generator as ONNX and, "
-        "beside it, as a torch.export .pt2 (needs pip install -r requirements-export.txt)",
+        help="write the generator as MODEL.onnx and MODEL.pt2, a torch.export program (the path "
+        "ends in .onnx or has no suffix; needs pip install -r requirements-export.txt)",
     )
     parser.add_argument("--eval_mode", choices=("true", "false"), help="override the run's eval_mode")
     parser.add_argument(
@@ -126,7 +136,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_run(path: Path, device: torch.device) -> tuple[UNetGenerator, SimpleNamespace, int]:
     """The generator of a checkpoint, the run settings predict.py uses, and its epochs trained.
 
-    The names that become paths are checked as train.py checks them, so that a crafted
+    The run name, which becomes a path, is checked as train.py checks it, so that a crafted
     checkpoint cannot make the default output folder point elsewhere.
     """
     G, checkpoint = load_generator(path, device)
@@ -136,7 +146,7 @@ def load_run(path: Path, device: torch.device) -> tuple[UNetGenerator, SimpleNam
     defaults = dataclasses.asdict(Config(dataset=dataset if known else Config.dataset))
     settings = SimpleNamespace(**{key: saved.get(key, defaults[key]) for key in RUN_FIELDS})
     problem = name_problem(settings.name) if isinstance(settings.name, str) else "must be a string"
-    if problem or not isinstance(settings.results_dir, str):
+    if problem:
         raise CheckpointError(
             f"{path}: its run name {settings.name!r} {problem or 'is not usable'}; give --output"
         )
@@ -171,11 +181,42 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
             files.append(path)
         else:
             raise DatasetError(f"{path}: no such file or folder")
-    stems = [p.stem for p in files]
-    clashes = sorted({s for s in stems if stems.count(s) > 1})
-    if clashes:
-        raise DatasetError(f"two inputs would both be written as {clashes[0]}.png; rename one")
+    clash = first_stem_clash(files)
+    if clash:
+        raise DatasetError(
+            f"{clash[0]} and {clash[1]} would both be written as {clash[1].stem}.png; rename one"
+        )
     return files
+
+
+def first_stem_clash(files: list[Path]) -> tuple[Path, Path] | None:
+    """The first two files of one stem (they would have one output name), in one pass."""
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.stem in seen:
+            return seen[path.stem], path
+        seen[path.stem] = path
+    return None
+
+
+def check_output_folder(output: Path, inputs: list[Path], data_roots: list[Path]) -> None:
+    """Refuse an output folder that is a named input folder, whose <stem>.png would replace an
+    input image, or that lies in a data root: predict writes only over what it made. Compared
+    resolved (links followed), as the files would really be written."""
+    where = output.resolve()
+    for root in data_roots:
+        if where.is_relative_to(root.resolve()):
+            raise ConfigError(
+                f"output folder {output}: is inside the data root {root}; give another --output"
+            )
+    for path in inputs:
+        # A link named as an input is replaced itself (os.replace), its target through the link.
+        named = {path.parent.resolve() / path.name, path.resolve()}
+        written = where / f"{path.stem}.png"
+        if where in named or written in named or (written.exists() and os.path.samefile(written, path)):
+            raise ConfigError(
+                f"output folder {output}: would overwrite the input {path}; give another --output"
+            )
 
 
 def read_input(path: Path, settings: SimpleNamespace, whole: bool = False) -> torch.Tensor:
@@ -319,6 +360,7 @@ def export_generator(G: UNetGenerator, settings: SimpleNamespace, path: Path, ep
             f"ONNX export needs the optional packages {' and '.join(missing)}: "
             f"pip install -r requirements-export.txt"
         )
+    path, pt2 = export_paths(path)
     model = export_copy(G, settings.eval_mode).cpu()
     m = G.size_multiple
     example = torch.zeros(2, settings.input_nc, 2 * m, 3 * m)  # (N, C, H, W); 2 and 3 keep dims apart
@@ -331,8 +373,8 @@ def export_generator(G: UNetGenerator, settings: SimpleNamespace, path: Path, ep
         }
     }
     program = torch.export.export(model, (example,), dynamic_shapes=dims)
-    atomic_write(path.with_suffix(".pt2"), lambda tmp: torch.export.save(program, tmp))
-    print(f"wrote {path.with_suffix('.pt2')} (torch.export program: torch.export.load(...).module())")
+    atomic_write(pt2, lambda tmp: torch.export.save(program, tmp))
+    print(f"wrote {pt2} (torch.export program: torch.export.load(...).module())")
     onnx_program = torch.onnx.export(
         model,
         (example,),
@@ -354,7 +396,18 @@ def export_generator(G: UNetGenerator, settings: SimpleNamespace, path: Path, ep
 
     atomic_write(path, write_onnx)
     print(f"wrote {path} (ONNX: input real_A, output fake_B, NCHW in [-1, 1], sides multiples of {m})")
-    return [path.with_suffix(".pt2"), path]
+    return [pt2, path]
+
+
+def export_paths(path: Path) -> tuple[Path, Path]:
+    """The ONNX and .pt2 files of --export: MODEL.onnx or MODEL gives MODEL.onnx and MODEL.pt2;
+    any other suffix is refused, so that the two never fall on one file."""
+    if path.suffix not in ("", ".onnx"):
+        raise ConfigError(
+            f"--export {path}: give a path ending in .onnx, or without a suffix "
+            f"(MODEL.onnx and MODEL.pt2 are both written)"
+        )
+    return path.with_suffix(".onnx"), path.with_suffix(".pt2")
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -365,6 +418,8 @@ def run(args: argparse.Namespace) -> Path:
         raise ConfigError(f"--device {args.device}: {err}") from None
     if args.fid:
         inception_weights_path()  # a missing optional package fails now, not after translating
+    if args.export:
+        export_paths(args.export)  # a bad name fails before the checkpoint is read
     G, settings, epoch = load_run(args.checkpoint, device)
     if args.eval_mode:
         settings.eval_mode = args.eval_mode == "true"
@@ -374,13 +429,19 @@ def run(args: argparse.Namespace) -> Path:
         return args.export.parent
     amp = inference_precision(G, device)
     where = args.split or "predict"
-    output = args.output or Path(settings.results_dir) / settings.name / where
+    output = args.output or args.results_dir / settings.name / where
+    data_roots = [
+        Path(root) for root in (args.data_root, settings.data_root) if isinstance(root, str) and root
+    ]
     if not args.split:
-        predict_files(G, settings, collect_inputs(args.inputs), output, device, amp, args.resize, args.whole)
+        files = collect_inputs(args.inputs)
+        check_output_folder(output, [*args.inputs, *files], data_roots)
+        predict_files(G, settings, files, output, device, amp, args.resize, args.whole)
         return output
     folder = Path(args.data_root or settings.data_root) / args.split
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such split folder (set --data_root)")
+    check_output_folder(output, [], [*data_roots, folder])
     report = {
         "checkpoint": str(args.checkpoint),
         "epoch": epoch,

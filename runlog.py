@@ -15,6 +15,8 @@ from typing import TextIO
 
 import torch
 
+from utils import open_own_file
+
 PROJECT_DIR = Path(__file__).resolve().parent
 
 
@@ -167,7 +169,7 @@ class RunLog:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(path, "a", encoding="utf-8", buffering=1)  # line-buffered: tail -f works
+            self.file = open_own_file(path, "a", encoding="utf-8", buffering=1)  # line-buffered: tail -f
         except OSError as err:
             self.console_err.write(f"warning: cannot write {path} ({err}); the run goes on without it\n")
             self.failed, self.waiting = True, []

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import random
 import signal
+import stat
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, NoReturn
+from typing import IO, Callable, Iterator, NoReturn
 
 import numpy as np
 import torch
@@ -153,6 +155,30 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
 def write_text(path: str | Path, text: str) -> None:
     """Write a UTF-8 text file (JSON, HTML) atomically."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def open_own_file(path: str | Path, mode: str, **kwargs) -> IO:
+    """open(path, mode) for a file kept open and written in place (the run's lock, train.log), with
+    mode "a" or "r+" (both create a missing file). A symbolic link at `path` (O_NOFOLLOW), a hard
+    link to another file or anything but a regular file is refused with OutputError: writing
+    through it would change a file the project did not create. Files written by atomic_write need
+    none of this: a rename replaces a link, not its target."""
+    flags = {"a": os.O_WRONLY | os.O_APPEND, "r+": os.O_RDWR}[mode] | os.O_CREAT | os.O_NOFOLLOW
+    try:
+        # O_NONBLOCK: a FIFO planted at the name fails or opens at once instead of waiting.
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise OutputError(
+            f"{path}: is a symbolic link; remove it (the project writes only its own files)"
+        ) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        what = "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a regular file"
+        raise OutputError(f"{path}: is {what}; remove it (the project writes only its own files)")
+    return os.fdopen(fd, mode, **kwargs)
 
 
 @contextlib.contextmanager

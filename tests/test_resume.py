@@ -217,7 +217,7 @@ def test_shape_mismatch_names_the_parameter(tiny, tmp_path):
     train.train(dataclasses.replace(tiny, epochs=1))
     saved = latest(tiny)
     saved["generator"]["down.1.1.weight"] = torch.zeros(3, 3, 4, 4)
-    torch.save(saved, tmp_path / "bad.pt")
+    checkpoint.save_checkpoint(saved, tmp_path / "bad.pt")  # a new checksum: only the shape is wrong
     with pytest.raises(
         CheckpointError,
         match=r"generator parameter down\.1\.1\.weight has shape \(3, 3, 4, 4\) "
@@ -240,7 +240,7 @@ def test_checkpoints_that_load_but_do_not_fit_are_one_line(tiny, tmp_path, damag
         del saved["progress"]["total"]
     else:
         saved["discriminator"] = {k: v.tolist() for k, v in saved["discriminator"].items()}
-    torch.save(saved, tmp_path / "damaged.pt")
+    checkpoint.save_checkpoint(saved, tmp_path / "damaged.pt")  # with a checksum that fits
     code, _, (line,) = run_main(
         train.main, [*cli_args(tiny), "--resume_from", tmp_path / "damaged.pt"], tmp_path, monkeypatch, capsys
     )
