@@ -352,6 +352,7 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
         ckpt.resume_or_start(state, dirs, architecture_defaults())
         if state.epoch >= cfg.epochs:
             if world.is_main:
+                log.open(dirs.results / "train.log")
                 print(
                     f"{cfg.name} has finished {state.epoch}/{cfg.epochs} epochs ({dirs.latest}); "
                     f"raise --epochs to continue it"

@@ -76,6 +76,7 @@ def test_a_new_run_never_takes_over_another_runs_results(tiny, capsys):
 
 
 def test_a_finished_run_says_so_and_trains_nothing(tiny, capsys):
+    """The line goes to train.log too; latest.pt stays as it was."""
     train.train(tiny)
     path = Path(tiny.checkpoint_dir) / "run" / "latest.pt"
     before = path.read_bytes()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import cli_args, run_main, tiny_config
 from PIL import Image
 
@@ -44,12 +45,21 @@ def plant(link: Path, kind: str, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("kind", ["symbolic", "hard"])
 @pytest.mark.parametrize("which", ["lock", "train.log"])
 def test_a_planted_link_is_refused_and_its_target_untouched(which, kind, cfg, tmp_path, monkeypatch, capsys):
+    """The lock, planted before a new run; train.log, planted in a run that continues (a new run
+    moves a folder of another run's files aside, planted links included, and writes none of them)."""
     link = {"lock": tmp_path / "ck" / ".run.lock", "train.log": tmp_path / "res" / "run" / "train.log"}[which]
+    if which == "train.log":
+        train.train(cfg)
+        link.unlink()
     victim = plant(link, kind, tmp_path)
-    code, _, (line,) = run_main(train.main, cli_args(cfg), tmp_path, monkeypatch, capsys)
+    argv = [*cli_args(cfg), "--epochs", "2"]
+    code, _, (line,) = run_main(train.main, argv, tmp_path, monkeypatch, capsys)
     assert code == 1 and str(link) in line and "link" in line, line
     assert victim.read_text() == PRECIOUS
-    assert not (tmp_path / "ck" / "run" / "latest.pt").exists(), "the run stopped before training"
+    latest = tmp_path / "ck" / "run" / "latest.pt"
+    assert not latest.exists() or torch.load(latest, weights_only=True)["epoch"] == 1, (
+        "stopped before training"
+    )
 
 
 def test_a_planted_fifo_lock_is_refused_without_hanging(cfg, tmp_path, monkeypatch, capsys):
