@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import dataclasses
 import html
-import importlib.util
 import json
 import os
 import sys
@@ -54,7 +53,8 @@ from tqdm import tqdm
 from checkpoint import CheckpointError, load_generator
 from config import DATASETS, Config, ConfigError, name_problem
 from dataset import PairedDataset, open_split
-from evaluation import export_copy, translate_image, translate_pairs
+from evaluation import translate_image, translate_pairs
+from export import export_generator
 from figures import html_page, save_image
 from generator import UNetGenerator
 from images import DatasetError, list_images, read_image
@@ -63,7 +63,6 @@ from speedups import accelerate
 from utils import (
     ArgumentParser,
     OutputError,
-    atomic_write,
     autocast,
     exit_on_errors,
     resolve_device,
@@ -333,70 +332,6 @@ def gallery_page(report: dict, title: str) -> str:
     return html_page(
         title, [f"<p>{report['images']} images; means: {means}</p>", "<table>", *rows, "</table>"]
     )
-
-
-def onnx_metadata(G: UNetGenerator, settings: SimpleNamespace, epoch: int) -> dict[str, str]:
-    """What a user of model.onnx needs to feed it and read it, as ONNX metadata_props (strings)."""
-    return {
-        "input_range": "[-1, 1]",
-        "output_range": "[-1, 1]",
-        "layout": "NCHW",
-        "size_multiple": str(G.size_multiple),
-        "direction": settings.direction,
-        "input_channels": str(settings.input_nc),
-        "output_channels": str(settings.output_nc),
-        "eval_mode": str(settings.eval_mode).lower(),
-        "run": str(settings.name),
-        "epoch": str(epoch),
-    }
-
-
-def export_generator(G: UNetGenerator, settings: SimpleNamespace, path: Path, epoch: int = 0) -> list[Path]:
-    """path (.onnx) and path.with_suffix(".pt2"): the deployable generator with dynamic sizes.
-    The ONNX file carries onnx_metadata() in its metadata_props. Returns the files written."""
-    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise MissingPackageError(
-            f"ONNX export needs the optional packages {' and '.join(missing)}: "
-            f"pip install -r requirements-export.txt"
-        )
-    path, pt2 = export_paths(path)
-    model = export_copy(G, settings.eval_mode).cpu()
-    m = G.size_multiple
-    example = torch.zeros(2, settings.input_nc, 2 * m, 3 * m)  # (N, C, H, W); 2 and 3 keep dims apart
-    # Height and width: any multiple of the generator's 2^depth; batch: any size.
-    dims = {
-        "x": {
-            0: torch.export.Dim("batch"),
-            2: m * torch.export.Dim("height_blocks"),
-            3: m * torch.export.Dim("width_blocks"),
-        }
-    }
-    program = torch.export.export(model, (example,), dynamic_shapes=dims)
-    atomic_write(pt2, lambda tmp: torch.export.save(program, tmp))
-    print(f"wrote {pt2} (torch.export program: torch.export.load(...).module())")
-    onnx_program = torch.onnx.export(
-        model,
-        (example,),
-        dynamic_shapes=dims,
-        dynamo=True,
-        verbose=False,
-        input_names=["real_A"],
-        output_names=["fake_B"],
-    )
-
-    def write_onnx(tmp: str) -> None:
-        import onnx
-
-        onnx_program.save(tmp)
-        # The exporter has no place for them; the onnx package adds them to the saved model.
-        exported = onnx.load(tmp)
-        onnx.helper.set_model_props(exported, onnx_metadata(G, settings, epoch))
-        onnx.save(exported, tmp)
-
-    atomic_write(path, write_onnx)
-    print(f"wrote {path} (ONNX: input real_A, output fake_B, NCHW in [-1, 1], sides multiples of {m})")
-    return [pt2, path]
 
 
 def export_paths(path: Path) -> tuple[Path, Path]:

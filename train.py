@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 import checkpoint as ckpt
 import distributed as ddp
 import preflight
+import run_control
 from checkpoint import CheckpointError
 from cli import parse_args
 from config import Config, ConfigError, architecture_defaults, generator_depth
@@ -342,13 +343,13 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
         inception_weights_path()  # a missing optional package fails now, not after the first epoch
     check_tensorboard(cfg)  # so does --tensorboard true without the package
     dirs = RunDirs.of(cfg)
-    lock = ckpt.run_lock(dirs.checkpoints) if world.is_main else contextlib.nullcontext()
+    lock = run_control.run_lock(dirs.checkpoints) if world.is_main else contextlib.nullcontext()
     with lock, RunLog(world.is_main) as log:  # what is printed from here on also goes to train.log
         ddp.in_turns(world, device, lambda: prepare_data_root(cfg))  # a download happens once
         train_set, val_set = build_data(cfg)  # first, so that bad data fails before any work
         state = setup(cfg, world, device)
         if world.is_main:
-            ckpt.remove_stale_temporaries(dirs.checkpoints, dirs.results, dirs.results / "samples")
+            run_control.remove_stale_temporaries(dirs.checkpoints, dirs.results, dirs.results / "samples")
         ckpt.resume_or_start(state, dirs, architecture_defaults())
         if state.epoch >= cfg.epochs:
             if world.is_main:
@@ -362,7 +363,7 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
         fit_epoch_to_loader(state, len(loader))
         ddp.check_same_start(world, state.device, state.epoch, state.progress.iteration)
         report = Reporter(state, dirs.results, len(train_set), log, len(val_set))
-        with report, ckpt.stop_on_signals(state, report.print):
+        with report, run_control.stop_on_signals(state, report.print):
             while state.epoch < cfg.epochs:
                 loader.sampler.set_epoch(state.epoch)
                 train_set.set_epoch(state.epoch)
@@ -415,6 +416,7 @@ def main() -> None:
         (
             DatasetError,
             CheckpointError,
+            run_control.RunLockError,
             OutputError,
             TrainingError,
             ddp.DistributedError,
