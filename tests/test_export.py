@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import require, tiny_config, write_tiny_checkpoint
 
-import export
 import predict
 import train
 from config import Config
 from dataset import AlignedDataset
 from evaluation import export_copy, translate
+from export import export_generator
 from generator import UNetGenerator
 
 
@@ -65,7 +65,7 @@ def test_missing_export_packages_give_one_line(tmp_path, monkeypatch):
     cfg = Config(image_size=32, load_size=32, ngf=8, ndf=8)
     G = UNetGenerator(**train.generator_kwargs(cfg))
     with pytest.raises(predict.MissingPackageError, match="pip install -r requirements-export.txt"):
-        export.export_generator(G, cfg, tmp_path / "model.onnx")
+        export_generator(G, cfg, tmp_path / "model.onnx")
     assert not list(tmp_path.iterdir())
 
 
