@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import require, tiny_config, write_tiny_checkpoint
 
+import export as export_module
 import predict
 import train
 from config import Config
@@ -61,10 +62,10 @@ def test_exported_graph_is_the_papers_test_time_generator_without_dropout(facade
 
 
 def test_missing_export_packages_give_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(predict.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(export_module.importlib.util, "find_spec", lambda name: None)
     cfg = Config(image_size=32, load_size=32, ngf=8, ndf=8)
     G = UNetGenerator(**train.generator_kwargs(cfg))
-    with pytest.raises(predict.MissingPackageError, match="pip install -r requirements-export.txt"):
+    with pytest.raises(export_module.MissingPackageError, match="pip install -r requirements-export.txt"):
         export_generator(G, cfg, tmp_path / "model.onnx")
     assert not list(tmp_path.iterdir())
 

@@ -94,8 +94,10 @@ def test_resumed_runs_continue_the_curves_without_repeated_steps(tiny):
     train.train(tiny)  # resumes latest.pt: epoch 2
     first = events(tiny)
     assert steps(first, "loss/G_GAN") == [2, 4, 6, 8] and steps(first, "val/L1") == [4, 8]
-    # Epoch 2 again, from the snapshot of epoch 1, and on to epoch 3.
+    # Epoch 2 again, from the snapshot of epoch 1 (latest.pt lost: else the run's own latest.pt
+    # would win over --resume_from), and on to epoch 3.
     snapshot = Path(tiny.checkpoint_dir) / "run" / "epoch_001.pt"
+    (Path(tiny.checkpoint_dir) / "run" / "latest.pt").unlink()
     train.train(dataclasses.replace(tiny, epochs=3, resume_from=str(snapshot)))
     run = events(tiny)
     assert len(list((results(tiny) / "tensorboard").glob("events.out.tfevents.*"))) == 3

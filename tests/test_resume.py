@@ -223,7 +223,7 @@ def test_shape_mismatch_names_the_parameter(tiny, tmp_path):
         match=r"generator parameter down\.1\.1\.weight has shape \(3, 3, 4, 4\) "
         r"in the checkpoint but \(16, 8, 4, 4\)",
     ):
-        train.train(dataclasses.replace(tiny, resume_from=str(tmp_path / "bad.pt")))
+        train.train(dataclasses.replace(tiny, name="fresh", resume_from=str(tmp_path / "bad.pt")))
 
 
 @pytest.mark.parametrize(
@@ -242,7 +242,11 @@ def test_checkpoints_that_load_but_do_not_fit_are_one_line(tiny, tmp_path, damag
         saved["discriminator"] = {k: v.tolist() for k, v in saved["discriminator"].items()}
     checkpoint.save_checkpoint(saved, tmp_path / "damaged.pt")  # with a checksum that fits
     code, _, (line,) = run_main(
-        train.main, [*cli_args(tiny), "--resume_from", tmp_path / "damaged.pt"], tmp_path, monkeypatch, capsys
+        train.main,
+        [*cli_args(tiny), "--name", "fresh", "--resume_from", tmp_path / "damaged.pt"],  # a run of its own
+        tmp_path,
+        monkeypatch,
+        capsys,
     )
     assert code == 1 and "damaged.pt" in line
 
