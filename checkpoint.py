@@ -336,8 +336,7 @@ def _restore_across_world_sizes(state: RunState, checkpoint: dict, path: Path) -
                 f"by {saved[0]} process(es) of batch {saved[1]}; "
                 f"that epoch starts again with {world.size} of batch {cfg.batch_size}"
             )
-        state.progress = Progress.start(state.device)
-        state.history.drop_points_after(state.epoch)
+        state.restart_epoch()
 
 
 def newest_loadable_snapshot(folder: Path) -> Path | None:

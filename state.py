@@ -127,6 +127,12 @@ class RunState:
     acceleration: Acceleration | None = None  # what speedups.accelerate applied
     graphed_step: Any = None  # with --cuda_graphs: the training step as a replayed CUDA graph (speedups.py)
 
+    def restart_epoch(self) -> None:
+        """The current epoch starts again from its first iteration (a checkpoint saved within it
+        whose iterations no longer line up); its logged points are forgotten."""
+        self.progress = Progress.start(self.device)
+        self.history.drop_points_after(self.epoch)
+
     @property
     def amp(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.dtype)

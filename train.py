@@ -406,8 +406,7 @@ def fit_epoch_to_loader(state: RunState, n_batches: int) -> None:
                 f"with this data and batch size an epoch has {n_batches}: epoch {state.epoch + 1} "
                 f"starts again from its first iteration"
             )
-        state.progress = Progress.start(state.device)
-        state.history.drop_points_after(state.epoch)
+        state.restart_epoch()
 
 
 def main() -> None:

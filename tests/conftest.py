@@ -136,6 +136,18 @@ def tiny_config(**overrides):
     return Config(**{**settings, **overrides})
 
 
+def tiny_run(synthetic_split, tmp_path: Path, **overrides):
+    """tiny_config on 4 synthetic training pairs (4 iterations an epoch, a loss point every 2) and
+    2 val pairs, a snapshot every epoch, writing run "run" under tmp_path (ck/ and res/)."""
+    root = synthetic_split(n=4, size=40).parent
+    synthetic_split(n=2, size=40, name="val")
+    settings = dict(
+        data_root=str(root), epochs=2, log_every=2, save_every=1, name="run",
+        checkpoint_dir=str(tmp_path / "ck"), results_dir=str(tmp_path / "res"),
+    )  # fmt: skip
+    return tiny_config(**{**settings, **overrides})
+
+
 def write_tiny_checkpoint(path: Path, epoch: int = 1, **overrides) -> Path:
     """A freshly initialised tiny run's full checkpoint at `epoch` (tiny_config with `overrides`):
     what the predict, demo, export and error tests need is weights, not a trained model."""

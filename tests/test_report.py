@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli_args, error_lines, require, run_script, tiny_config
+from conftest import cli_args, error_lines, require, run_script, tiny_run
 from PIL import Image
 
 import figures
@@ -28,17 +28,7 @@ TAGS = {"loss/G_GAN", "loss/G_L1", "loss/D_real", "loss/D_fake", "val/L1", "val/
 @pytest.fixture
 def tiny(synthetic_split, tmp_path):
     """4 synthetic training pairs (4 iterations an epoch, a loss point every 2), 2 val pairs."""
-    root = synthetic_split(n=4, size=40).parent
-    synthetic_split(n=2, size=40, name="val")
-    return tiny_config(
-        data_root=str(root),
-        epochs=2,
-        log_every=2,
-        save_every=1,
-        checkpoint_dir=str(tmp_path / "ck"),
-        results_dir=str(tmp_path / "res"),
-        name="run",
-    )
+    return tiny_run(synthetic_split, tmp_path)
 
 
 def results(cfg) -> Path:

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_args, error_lines, run_main, run_script, start_script, tiny_config, wait_for
+from conftest import (
+    cli_args,
+    error_lines,
+    run_main,
+    run_script,
+    start_script,
+    tiny_config,
+    tiny_run,
+    wait_for,
+)
 
 import checkpoint
 import train
@@ -20,20 +29,7 @@ from utils import OutputError
 @pytest.fixture
 def tiny(synthetic_split, tmp_path):
     """64 px (the U-Net has a dropout block) on 4 synthetic training pairs, writing under tmp_path."""
-    root = synthetic_split(n=4, size=40).parent
-    synthetic_split(n=2, size=40, name="val")
-    return tiny_config(
-        data_root=str(root),
-        image_size=64,
-        load_size=72,
-        epochs=2,
-        num_samples=2,
-        log_every=2,
-        save_every=1,
-        checkpoint_dir=str(tmp_path / "ck"),
-        results_dir=str(tmp_path / "res"),
-        name="run",
-    )
+    return tiny_run(synthetic_split, tmp_path, image_size=64, load_size=72, num_samples=2)
 
 
 def latest(cfg) -> dict:

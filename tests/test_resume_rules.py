@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config, write_pair
+from conftest import tiny_run, write_pair
 
 import train
 from guards import TrainingError
@@ -20,20 +20,8 @@ from guards import TrainingError
 
 @pytest.fixture
 def tiny(synthetic_split, tmp_path):
-    """32 px on 4 synthetic training pairs, a snapshot every epoch, writing under tmp_path."""
-    root = synthetic_split(n=4, size=40).parent
-    synthetic_split(n=2, size=40, name="val")
-    return tiny_config(
-        data_root=str(root),
-        epochs=1,
-        lr_decay_epochs=0,
-        log_every=2,
-        save_every=1,
-        tensorboard="false",
-        checkpoint_dir=str(tmp_path / "ck"),
-        results_dir=str(tmp_path / "res"),
-        name="run",
-    )
+    """One epoch at a constant lr, no TensorBoard (tiny_run's other settings)."""
+    return tiny_run(synthetic_split, tmp_path, epochs=1, lr_decay_epochs=0, tensorboard="false")
 
 
 def latest(cfg) -> dict:
