@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
+import functools
 import os
 import shutil
 import signal
@@ -37,6 +38,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from background import BackgroundWriter, cpu_copy
 from distributed import gather_objects, mean_over_ranks, on_main
 from state import History, Progress, RunDirs, RunState
 from utils import atomic_write, first_line, on_signals, rng_state, set_rng_state
@@ -104,8 +106,9 @@ def full_checkpoint(state: RunState) -> dict:
     }
 
 
-def save_latest(state: RunState, path: Path) -> None:
-    """latest.pt, the commit point of the run so far: every process calls it, rank 0 writes."""
+def save_latest(state: RunState, path: Path, writer: BackgroundWriter | None = None) -> None:
+    """latest.pt, the commit point of the run so far: every process calls it, rank 0 writes, at
+    once or, given a writer, in its thread (after the files given to it before)."""
     if state.world.size > 1:
         # Each process's partial sums become their mean (the epoch mean is unchanged), so any
         # number of processes can resume them; every process's RNG state goes into the file.
@@ -113,7 +116,14 @@ def save_latest(state: RunState, path: Path) -> None:
         mean_over_ranks(state.progress.window, state.world)
         state.rng_ranks = gather_objects(state.world, rng_state())
     checkpoint = full_checkpoint(state)
-    on_main(state.world, state.device, lambda: save_checkpoint(checkpoint, path))
+
+    def write() -> None:
+        if writer is None:
+            save_checkpoint(checkpoint, path)
+        else:  # a copy taken now, written in the writer's thread
+            writer.submit(functools.partial(save_checkpoint, cpu_copy(checkpoint), path))
+
+    on_main(state.world, state.device, write)
 
 
 def generator_kwargs_of(checkpoint: dict) -> dict:
