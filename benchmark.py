@@ -23,13 +23,18 @@ spent waiting for data, warm-up time, and peak resident memory of the training p
 baseline without its 4 loader processes, which only flatters the baseline).
 
 ``epoch_overhead`` (measured in the ``fast`` worker after its blocks, median of
-``--epoch_repeats``): what train.py adds to each epoch at the defaults (val_every 1), on the real
-val split with the default networks: ``validate_s`` generating the val images, ``metrics_s``
-scoring them (L1, PSNR, SSIM), ``checkpoint_s`` writing latest.pt every epoch, best.pt every epoch
-(an upper bound: it is written whenever val_L1 improves) and epoch_NNN.pt amortised over
-save_every, ``other_s`` the report (sample grid, history.csv, plots, index.html), and ``share`` =
-their sum / the epoch's training time (training images x the fast s/iter). Files are written with
-train.py's own functions into a temporary folder under checkpoint_dir (the disk the runs use).
+``--epoch_repeats``): the end of an epoch at the defaults (val_every 1), on the real val split with
+the default networks, run by train.py's own functions into a temporary folder under
+checkpoint_dir (the disk the runs use), for an epoch that writes everything (best.pt, epoch_NNN.pt
+and latest.pt). ``blocked_s``: what the training loop waits for, ``validate_s`` (generating and
+scoring the val images, which needs the epoch's weights) + ``wait_s`` (for the previous epoch's
+writes) + ``report_copy_s``, ``snapshot_copy_s``, ``latest_copy_s`` (the copies of the state the
+writes are made from); ``background_s``: the writer thread's time for the files (sample grid,
+history.csv, plots, index.html, TensorBoard, the snapshots, latest.pt); ``share`` = blocked_s /
+the epoch's training time (training images x the fast s/iter), and ``share_if_written_in_the_loop``
+= (validate_s + background_s) / the same, what the loop waited for when it wrote the files itself.
+``steps_slowed_s``: how much longer the ``steps_beside_writes`` training steps trained while the
+writer worked took than as many alone (on a CPU the writer competes for the same cores).
 """
 
 from __future__ import annotations
@@ -136,21 +141,14 @@ def timed(work, sync) -> tuple[float, object]:
     return time.perf_counter() - started, result
 
 
-def epoch_overhead(state, val_set, n_train: int, repeats: int, sync) -> dict:
-    """The end-of-epoch work of train.py at the defaults, timed part by part (see the docstring)."""
-    import checkpoint as ckpt
-    import train
+def epoch_overhead(state, val_set, n_train: int, repeats: int, sync, loader) -> dict:
+    """The end of an epoch of train.py at the defaults, part by part (see the docstring)."""
+    from background import BackgroundWriter
     from evaluation import translate_pairs
-    from metrics import evaluate_pairs
     from report import Reporter
+    from state import RunDirs
 
     cfg = state.cfg
-
-    def generate() -> list:
-        items = (val_set[i] for i in range(len(val_set)))
-        triples = translate_pairs(state.G, items, cfg.eval_mode, cfg.seed, state.amp, state.device)
-        return [(fake, real) for _, fake, real in triples]
-
     list(
         translate_pairs(
             state.G, (val_set[i] for i in range(2)), cfg.eval_mode, cfg.seed, state.amp, state.device
@@ -159,65 +157,76 @@ def epoch_overhead(state, val_set, n_train: int, repeats: int, sync) -> dict:
     parent = Path(cfg.checkpoint_dir)
     parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=".benchmark-", dir=parent))
-    runs: dict[str, list[float]] = {}
-    sizes = {}
+    dirs, runs = RunDirs(folder / "results", folder / "checkpoints"), {}
+    quiet = contextlib.ExitStack()  # the report's lines (and no progress bar: not a terminal)
+    quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
     try:
-        for _ in range(repeats):
-            t_gen, pairs = timed(generate, sync)
-            t_metrics, (_, means) = timed(
-                lambda pairs=pairs: evaluate_pairs(pairs, False, state.device), sync
-            )
-            t_validate, (row, samples) = timed(
-                lambda: train.validate(state, val_set), sync
-            )  # as train.py runs it: streamed
-            state.history.epochs.append(
-                {
-                    "epoch": len(state.history.epochs) + 1,
-                    "lr": cfg.lr,
-                    "seconds": 0.0,
-                    **dict(zip(train.LOSS_NAMES, state.progress.total.tolist())),
-                    **row,
-                }
-            )
-            state.epoch = len(state.history.epochs)
-            with contextlib.redirect_stdout(io.StringIO()):  # the report's console line
-                with Reporter(state, folder / "results", n_train) as report:
-                    t_other, _ = timed(lambda samples=samples: report.epoch(state, val_set, samples), sync)
-            writes = {}
-            for name, make in (
-                ("latest", lambda: ckpt.full_checkpoint(state)),
-                ("snapshot", lambda: ckpt.snapshot(state)),
-            ):
-                path = folder / f"{name}.pt"
-                writes[name], _ = timed(lambda make=make, path=path: ckpt.save_checkpoint(make(), path), sync)
-                sizes[name] = path.stat().st_size
-            t_checkpoint = writes["latest"] + writes["snapshot"] * (
-                1 + 1 / cfg.save_every
-            )  # best.pt + epoch_NNN.pt
-            for key, value in (
-                ("validate_s", t_gen),
-                ("metrics_s", t_metrics),
-                ("checkpoint_s", t_checkpoint),
-                ("other_s", t_other),
-                ("validate_streamed_s", t_validate),
-                ("latest_pt_s", writes["latest"]),
-                ("snapshot_pt_s", writes["snapshot"]),
-            ):
-                runs.setdefault(key, []).append(value)
+        with quiet, Reporter(state, dirs.results, n_train) as report, BackgroundWriter() as writer:
+            with report.progress(state, n_train):  # opens TensorBoard, as train.py's first epoch does
+                for _ in range(repeats):
+                    parts = hand_over_epoch(state, val_set, report, dirs, writer, sync)
+                    busy = writer.busy_s
+                    parts["flush_s"], _ = timed(writer.wait, sync)
+                    parts["background_s"] = writer.busy_s - busy + parts.pop("busy_during_copies_s")
+                    for key, value in parts.items():
+                        runs.setdefault(key, []).append(value)
+                hand_over_epoch(state, val_set, report, dirs, writer, sync)
+                overlap = steps_beside_writes(state, loader, writer, sync)
+            sizes = {name: (dirs.checkpoints / f"{name}.pt").stat().st_size for name in ("latest", "best")}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    result = {key: round(statistics.median(values), 3) for key, values in runs.items()}
-    result.update(
-        {
-            "train_images": n_train,
-            "val_images": len(val_set),
-            "latest_pt_mb": round(sizes["latest"] / 2**20),
-            "snapshot_pt_mb": round(sizes["snapshot"] / 2**20),
-            "save_every": cfg.save_every,
-            "val_means": {k: round(v, 4) for k, v in means.items()},
-        }
-    )
-    return result
+    return {
+        **{key: round(statistics.median(values), 3) for key, values in runs.items()},
+        **overlap,
+        "train_images": n_train,
+        "val_images": len(val_set),
+        "latest_pt_mb": round(sizes["latest"] / 2**20),
+        "snapshot_pt_mb": round(sizes["best"] / 2**20),
+        "val_means": {k: round(state.history.epochs[-1][f"val_{k}"], 4) for k in ("L1", "PSNR", "SSIM")},
+    }
+
+
+def hand_over_epoch(state, val_set, report, dirs, writer, sync) -> dict[str, float]:
+    """One epoch's end with train.py's functions, each part timed: an epoch that keeps
+    epoch_NNN.pt, improves val_L1 (best.pt) and writes latest.pt, the most an epoch copies."""
+    import checkpoint as ckpt
+    import train
+
+    cfg, busy = state.cfg, writer.busy_s
+    state.epoch = cfg.save_every * (len(state.history.epochs) + 1)
+    losses = dict(zip(train.LOSS_NAMES, state.progress.total.tolist()))
+    state.history.epochs.append({"epoch": state.epoch, **losses, "lr": cfg.lr, "seconds": 0.0})
+    parts = {}
+    parts["validate_s"], samples = timed(lambda: train.validate_epoch(state, val_set), sync)
+    parts["wait_s"], _ = timed(writer.wait, sync)  # for the previous epoch's writes
+    parts["report_copy_s"], _ = timed(lambda: report.epoch(state, val_set, samples, writer), sync)
+    parts["snapshot_copy_s"], _ = timed(lambda: train.save_snapshots(state, dirs, writer), sync)
+    parts["latest_copy_s"], _ = timed(lambda: ckpt.save_latest(state, dirs.latest, writer), sync)
+    parts["blocked_s"] = sum(parts.values())
+    parts["busy_during_copies_s"] = writer.busy_s - busy  # jobs the writer finished meanwhile
+    return parts
+
+
+def steps_beside_writes(state, loader, writer, sync) -> dict:
+    """What the background writes cost the training steps: the steps trained until the writer is
+    done, against as many trained alone (on a CPU the writer competes for the same cores)."""
+    import train
+
+    batches = iter(loader)
+
+    def step() -> None:
+        real_A, real_B = next(batches)
+        train.train_step(state, real_A.to(state.device), real_B.to(state.device)).tolist()
+
+    started, n = time.perf_counter(), 0
+    while writer.busy or n == 0:
+        step()
+        n += 1
+    sync()
+    beside = time.perf_counter() - started
+    alone, _ = timed(lambda: [step() for _ in range(n)], sync)
+    return {"steps_beside_writes": n, "steps_slowed_s": round(beside - alone, 3)}
 
 
 def device_sync(device: torch.device) -> Callable[[], None]:
@@ -267,7 +276,7 @@ def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> 
         graphed = state.graphed_step
         info["cuda_graph_in_use"] = bool(graphed and graphed.graph is not None and not graphed.failed)
     if kind == "fast" and conn.recv() == "epoch":
-        info["epoch_overhead"] = epoch_overhead(state, val_set, n_train, epoch_repeats, sync)
+        info["epoch_overhead"] = epoch_overhead(state, val_set, n_train, epoch_repeats, sync, loader)
     info["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if state.device.type == "cuda":
         info["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(state.device) / 2**20)
@@ -356,12 +365,14 @@ def run(args: argparse.Namespace) -> dict:
     overhead = result.get("fast", {}).pop("epoch_overhead", None)
     if overhead:
         train_s = overhead["train_images"] * result["fast"]["s_per_iter"]  # batch 1: one iteration per image
-        parts = ("validate_s", "metrics_s", "checkpoint_s", "other_s")
+        inline_s = overhead["validate_s"] + overhead["background_s"]  # the same writes in the loop
         result["epoch_overhead"] = {
-            **{k: overhead[k] for k in parts},
-            "share": round(sum(overhead[k] for k in parts) / train_s, 4),
+            "blocked_s": overhead["blocked_s"],
+            "background_s": overhead["background_s"],
+            "share": round(overhead["blocked_s"] / train_s, 4),
+            "share_if_written_in_the_loop": round(inline_s / train_s, 4),
             "epoch_training_s": round(train_s, 1),
-            **{k: v for k, v in overhead.items() if k not in parts},
+            **{k: v for k, v in overhead.items() if k not in ("blocked_s", "background_s")},
         }
     result["machine"] = {
         **machine_info(args.device),
@@ -417,9 +428,10 @@ def main() -> None:
     if "epoch_overhead" in result:
         e = result["epoch_overhead"]
         print(
-            f"end of epoch: validate {e['validate_s']:.2f}s + metrics {e['metrics_s']:.2f}s + checkpoints "
-            f"{e['checkpoint_s']:.2f}s + report {e['other_s']:.2f}s = {e['share']:.1%} of the epoch's "
-            f"{e['epoch_training_s']:.0f}s of training"
+            f"end of epoch: the loop waits {e['blocked_s']:.2f}s (validation {e['validate_s']:.2f}s, "
+            f"copies and waits the rest) = {e['share']:.1%} of the epoch's {e['epoch_training_s']:.0f}s "
+            f"of training; the background writes take {e['background_s']:.2f}s beside the next epoch "
+            f"(written in the loop: {e['share_if_written_in_the_loop']:.1%})"
         )
     print(result["machine"])
 

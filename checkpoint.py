@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from background import BackgroundWriter, cpu_copy
 from distributed import gather_objects, mean_over_ranks, on_main
 from integrity import first_non_finite, seal, unseal
 from run_control import move_aside
@@ -101,8 +103,9 @@ def full_checkpoint(state: RunState) -> dict:
     }
 
 
-def save_latest(state: RunState, path: Path) -> None:
-    """latest.pt, the commit point of the run so far: every process calls it, rank 0 writes."""
+def save_latest(state: RunState, path: Path, writer: BackgroundWriter | None = None) -> None:
+    """latest.pt, the commit point of the run so far: every process calls it, rank 0 writes, at
+    once or, given a writer, in its thread (after the files given to it before)."""
     if state.world.size > 1:
         # Each process's partial sums become their mean (the epoch mean is unchanged), so any
         # number of processes can resume them; every process's RNG state goes into the file.
@@ -110,7 +113,14 @@ def save_latest(state: RunState, path: Path) -> None:
         mean_over_ranks(state.progress.window, state.world)
         state.rng_ranks = gather_objects(state.world, rng_state())
     checkpoint = full_checkpoint(state)
-    on_main(state.world, state.device, lambda: save_checkpoint(checkpoint, path))
+
+    def write() -> None:
+        if writer is None:
+            save_checkpoint(checkpoint, path)
+        else:  # a copy taken now, written in the writer's thread
+            writer.submit(functools.partial(save_checkpoint, cpu_copy(checkpoint), path))
+
+    on_main(state.world, state.device, write)
 
 
 def generator_kwargs_of(checkpoint: dict) -> dict:
@@ -408,3 +418,18 @@ def _say_moved(moved: list[Path] | bool, why: str) -> None:
     for folder in moved or []:
         old = folder.with_name(folder.name.rsplit(".old-", 1)[0])
         print(f"{why}: the previous run's files in {old} are now in {folder}")
+
+
+def fit_epoch_to_loader(state: RunState, n_batches: int) -> None:
+    """A checkpoint saved within an epoch that is now cut into another number of iterations (the
+    data or the batch size changed) cannot skip the iterations it had done: that epoch starts
+    again from its first iteration, as the line says."""
+    p = state.progress
+    if p.iteration and (p.batches or p.iteration) != n_batches and (p.batches or p.iteration >= n_batches):
+        if state.world.is_main:
+            print(
+                f"latest.pt was saved at iteration {p.iteration} of an epoch of {p.batches or '?'}; "
+                f"with this data and batch size an epoch has {n_batches}: epoch {state.epoch + 1} "
+                f"starts again from its first iteration"
+            )
+        state.restart_epoch()

@@ -156,6 +156,11 @@ class Config:
     checkpoint_every: int = option(
         0, "also write latest.pt every N iterations, mid-epoch (0 = per epoch only)"
     )
+    latest_every_s: int = option(
+        60,
+        "an epoch's end writes latest.pt at most every N seconds (0 = every epoch), and always after "
+        "the run's first and last epochs and on a stop: a kill loses at most N s of training plus an epoch",
+    )
     seed: int = option(0, "seeds python, numpy and torch; the data order and augmentation derive from it")
     device: str = option(
         "auto", "auto (cuda if present, else mps on Apple silicon, else cpu), cpu, mps, cuda or cuda:N"
@@ -346,6 +351,7 @@ def validate(cfg: Config) -> None:
             ("save_every", cfg.save_every >= 0, "must be >= 0"),
             ("log_every", cfg.log_every >= 1, "must be >= 1"),
             ("checkpoint_every", cfg.checkpoint_every >= 0, "must be >= 0"),
+            ("latest_every_s", cfg.latest_every_s >= 0, "must be >= 0"),
             (
                 "device",
                 re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", cfg.device) is not None,

@@ -5,6 +5,7 @@ figures.py). What it records of itself, train.log and config.json, is runlog.py'
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import sys
@@ -15,6 +16,7 @@ from typing import Iterator, TextIO
 import numpy as np
 import torch
 
+from background import BackgroundWriter, cpu_copy
 from figures import plot_curves, save_sample_grid, write_csv, write_gallery
 from metrics import MissingPackageError
 from runlog import RunLog, run_record
@@ -256,43 +258,44 @@ class Reporter:
             f"about {duration(run_left)} in the run"
         )
 
-    def epoch(self, state, val_set, samples: list[list[torch.Tensor]] | None = None) -> None:
+    def epoch(
+        self, state, val_set, samples: list | None = None, writer: BackgroundWriter | None = None
+    ) -> None:
         """Everything an epoch shows: the sample grid (of `samples`, validation's first rows, or
-        made here), history.csv, the plots, index.html, TensorBoard's epoch values, and a line."""
+        made here), history.csv, the plots, index.html, TensorBoard's epoch values, and a line.
+        `writer` writes the files from copies taken here, which the next steps cannot change."""
         if not self.active:
             return
-        cfg, history = state.cfg, state.history
-        row = history.epochs[-1]
-        rows = samples or sample_rows(state, val_set)
-        grid = save_sample_grid(
-            rows,
-            self.folder / "samples" / f"epoch_{state.epoch:03d}.png",
-            title=f"{cfg.name}, epoch {state.epoch}",
-        )
-        write_csv(history.epochs, self.folder / "history.csv")
-        plot_curves(
-            history.epochs, history.steps, self.loss_names, self.folder / "loss.png", epoch_means=True
-        )
-        metric_names = VAL_NAMES + (FID_NAMES if cfg.val_fid else ())
-        if any("val_L1" in r for r in history.epochs):
-            plot_curves(history.epochs, {}, metric_names, self.folder / "metrics.png")
-        write_gallery(
-            history.epochs, self.loss_names, metric_names, self.folder, title=f"Pix2Pix run {cfg.name}"
-        )
-        if self.tensorboard is not None:
-            step = self.step(state)
-            values = {f"val/{name.removeprefix('val_')}": row[name] for name in metric_names if name in row}
-            values.update(
-                {"train/lr": row["lr"], "train/epoch_seconds": row["seconds"], "train/epoch": state.epoch}
-            )
-            self.tensorboard.scalars(values, step)
-            self.tensorboard.image("samples", grid, step)
-            self.tensorboard.flush()  # an epoch's curves are visible at once, not after flush_secs
+        cfg, row = state.cfg, state.history.epochs[-1]
+        copies = cpu_copy(samples or sample_rows(state, val_set)), cpu_copy(state.history.to_dict())
+        write = functools.partial(self.write_epoch, cfg, state.epoch, *copies, self.step(state))
+        write() if writer is None else writer.submit(write)
         summary = "  ".join(f"{name} {row[name]:.4f}" for name in self.loss_names + VAL_NAMES if name in row)
         left = self.run_left(state)
         self.print(
             f"epoch {state.epoch}/{cfg.epochs}  {summary}  lr {row['lr']:.2e}  {row['seconds']:.1f}s{left}"
         )
+
+    def write_epoch(self, cfg, epoch: int, rows: list, history: dict, step: int) -> None:
+        """An epoch's files and TensorBoard values, from `history` (History.to_dict) at its end."""
+        epochs, row = history["epochs"], history["epochs"][-1]
+        grid = save_sample_grid(
+            rows, self.folder / "samples" / f"epoch_{epoch:03d}.png", title=f"{cfg.name}, epoch {epoch}"
+        )
+        write_csv(epochs, self.folder / "history.csv")
+        plot_curves(epochs, history["steps"], self.loss_names, self.folder / "loss.png", epoch_means=True)
+        metric_names = VAL_NAMES + (FID_NAMES if cfg.val_fid else ())
+        if any("val_L1" in r for r in epochs):
+            plot_curves(epochs, {}, metric_names, self.folder / "metrics.png")
+        write_gallery(epochs, self.loss_names, metric_names, self.folder, title=f"Pix2Pix run {cfg.name}")
+        if self.tensorboard is not None:
+            values = {f"val/{name.removeprefix('val_')}": row[name] for name in metric_names if name in row}
+            values.update(
+                {"train/lr": row["lr"], "train/epoch_seconds": row["seconds"], "train/epoch": epoch}
+            )
+            self.tensorboard.scalars(values, step)
+            self.tensorboard.image("samples", grid, step)
+            self.tensorboard.flush()  # an epoch's curves are visible at once, not after flush_secs
 
     def run_left(self, state) -> str:
         """', about 3.2 h left': the epochs to come at the pace of this process's epochs so far,

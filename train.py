@@ -8,14 +8,16 @@ make D call (real_A, fake_B) real while staying close to real_B in L1:
     loss_G = BCE(D(real_A, fake_B), 1) + lambda_l1 * |fake_B - real_B|_1
 
 At the end of every epoch: validate (L1, PSNR, SSIM on the val split), report (results/<name>/:
-sample grid, history.csv, plots, index.html) and checkpoint (checkpoints/<name>/latest.pt, and
-the snapshots best.pt and epoch_NNN.pt). Running the same command again continues the run.
+sample grid, history.csv, plots, index.html) and checkpoint (best.pt, epoch_NNN.pt, latest.pt at
+most every latest_every_s s), written from copies by a background thread (background.py).
+Running the same command again continues the run.
 Under ``torchrun --nproc_per_node N train.py`` the same script trains with DistributedDataParallel.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import sys
 import time
@@ -30,6 +32,7 @@ import checkpoint as ckpt
 import distributed as ddp
 import preflight
 import run_control
+from background import BackgroundWriter, LatestSchedule, cpu_copy
 from checkpoint import CheckpointError
 from cli import parse_args
 from config import Config, ConfigError, architecture_defaults, generator_depth
@@ -247,7 +250,9 @@ def log_point(state: RunState, n_batches: int, report: Reporter) -> None:
     p.in_window = 0
 
 
-def train_one_epoch(state: RunState, loader: DataLoader, report: Reporter, dirs: RunDirs) -> dict | None:
+def train_one_epoch(
+    state: RunState, loader: DataLoader, report: Reporter, dirs: RunDirs, writer: BackgroundWriter
+) -> dict | None:
     """Run (the rest of) one epoch; returns its loss means, or None when stopped by a signal.
 
     Losses stay on the device and are read back only every log_every iterations. With
@@ -284,7 +289,7 @@ def train_one_epoch(state: RunState, loader: DataLoader, report: Reporter, dirs:
             )
             done = state.epoch * n_batches + p.iteration
             if stop or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-                save_latest(state, dirs, f"in epoch {state.epoch + 1}")
+                save_latest(state, dirs, f"in epoch {state.epoch + 1}", writer)
                 if stop:
                     state.stop = True
                     return None
@@ -293,11 +298,13 @@ def train_one_epoch(state: RunState, loader: DataLoader, report: Reporter, dirs:
     return dict(zip(LOSS_NAMES, (p.total / n_batches).tolist()))
 
 
-def save_latest(state: RunState, dirs: RunDirs, where: str) -> None:
-    """latest.pt, unless a loss, a weight or a BatchNorm statistic is no longer a usable number."""
+def save_latest(state: RunState, dirs: RunDirs, where: str, writer: BackgroundWriter) -> None:
+    """latest.pt within an epoch, unless a loss, a weight or a BatchNorm statistic is no longer a
+    usable number; once the writes given before are done (one copy of the state waits at most)."""
     check_losses(LOSS_NAMES, state.progress.total, state.progress.iteration, where)
     check_networks({"generator": state.G, "discriminator": state.D}, where)
-    ckpt.save_latest(state, dirs.latest)
+    ddp.on_main(state.world, state.device, writer.wait)
+    ckpt.save_latest(state, dirs.latest, writer)
 
 
 def validate(state: RunState, val_set: PairedDataset) -> tuple[dict[str, float], list[list[torch.Tensor]]]:
@@ -320,19 +327,36 @@ def validate(state: RunState, val_set: PairedDataset) -> tuple[dict[str, float],
     return {f"val_{k}": v for k, v in means.items() if k in ("L1", "PSNR", "SSIM", "FID", "KID")}, samples
 
 
-def end_of_epoch(state: RunState, val_set: PairedDataset, report: Reporter, dirs: RunDirs) -> None:
-    """Validate, report, checkpoint: rank 0 alone (on_main), latest.pt last (the commit point)."""
-    cfg, row, samples = state.cfg, state.history.epochs[-1], None
-    if cfg.val_every and state.epoch % cfg.val_every == 0:
-        metrics, samples = validate(state, val_set)
-        check_metrics(metrics, state.epoch)
-        row.update(metrics)
-    report.epoch(state, val_set, samples)
-    snapshot = ckpt.snapshot(state)
-    if cfg.save_every and state.epoch % cfg.save_every == 0:
-        ckpt.save_checkpoint(snapshot, dirs.checkpoints / f"epoch_{state.epoch:03d}.pt")
-    if state.history.is_best(row):
-        ckpt.save_checkpoint(snapshot, dirs.checkpoints / "best.pt")
+def validate_epoch(state: RunState, val_set: PairedDataset) -> list[list[torch.Tensor]] | None:
+    """Every val_every epochs: the metrics into the epoch's row; returns the sample rows made."""
+    cfg, row = state.cfg, state.history.epochs[-1]
+    if not (cfg.val_every and state.epoch % cfg.val_every == 0):
+        return None
+    metrics, samples = validate(state, val_set)
+    check_metrics(metrics, state.epoch)
+    row.update(metrics)
+    return samples
+
+
+def end_of_epoch(
+    state: RunState, val_set: PairedDataset, report: Reporter, dirs: RunDirs, writer: BackgroundWriter
+) -> None:
+    """Validate, then give the writer the report and the snapshots, as copies taken now; rank 0
+    alone (on_main). latest.pt, the commit point, is given to the writer after them (train)."""
+    samples = validate_epoch(state, val_set)
+    writer.wait()  # until the previous epoch's files are written; a failed write stops the run here
+    report.epoch(state, val_set, samples, writer)
+    save_snapshots(state, dirs, writer)
+
+
+def save_snapshots(state: RunState, dirs: RunDirs, writer: BackgroundWriter) -> None:
+    """epoch_NNN.pt every save_every epochs and best.pt at the lowest val_L1 so far: one copy."""
+    paths = [dirs.checkpoints / "best.pt"] if state.history.is_best(state.history.epochs[-1]) else []
+    if state.cfg.save_every and state.epoch % state.cfg.save_every == 0:
+        paths.insert(0, dirs.checkpoints / f"epoch_{state.epoch:03d}.pt")
+    snapshot = cpu_copy(ckpt.snapshot(state)) if paths else None
+    for path in paths:
+        writer.submit(functools.partial(ckpt.save_checkpoint, snapshot, path))
 
 
 def train(cfg: Config, world: ddp.World | None = None, device: torch.device | None = None) -> None:
@@ -360,53 +384,38 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
                 )
             return
         loader = make_loader(train_set, cfg, state.device, world)
-        fit_epoch_to_loader(state, len(loader))
+        ckpt.fit_epoch_to_loader(state, len(loader))
         ddp.check_same_start(world, state.device, state.epoch, state.progress.iteration)
         report = Reporter(state, dirs.results, len(train_set), log, len(val_set))
-        with report, run_control.stop_on_signals(state, report.print):
+        schedule = LatestSchedule(cfg.latest_every_s, have_one=dirs.latest.exists())
+        # The writer flushes before the report closes, with the signals still caught.
+        with report, run_control.stop_on_signals(state, report.print), BackgroundWriter() as writer:
             while state.epoch < cfg.epochs:
                 loader.sampler.set_epoch(state.epoch)
                 train_set.set_epoch(state.epoch)
                 started, lr = time.perf_counter(), state.opt_G.param_groups[0]["lr"]
-                means = train_one_epoch(state, loader, report, dirs)
+                means = train_one_epoch(state, loader, report, dirs, writer)
                 if means is None:
                     break
                 for sched in (state.sched_G, state.sched_D):
                     sched.step()
                 state.epoch += 1
                 state.progress = Progress.start(state.device)
-                state.history.epochs.append(
-                    {
-                        "epoch": state.epoch,
-                        **means,
-                        "lr": lr,
-                        "seconds": round(time.perf_counter() - started, 2),
-                    }
-                )
+                seconds = round(time.perf_counter() - started, 2)
+                state.history.epochs.append({"epoch": state.epoch, **means, "lr": lr, "seconds": seconds})
                 check_networks({"generator": state.G, "discriminator": state.D}, f"after epoch {state.epoch}")
-                ddp.on_main(world, state.device, lambda: end_of_epoch(state, val_set, report, dirs))
-                ckpt.save_latest(state, dirs.latest)
-                # Only an agreed flag may end the loop: a signal seen by one process alone
-                # would otherwise leave the others waiting in the next epoch's collectives.
-                if ddp.any_rank(world, state.device, state.stop):
-                    state.stop = True
+                ddp.on_main(world, state.device, lambda: end_of_epoch(state, val_set, report, dirs, writer))
+                # Only agreed flags may end the loop or write latest.pt: a signal or a clock seen by
+                # one process alone would leave the others waiting in a collective.
+                state.stop = ddp.any_rank(world, state.device, state.stop)
+                last = state.stop or state.epoch == cfg.epochs
+                if last or ddp.any_rank(world, state.device, schedule.due()):
+                    ckpt.save_latest(state, dirs.latest, writer)  # after the epoch's other files
+                    schedule.written()
+                if state.stop:
                     break
+            ddp.on_main(world, state.device, writer.wait)  # every file is written before the last line
             report.finish(state, dirs)
-
-
-def fit_epoch_to_loader(state: RunState, n_batches: int) -> None:
-    """A checkpoint saved within an epoch that is now cut into another number of iterations (the
-    data or the batch size changed) cannot skip the iterations it had done: that epoch starts
-    again from its first iteration, as the line says."""
-    p = state.progress
-    if p.iteration and (p.batches or p.iteration) != n_batches and (p.batches or p.iteration >= n_batches):
-        if state.world.is_main:
-            print(
-                f"latest.pt was saved at iteration {p.iteration} of an epoch of {p.batches or '?'}; "
-                f"with this data and batch size an epoch has {n_batches}: epoch {state.epoch + 1} "
-                f"starts again from its first iteration"
-            )
-        state.restart_epoch()
 
 
 def main() -> None:

@@ -5,7 +5,9 @@
 
 The k-th write whose path contains FAULT_MATCH (default: every write counts) ends the process
 `before` the complete temporary file is moved into place (leaving it behind, as a kill during
-the write would) or just `after`. A test-only hook: train.py itself has no such switch.
+the write would) or just `after`. The writes of an epoch's end run in train.py's background
+thread (background.py): os._exit there ends the whole process all the same, in the middle of
+whatever the training thread is doing. A test-only hook: train.py itself has no such switch.
 """
 
 import os

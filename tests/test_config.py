@@ -55,6 +55,7 @@ def test_every_field_is_overridable():
         (["--image_size", "100", "--load_size", "100"], "--image_size: must be a multiple of 32"),
         (["--load_size", "200"], "--load_size: must be >= image_size"),
         (["--epochs", "0"], "--epochs: must be >= 1"),
+        (["--latest_every_s", "-1"], "--latest_every_s: must be >= 0"),
         (["--norm", "group"], "--norm: must be one of batch, instance"),
         (["--precision", "fp8"], "--precision: must be one of auto, fp32, bf16, fp16"),
         (["--epochs"], "--epochs: expected one argument"),

@@ -5,6 +5,7 @@ import dataclasses
 import os
 import pickle
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,67 @@ def test_a_kill_at_any_write_loses_nothing(tiny, tmp_path):
     assert_same_run(latest(straight), latest(cfg))
     assert {f.replace("straight", "run") for f in files_of(straight)} == files_of(cfg)
     assert not [f for f in files_of(cfg) if ".tmp" in f]
+
+
+@pytest.mark.slow
+def test_latest_every_s_writes_latest_seldom_and_a_kill_loses_nothing(tiny, tmp_path):
+    """With latest_every_s longer than the run, only the first and the last epoch write latest.pt:
+    killed after epoch 2's snapshot, the run still has epoch 1's, and the same command then ends
+    with exactly the files and weights of a straight run."""
+    cfg = dataclasses.replace(tiny, epochs=3, latest_every_s=3600)
+    straight = dataclasses.replace(cfg, name="straight")
+    assert run_script("train.py", *cli_args(straight), cwd=tmp_path).returncode == 0
+    killed = train_killed_at(cfg, tmp_path, at=1, match="epoch_002.pt", when="after")
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    assert (Path(cfg.checkpoint_dir) / "run" / "epoch_002.pt").exists() and latest(cfg)["epoch"] == 1
+    resumed = run_script("train.py", *cli_args(cfg), cwd=tmp_path)
+    assert resumed.returncode == 0 and "epoch 2, iteration 0" in resumed.stdout, resumed.stderr
+    assert_same_run(latest(straight), latest(cfg))
+    assert {f.replace("straight", "run") for f in files_of(straight)} == files_of(cfg)
+
+
+def test_files_are_copies_taken_at_the_end_of_their_epoch(tiny, monkeypatch):
+    """The writer thread writes epoch 1's snapshot only after epoch 2 has trained two iterations:
+    the file still holds epoch 1's weights and history, as the snapshot of a 1-epoch run does."""
+    cfg = dataclasses.replace(tiny, lr_decay_epochs=0)  # the same lr whether 1 or 2 epochs are asked for
+    train.train(dataclasses.replace(cfg, epochs=1, name="one"))
+    save, step, steps, trained = checkpoint.save_checkpoint, train.train_step, [], threading.Event()
+
+    def late_save(saved: dict, path) -> None:
+        if Path(path).name == "epoch_001.pt":
+            assert trained.wait(timeout=600), "epoch 2 never trained"
+        save(saved, path)
+
+    def counted_step(*args):
+        losses = step(*args)
+        steps.append(1)
+        if len(steps) == 6:  # epoch 2, iteration 2 (4 iterations an epoch)
+            trained.set()
+        return losses
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", late_save)
+    monkeypatch.setattr(train, "train_step", counted_step)
+    train.train(cfg)
+    folder = Path(cfg.checkpoint_dir)
+    written, reference = (torch.load(folder / n / "epoch_001.pt", weights_only=True) for n in ("run", "one"))
+    assert_same_run(reference, written)
+    assert latest(cfg)["epoch"] == 2 and not torch.equal(
+        latest(cfg)["generator"]["down.0.weight"], written["generator"]["down.0.weight"]
+    )
+
+
+def test_a_failed_background_write_stops_the_run_with_one_line(tiny, tmp_path, monkeypatch, capsys):
+    """epoch_002.pt cannot be written (a folder is in its way; the tests run as root, so a
+    read-only folder would not stop them): the run stops at its next wait with one line naming
+    the file, and the writes queued behind the failed one (epoch 2's latest.pt) are not made."""
+    cfg = dataclasses.replace(tiny, epochs=1, latest_every_s=0)
+    train.train(cfg)
+    (Path(cfg.checkpoint_dir) / "run" / "epoch_002.pt").mkdir()
+    argv = cli_args(dataclasses.replace(cfg, epochs=3))
+    code, _, (line,) = run_main(train.main, argv, tmp_path, monkeypatch, capsys)
+    assert code == 1 and "cannot write" in line and "epoch_002.pt" in line
+    assert latest(cfg)["epoch"] == 1
+    assert not [p for p in os.listdir(Path(cfg.checkpoint_dir) / "run") if ".tmp" in p]
 
 
 def test_stale_temporary_files_are_removed_at_the_next_start(tiny, tmp_path):
