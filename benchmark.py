@@ -1,8 +1,9 @@
 """Training throughput of the default recipe, the plain PyTorch way against what train.py does,
-and what the end of an epoch costs.
+against the machine's limit, and what the end of an epoch costs.
 
     python benchmark.py [--data_root ../shared/datasets/facades] [--device auto|cpu|cuda]
                         [--iters N] [--repeats N] [--configs baseline,fast,...] [--json]
+                        [--emulate avx2|avx512]
 
 Configurations run in worker processes of their own, taking turns (one block of `iters`
 iterations each, `repeats` times), so that noise from the rest of the machine hits all alike and
@@ -20,7 +21,18 @@ Each uses batch 1, 256 px, U-Net 256 and the 70x70 PatchGAN on the real facades 
 Reported per configuration: median seconds per iteration and images/s over the blocks (after the
 warm-up iterations, which include any compiling and CUDA-graph capture), the share of the time
 spent waiting for data, warm-up time, and peak resident memory of the training process (for the
-baseline without its 4 loader processes, which only flatters the baseline).
+baseline without its 4 loader processes, which only flatters the baseline), the GFLOP of one of
+its steps and the oneDNN kernels it ran. ``speedup_blocks``: the baseline's time over fast's,
+block by block (min, median, max), so that a change can be told from the noise between blocks.
+
+``floor`` (step_floor.py): the fast step's FLOPs (counted as it runs) over the machine's peak in
+its dtype (measured in the fast worker after each round of blocks, the best of a 2048x2048 matrix
+product and the step's largest convolution): the time a step would take if all of it ran at that
+peak; ``efficiency`` = floor / fast's s/iter, also block by block. ``machine.isa`` says which
+instruction sets ran; ``--emulate avx2`` (a CPU without AVX-512 or bf16) or ``--emulate avx512``
+(AVX-512 without bf16) measures again in a fresh interpreter with PyTorch's, oneDNN's and MKL's
+instruction sets limited (``machine.isa.emulated`` lists the variables; precision auto then
+trains in fp32, as on such a CPU).
 
 ``epoch_overhead`` (measured in the ``fast`` worker after its blocks, median of
 ``--epoch_repeats``): what train.py adds to each epoch at the defaults (val_every 1), on the real
@@ -37,18 +49,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import io
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
-import shutil
 import statistics
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+import step_floor
 
 BASELINE_WORKERS = 4  # the official code's default --num_threads
 DEFAULTS = {
@@ -129,102 +142,14 @@ def build(kind: str, data_root: str, device: str):
     return state, loader, None, len(data)
 
 
-def timed(work, sync) -> tuple[float, object]:
-    sync()
-    started = time.perf_counter()
-    result = work()
-    sync()
-    return time.perf_counter() - started, result
-
-
-def epoch_overhead(state, val_set, n_train: int, repeats: int, sync) -> dict:
-    """The end-of-epoch work of train.py at the defaults, timed part by part (see the docstring)."""
-    import checkpoint as ckpt
-    import train
-    from generator import translate_items
-    from metrics import evaluate_pairs
-    from report import Reporter
-
-    cfg = state.cfg
-
-    def generate() -> list:
-        items = (val_set[i] for i in range(len(val_set)))
-        triples = translate_items(state.G, items, cfg.eval_mode, cfg.seed, state.amp, state.device)
-        return [(fake, real) for _, fake, real in triples]
-
-    list(
-        translate_items(
-            state.G, (val_set[i] for i in range(2)), cfg.eval_mode, cfg.seed, state.amp, state.device
-        )
-    )  # warm: the first calls of new shapes set up their kernels
-    parent = Path(cfg.checkpoint_dir)
-    parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=".benchmark-", dir=parent))
-    runs: dict[str, list[float]] = {}
-    sizes = {}
-    try:
-        for _ in range(repeats):
-            t_gen, pairs = timed(generate, sync)
-            t_metrics, (_, means) = timed(
-                lambda pairs=pairs: evaluate_pairs(pairs, False, state.device), sync
-            )
-            t_validate, (row, samples) = timed(
-                lambda: train.validate(state, val_set), sync
-            )  # as train.py runs it: streamed
-            state.history["epochs"].append(
-                {
-                    "epoch": len(state.history["epochs"]) + 1,
-                    "lr": cfg.lr,
-                    "seconds": 0.0,
-                    **dict(zip(train.LOSS_NAMES, state.progress.total.tolist())),
-                    **row,
-                }
-            )
-            state.epoch = len(state.history["epochs"])
-            with contextlib.redirect_stdout(io.StringIO()):  # the report's console line
-                with Reporter(state, folder / "results", n_train) as report:
-                    t_other, _ = timed(lambda samples=samples: report.epoch(state, val_set, samples), sync)
-            writes = {}
-            for name, make in (
-                ("latest", lambda: ckpt.full_checkpoint(state)),
-                ("snapshot", lambda: ckpt.snapshot(state)),
-            ):
-                path = folder / f"{name}.pt"
-                writes[name], _ = timed(lambda make=make, path=path: ckpt.save_checkpoint(make(), path), sync)
-                sizes[name] = path.stat().st_size
-            t_checkpoint = writes["latest"] + writes["snapshot"] * (
-                1 + 1 / cfg.save_every
-            )  # best.pt + epoch_NNN.pt
-            for key, value in (
-                ("validate_s", t_gen),
-                ("metrics_s", t_metrics),
-                ("checkpoint_s", t_checkpoint),
-                ("other_s", t_other),
-                ("validate_streamed_s", t_validate),
-                ("latest_pt_s", writes["latest"]),
-                ("snapshot_pt_s", writes["snapshot"]),
-            ):
-                runs.setdefault(key, []).append(value)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    result = {key: round(statistics.median(values), 3) for key, values in runs.items()}
-    result.update(
-        {
-            "train_images": n_train,
-            "val_images": len(val_set),
-            "latest_pt_mb": round(sizes["latest"] / 2**20),
-            "snapshot_pt_mb": round(sizes["snapshot"] / 2**20),
-            "save_every": cfg.save_every,
-            "val_means": {k: round(v, 4) for k, v in means.items()},
-        }
-    )
-    return result
-
-
 def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> None:
-    """Run blocks of iterations when asked; answer with (seconds, data-wait seconds, iterations)."""
+    """Answer the parent's commands: ("block", n) times n iterations, answered with (seconds,
+    data-wait seconds, n); ("inspect",) counts one step's FLOPs and reports the instruction sets
+    that ran (step_floor.inspect_step); ("peak",) measures the machine's peak in the step's
+    dtype; None ends the blocks (then the info, and for ``fast`` the end of an epoch)."""
     import warnings
 
+    import epoch_cost
     import layers
     import train
 
@@ -232,25 +157,36 @@ def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> 
     state, loader, val_set, n_train = build(kind, data_root, device)
     batches = iter(loader)
     sync = (lambda: torch.cuda.synchronize(state.device)) if state.device.type == "cuda" else (lambda: None)
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal batches
+        try:
+            real_A, real_B = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            real_A, real_B = next(batches)
+        return real_A.to(state.device, non_blocking=True), real_B.to(state.device, non_blocking=True)
+
     conn.send("ready")
-    while (iters := conn.recv()) is not None:
+    inspected = None
+    while (command := conn.recv()) is not None:
+        if command[0] == "inspect":
+            batch = next_batch()
+            inspected = step_floor.inspect_step(lambda batch=batch: train.train_step(state, *batch))
+            conn.send({**inspected, "largest_conv": step_floor.describe(inspected["largest_conv"])})
+            continue
+        if command[0] == "peak":
+            conn.send(step_floor.peak_gflops(state.dtype, inspected["largest_conv"], state.device))
+            continue
         waited, started = 0.0, time.perf_counter()
-        for _ in range(iters):
+        for _ in range(command[1]):
             t = time.perf_counter()
-            try:
-                real_A, real_B = next(batches)
-            except StopIteration:
-                batches = iter(loader)
-                real_A, real_B = next(batches)
-            real_A, real_B = (
-                real_A.to(state.device, non_blocking=True),
-                real_B.to(state.device, non_blocking=True),
-            )
+            real_A, real_B = next_batch()
             waited += time.perf_counter() - t
             losses = train.train_step(state, real_A, real_B)
         losses.tolist()  # wait for the device
         sync()
-        conn.send((time.perf_counter() - started, waited, iters))
+        conn.send((time.perf_counter() - started, waited, command[1]))
     info = {
         "dtype": str(state.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
@@ -263,7 +199,7 @@ def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> 
         graphed = state.graphed_step
         info["cuda_graph_in_use"] = bool(graphed and graphed.graph is not None and not graphed.failed)
     if kind == "fast" and conn.recv() == "epoch":
-        info["epoch_overhead"] = epoch_overhead(state, val_set, n_train, epoch_repeats, sync)
+        info["epoch_overhead"] = epoch_cost.epoch_overhead(state, val_set, n_train, epoch_repeats, sync)
     info["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if state.device.type == "cuda":
         info["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(state.device) / 2**20)
@@ -309,6 +245,7 @@ def machine_info(device: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
+    import epoch_cost
     import utils
 
     device_type = utils.resolve_device(args.device).type
@@ -327,14 +264,21 @@ def run(args: argparse.Namespace) -> dict:
         pipes[kind] = parent
     for kind in kinds:
         assert pipes[kind].recv() == "ready"
-    warmup, blocks = {}, {kind: [] for kind in kinds}
+    warmup, blocks, inspected, peaks = {}, {kind: [] for kind in kinds}, {}, []
     for kind in kinds:
-        pipes[kind].send(args.warmup)
+        pipes[kind].send(("block", args.warmup))
         warmup[kind] = pipes[kind].recv()
+    for kind in kinds:
+        if kind != "graphs":  # a replayed CUDA graph runs no operator that could be counted
+            pipes[kind].send(("inspect",))
+            inspected[kind] = pipes[kind].recv()
     for _ in range(args.repeats):
         for kind in kinds:  # taking turns: the others wait idle meanwhile
-            pipes[kind].send(args.iters)
+            pipes[kind].send(("block", args.iters))
             blocks[kind].append(pipes[kind].recv())
+        if "fast" in kinds:  # the peak between blocks: its best is the least disturbed
+            pipes["fast"].send(("peak",))
+            peaks.append(pipes["fast"].recv())
     result = {}
     # The others report and exit first (the baseline's loader processes included): ``fast``
     # measures the end of an epoch alone on the machine, as train.py runs it.
@@ -349,18 +293,26 @@ def run(args: argparse.Namespace) -> dict:
             if kind != "baseline":
                 key = "speedup" if kind == "fast" else f"speedup_{kind}"
                 result[key] = round(result["baseline"]["s_per_iter"] / result[kind]["s_per_iter"], 3)
+                ratios = [b[0] / b[2] / (f[0] / f[2]) for b, f in zip(blocks["baseline"], blocks[kind])]
+                result[f"{key}_blocks"] = step_floor.spread(ratios)  # the noise: block by block
+    if peaks:
+        fast = result["fast"]
+        peak = {key: max(p[key] for p in peaks) for key in peaks[0]}
+        result["floor"] = {
+            **step_floor.floor_summary(
+                inspected["fast"]["flops"], peak, fast["s_per_iter"], fast["blocks_s_per_iter"]
+            ),
+            "largest_conv": inspected["fast"]["largest_conv"],
+        }
+    for kind, report in inspected.items():
+        result[kind]["gflop_per_iter"] = round(report["flops"] / 1e9, 2)
+        result[kind]["onednn_kernels"] = report["isa"]["onednn_kernels"]
     overhead = result.get("fast", {}).pop("epoch_overhead", None)
     if overhead:
-        train_s = overhead["train_images"] * result["fast"]["s_per_iter"]  # batch 1: one iteration per image
-        parts = ("validate_s", "metrics_s", "checkpoint_s", "other_s")
-        result["epoch_overhead"] = {
-            **{k: overhead[k] for k in parts},
-            "share": round(sum(overhead[k] for k in parts) / train_s, 4),
-            "epoch_training_s": round(train_s, 1),
-            **{k: v for k, v in overhead.items() if k not in parts},
-        }
+        result["epoch_overhead"] = epoch_cost.share_of_epoch(overhead, result["fast"]["s_per_iter"])
     result["machine"] = {
         **machine_info(args.device),
+        "isa": inspected.get("fast", next(iter(inspected.values()), {})).get("isa"),  # fast's kernels
         "device": args.device,
         "iters": args.iters,
         "repeats": args.repeats,
@@ -391,8 +343,20 @@ def main() -> None:
         default=3,
         help="times the end of an epoch is measured (median; 0 = skip it)",
     )
+    parser.add_argument(
+        "--emulate",
+        help="measure as on another kind of CPU: avx2 (no AVX-512, no bf16) or avx512 (AVX-512 without "
+        "bf16), by limiting PyTorch's, oneDNN's and MKL's instruction sets (step_floor.EMULATIONS); "
+        "machine.isa in the JSON says what ran",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
+    if args.emulate and args.emulate not in step_floor.EMULATIONS:
+        parser.exit(2, f"error: --emulate {args.emulate}: choose from {', '.join(step_floor.EMULATIONS)}\n")
+    wanted = step_floor.EMULATIONS.get(args.emulate, {})
+    if any(os.environ.get(name) != value for name, value in wanted.items()):
+        # The libraries read their limits when they start: this script again, in a fresh interpreter.
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **wanted})
     if not (Path(args.data_root) / "train").is_dir():
         parser.exit(2, f"error: --data_root {args.data_root}: no train/ folder with the facades images\n")
     if args.configs and not set(args.configs.split(",")) <= {"baseline", "fast", "graphs"}:
@@ -408,8 +372,17 @@ def main() -> None:
             f"{kind:9s} {r['s_per_iter']:8.4f} {r['images_per_s']:7.2f} {r['data_wait_share']:9.1%} "
             f"{r['warmup_s']:9.1f} {r['peak_rss_mb']:8d}   ({r['dtype']}, {r['threads']} threads)"
         )
-    for key in [k for k in result if k.startswith("speedup")]:
-        print(f"{key}  {result[key]:.2f}x")
+    for key in [k for k in result if k.startswith("speedup") and not k.endswith("_blocks")]:
+        blocks = result[f"{key}_blocks"]
+        print(f"{key}  {result[key]:.2f}x (block by block {blocks['min']:.2f}-{blocks['max']:.2f})")
+    if "floor" in result:
+        f = result["floor"]
+        print(
+            f"floor: {f['gflop_per_iter']:.1f} GFLOP per iteration at the measured peak of "
+            f"{f['peak_gflops']:.0f} GFLOP/s = {f['floor_s_per_iter']:.3f} s; "
+            f"fast runs at {f['efficiency']:.0%} of it "
+            f"(blocks {f['efficiency_blocks']['min']:.0%}-{f['efficiency_blocks']['max']:.0%})"
+        )
     if "epoch_overhead" in result:
         e = result["epoch_overhead"]
         print(
