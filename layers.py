@@ -241,7 +241,12 @@ class _FusedUpdate:
 
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" notes
             try:
-                kernel = torch.compile(_adam_with_copy, dynamic=True, fullgraph=True)
+                # dynamic_threads: a parallel loop whatever the probe's size. Without it Inductor sizes
+                # the loop by the 8-element probe below and compiles it serial, so the update of the
+                # 57 M weights, bound by memory traffic, ran on one core only.
+                kernel = torch.compile(
+                    _adam_with_copy, dynamic=True, fullgraph=True, options={"cpp.dynamic_threads": True}
+                )
                 probe = [torch.zeros(8) for _ in range(4)]
                 kernel(
                     probe[0],
