@@ -51,7 +51,11 @@ def compile_adam_with_copy() -> Callable | None:
     the compiler stack fails (no C++ compiler, say): the caller then takes Adam's own step."""
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" notes
     try:
-        kernel = torch.compile(adam_with_copy, dynamic=True, fullgraph=True)
+        # dynamic_threads: a parallel loop whatever the probe's size. Without it Inductor sizes the
+        # loop by the 8-element probe below and compiles it serial, so the update of the 57 M
+        # weights, bound by memory traffic, ran on one core only.
+        options = {"cpp.dynamic_threads": True}
+        kernel = torch.compile(adam_with_copy, dynamic=True, fullgraph=True, options=options)
         probe = [torch.zeros(8) for _ in range(4)]
         half = probe[1].bfloat16()
         kernel(

@@ -1,8 +1,9 @@
 """Training throughput of the default recipe, the plain PyTorch way against what train.py does,
-and what the end of an epoch costs.
+against the machine's limit, and what the end of an epoch costs.
 
     python benchmark.py [--data_root ../shared/datasets/facades] [--device auto|cpu|mps|cuda]
                         [--iters N] [--repeats N] [--configs baseline,fast,...] [--json]
+                        [--emulate avx2|avx512]
 
 Configurations run in worker processes of their own, taking turns (one block of `iters`
 iterations each, `repeats` times), so that noise from the rest of the machine hits all alike and
@@ -20,7 +21,18 @@ Each uses batch 1, 256 px, U-Net 256 and the 70x70 PatchGAN on the real facades 
 Reported per configuration: median seconds per iteration and images/s over the blocks (after the
 warm-up iterations, which include any compiling and CUDA-graph capture), the share of the time
 spent waiting for data, warm-up time, and peak resident memory of the training process (for the
-baseline without its 4 loader processes, which only flatters the baseline).
+baseline without its 4 loader processes, which only flatters the baseline), the GFLOP of one of
+its steps and the oneDNN kernels it ran. ``speedup_blocks``: the baseline's time over fast's,
+block by block (min, median, max), so that a change can be told from the noise between blocks.
+
+``floor`` (step_floor.py): the fast step's FLOPs (counted as it runs) over the machine's peak in
+its dtype (measured in the fast worker after each round of blocks, the best of a 2048x2048 matrix
+product and the step's largest convolution): the time a step would take if all of it ran at that
+peak; ``efficiency`` = floor / fast's s/iter, also block by block. ``machine.isa`` says which
+instruction sets ran; ``--emulate avx2`` (a CPU without AVX-512 or bf16) or ``--emulate avx512``
+(AVX-512 without bf16) measures again in a fresh interpreter with PyTorch's, oneDNN's and MKL's
+instruction sets limited (``machine.isa.emulated`` lists the variables; precision auto then
+trains in fp32, as on such a CPU).
 
 ``epoch_overhead`` (measured in the ``fast`` worker after its blocks, median of
 ``--epoch_repeats``): the end of an epoch at the defaults (val_every 1), on the real val split with
@@ -42,19 +54,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import io
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
-import shutil
 import statistics
-import tempfile
+import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
+
+import step_floor
 
 BASELINE_WORKERS = 4  # the official code's default --num_threads
 DEFAULTS = {
@@ -133,140 +145,50 @@ def build(kind: str, data_root: str, device: str):
     return state, loader, None, len(data)
 
 
-def timed(work, sync) -> tuple[float, object]:
-    sync()
-    started = time.perf_counter()
-    result = work()
-    sync()
-    return time.perf_counter() - started, result
-
-
-def epoch_overhead(state, val_set, n_train: int, repeats: int, sync, loader) -> dict:
-    """The end of an epoch of train.py at the defaults, part by part (see the docstring)."""
-    from background import BackgroundWriter
-    from evaluation import translate_pairs
-    from report import Reporter
-    from state import RunDirs
-
-    cfg = state.cfg
-    list(
-        translate_pairs(
-            state.G, (val_set[i] for i in range(2)), cfg.eval_mode, cfg.seed, state.amp, state.device
-        )
-    )  # warm: the first calls of new shapes set up their kernels
-    parent = Path(cfg.checkpoint_dir)
-    parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=".benchmark-", dir=parent))
-    dirs, runs = RunDirs(folder / "results", folder / "checkpoints"), {}
-    quiet = contextlib.ExitStack()  # the report's lines (and no progress bar: not a terminal)
-    quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
-    try:
-        with quiet, Reporter(state, dirs.results, n_train) as report, BackgroundWriter() as writer:
-            with report.progress(state, n_train):  # opens TensorBoard, as train.py's first epoch does
-                for _ in range(repeats):
-                    parts = hand_over_epoch(state, val_set, report, dirs, writer, sync)
-                    busy = writer.busy_s
-                    parts["flush_s"], _ = timed(writer.wait, sync)
-                    parts["background_s"] = writer.busy_s - busy + parts.pop("busy_during_copies_s")
-                    for key, value in parts.items():
-                        runs.setdefault(key, []).append(value)
-                hand_over_epoch(state, val_set, report, dirs, writer, sync)
-                overlap = steps_beside_writes(state, loader, writer, sync)
-            sizes = {name: (dirs.checkpoints / f"{name}.pt").stat().st_size for name in ("latest", "best")}
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return {
-        **{key: round(statistics.median(values), 3) for key, values in runs.items()},
-        **overlap,
-        "train_images": n_train,
-        "val_images": len(val_set),
-        "latest_pt_mb": round(sizes["latest"] / 2**20),
-        "snapshot_pt_mb": round(sizes["best"] / 2**20),
-        "val_means": {k: round(state.history.epochs[-1][f"val_{k}"], 4) for k in ("L1", "PSNR", "SSIM")},
-    }
-
-
-def hand_over_epoch(state, val_set, report, dirs, writer, sync) -> dict[str, float]:
-    """One epoch's end with train.py's functions, each part timed: an epoch that keeps
-    epoch_NNN.pt, improves val_L1 (best.pt) and writes latest.pt, the most an epoch copies."""
-    import checkpoint as ckpt
-    import train
-
-    cfg, busy = state.cfg, writer.busy_s
-    state.epoch = cfg.save_every * (len(state.history.epochs) + 1)
-    losses = dict(zip(train.LOSS_NAMES, state.progress.total.tolist()))
-    state.history.epochs.append({"epoch": state.epoch, **losses, "lr": cfg.lr, "seconds": 0.0})
-    parts = {}
-    parts["validate_s"], samples = timed(lambda: train.validate_epoch(state, val_set), sync)
-    parts["wait_s"], _ = timed(writer.wait, sync)  # for the previous epoch's writes
-    parts["report_copy_s"], _ = timed(lambda: report.epoch(state, val_set, samples, writer), sync)
-    parts["snapshot_copy_s"], _ = timed(lambda: train.save_snapshots(state, dirs, writer), sync)
-    parts["latest_copy_s"], _ = timed(lambda: ckpt.save_latest(state, dirs.latest, writer), sync)
-    parts["blocked_s"] = sum(parts.values())
-    parts["busy_during_copies_s"] = writer.busy_s - busy  # jobs the writer finished meanwhile
-    return parts
-
-
-def steps_beside_writes(state, loader, writer, sync) -> dict:
-    """What the background writes cost the training steps: the steps trained until the writer is
-    done, against as many trained alone (on a CPU the writer competes for the same cores)."""
-    import train
-
-    batches = iter(loader)
-
-    def step() -> None:
-        real_A, real_B = next(batches)
-        train.train_step(state, real_A.to(state.device), real_B.to(state.device)).tolist()
-
-    started, n = time.perf_counter(), 0
-    while writer.busy or n == 0:
-        step()
-        n += 1
-    sync()
-    beside = time.perf_counter() - started
-    alone, _ = timed(lambda: [step() for _ in range(n)], sync)
-    return {"steps_beside_writes": n, "steps_slowed_s": round(beside - alone, 3)}
-
-
-def device_sync(device: torch.device) -> Callable[[], None]:
-    """What waits for the device's queued work: GPUs run asynchronously, so a timing must wait."""
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    if device.type == "mps":
-        return torch.mps.synchronize
-    return lambda: None
-
-
 def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> None:
-    """Run blocks of iterations when asked; answer with (seconds, data-wait seconds, iterations)."""
+    """Answer the parent's commands: ("block", n) times n iterations, answered with (seconds,
+    data-wait seconds, n); ("inspect",) counts one step's FLOPs and reports the instruction sets
+    that ran (step_floor.inspect_step); ("peak",) measures the machine's peak in the step's
+    dtype; None ends the blocks (then the info, and for ``fast`` the end of an epoch)."""
     import warnings
 
+    import epoch_cost
     import train
 
     warnings.filterwarnings("ignore", message=".*worker")  # 4 workers on 2 cores is the point
     state, loader, val_set, n_train = build(kind, data_root, device)
     batches = iter(loader)
-    sync = device_sync(state.device)
+    sync = epoch_cost.device_sync(state.device)
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal batches
+        try:
+            real_A, real_B = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            real_A, real_B = next(batches)
+        return real_A.to(state.device, non_blocking=True), real_B.to(state.device, non_blocking=True)
+
     conn.send("ready")
-    while (iters := conn.recv()) is not None:
+    inspected = None
+    while (command := conn.recv()) is not None:
+        if command[0] == "inspect":
+            batch = next_batch()
+            inspected = step_floor.inspect_step(lambda batch=batch: train.train_step(state, *batch))
+            conn.send({**inspected, "largest_conv": step_floor.describe(inspected["largest_conv"])})
+            continue
+        if command[0] == "peak":
+            conn.send(step_floor.peak_gflops(state.dtype, inspected["largest_conv"], state.device))
+            continue
         waited, started = 0.0, time.perf_counter()
-        for _ in range(iters):
+        for _ in range(command[1]):
             t = time.perf_counter()
-            try:
-                real_A, real_B = next(batches)
-            except StopIteration:
-                batches = iter(loader)
-                real_A, real_B = next(batches)
-            real_A, real_B = (
-                real_A.to(state.device, non_blocking=True),
-                real_B.to(state.device, non_blocking=True),
-            )
+            real_A, real_B = next_batch()
             waited += time.perf_counter() - t
             losses = train.train_step(state, real_A, real_B)
         losses.tolist()  # wait for the device
         sync()
-        conn.send((time.perf_counter() - started, waited, iters))
+        conn.send((time.perf_counter() - started, waited, command[1]))
     info = {
         "dtype": str(state.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
@@ -276,7 +198,9 @@ def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> 
         graphed = state.graphed_step
         info["cuda_graph_in_use"] = bool(graphed and graphed.graph is not None and not graphed.failed)
     if kind == "fast" and conn.recv() == "epoch":
-        info["epoch_overhead"] = epoch_overhead(state, val_set, n_train, epoch_repeats, sync, loader)
+        info["epoch_overhead"] = epoch_cost.epoch_overhead(
+            state, val_set, n_train, epoch_repeats, sync, loader
+        )
     info["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if state.device.type == "cuda":
         info["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(state.device) / 2**20)
@@ -322,6 +246,7 @@ def machine_info(device: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
+    import epoch_cost
     import utils
 
     device_type = utils.resolve_device(args.device).type
@@ -340,14 +265,21 @@ def run(args: argparse.Namespace) -> dict:
         pipes[kind] = parent
     for kind in kinds:
         assert pipes[kind].recv() == "ready"
-    warmup, blocks = {}, {kind: [] for kind in kinds}
+    warmup, blocks, inspected, peaks = {}, {kind: [] for kind in kinds}, {}, []
     for kind in kinds:
-        pipes[kind].send(args.warmup)
+        pipes[kind].send(("block", args.warmup))
         warmup[kind] = pipes[kind].recv()
+    for kind in kinds:
+        if kind != "graphs":  # a replayed CUDA graph runs no operator that could be counted
+            pipes[kind].send(("inspect",))
+            inspected[kind] = pipes[kind].recv()
     for _ in range(args.repeats):
         for kind in kinds:  # taking turns: the others wait idle meanwhile
-            pipes[kind].send(args.iters)
+            pipes[kind].send(("block", args.iters))
             blocks[kind].append(pipes[kind].recv())
+        if "fast" in kinds:  # the peak between blocks: its best is the least disturbed
+            pipes["fast"].send(("peak",))
+            peaks.append(pipes["fast"].recv())
     result = {}
     # The others report and exit first (the baseline's loader processes included): ``fast``
     # measures the end of an epoch alone on the machine, as train.py runs it.
@@ -362,20 +294,26 @@ def run(args: argparse.Namespace) -> dict:
             if kind != "baseline":
                 key = "speedup" if kind == "fast" else f"speedup_{kind}"
                 result[key] = round(result["baseline"]["s_per_iter"] / result[kind]["s_per_iter"], 3)
+                ratios = [b[0] / b[2] / (f[0] / f[2]) for b, f in zip(blocks["baseline"], blocks[kind])]
+                result[f"{key}_blocks"] = step_floor.spread(ratios)  # the noise: block by block
+    if peaks:
+        fast = result["fast"]
+        peak = {key: max(p[key] for p in peaks) for key in peaks[0]}
+        result["floor"] = {
+            **step_floor.floor_summary(
+                inspected["fast"]["flops"], peak, fast["s_per_iter"], fast["blocks_s_per_iter"]
+            ),
+            "largest_conv": inspected["fast"]["largest_conv"],
+        }
+    for kind, report in inspected.items():
+        result[kind]["gflop_per_iter"] = round(report["flops"] / 1e9, 2)
+        result[kind]["onednn_kernels"] = report["isa"]["onednn_kernels"]
     overhead = result.get("fast", {}).pop("epoch_overhead", None)
     if overhead:
-        train_s = overhead["train_images"] * result["fast"]["s_per_iter"]  # batch 1: one iteration per image
-        inline_s = overhead["validate_s"] + overhead["background_s"]  # the same writes in the loop
-        result["epoch_overhead"] = {
-            "blocked_s": overhead["blocked_s"],
-            "background_s": overhead["background_s"],
-            "share": round(overhead["blocked_s"] / train_s, 4),
-            "share_if_written_in_the_loop": round(inline_s / train_s, 4),
-            "epoch_training_s": round(train_s, 1),
-            **{k: v for k, v in overhead.items() if k not in ("blocked_s", "background_s")},
-        }
+        result["epoch_overhead"] = epoch_cost.share_of_epoch(overhead, result["fast"]["s_per_iter"])
     result["machine"] = {
         **machine_info(args.device),
+        "isa": inspected.get("fast", next(iter(inspected.values()), {})).get("isa"),  # fast's kernels
         "device": args.device,
         "iters": args.iters,
         "repeats": args.repeats,
@@ -406,8 +344,20 @@ def main() -> None:
         default=3,
         help="times the end of an epoch is measured (median; 0 = skip it)",
     )
+    parser.add_argument(
+        "--emulate",
+        help="measure as on another kind of CPU: avx2 (no AVX-512, no bf16) or avx512 (AVX-512 without "
+        "bf16), by limiting PyTorch's, oneDNN's and MKL's instruction sets (step_floor.EMULATIONS); "
+        "machine.isa in the JSON says what ran",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
+    if args.emulate and args.emulate not in step_floor.EMULATIONS:
+        parser.exit(2, f"error: --emulate {args.emulate}: choose from {', '.join(step_floor.EMULATIONS)}\n")
+    wanted = step_floor.EMULATIONS.get(args.emulate, {})
+    if any(os.environ.get(name) != value for name, value in wanted.items()):
+        # The libraries read their limits when they start: this script again, in a fresh interpreter.
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **wanted})
     if not (Path(args.data_root) / "train").is_dir():
         parser.error(f"--data_root {args.data_root}: no train/ folder with the facades images")
     if args.configs and not set(args.configs.split(",")) <= {"baseline", "fast", "graphs"}:
@@ -423,8 +373,17 @@ def main() -> None:
             f"{kind:9s} {r['s_per_iter']:8.4f} {r['images_per_s']:7.2f} {r['data_wait_share']:9.1%} "
             f"{r['warmup_s']:9.1f} {r['peak_rss_mb']:8d}   ({r['dtype']}, {r['threads']} threads)"
         )
-    for key in [k for k in result if k.startswith("speedup")]:
-        print(f"{key}  {result[key]:.2f}x")
+    for key in [k for k in result if k.startswith("speedup") and not k.endswith("_blocks")]:
+        blocks = result[f"{key}_blocks"]
+        print(f"{key}  {result[key]:.2f}x (block by block {blocks['min']:.2f}-{blocks['max']:.2f})")
+    if "floor" in result:
+        f = result["floor"]
+        print(
+            f"floor: {f['gflop_per_iter']:.1f} GFLOP per iteration at the measured peak of "
+            f"{f['peak_gflops']:.0f} GFLOP/s = {f['floor_s_per_iter']:.3f} s; "
+            f"fast runs at {f['efficiency']:.0%} of it "
+            f"(blocks {f['efficiency_blocks']['min']:.0%}-{f['efficiency_blocks']['max']:.0%})"
+        )
     if "epoch_overhead" in result:
         e = result["epoch_overhead"]
         print(

@@ -85,12 +85,31 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# oneDNN's instruction-set limits (ONEDNN_MAX_CPU_ISA) below its first native-bf16 level.
+_ONEDNN_ISAS_WITHOUT_BF16 = (
+    "SSE41",
+    "AVX",
+    "AVX2",
+    "AVX2_VNNI",
+    "AVX2_VNNI_2",
+    "AVX512_CORE",
+    "AVX512_CORE_VNNI",
+)
+
+
 def cpu_has_fast_bf16() -> bool:
-    """True when this CPU has native bf16 instructions (AVX512-BF16 or AMX).
+    """True when this CPU has native bf16 instructions (AVX512-BF16 or AMX) and PyTorch may use
+    them: limiting the instruction sets to emulate another CPU (ATEN_CPU_CAPABILITY=avx2, or
+    ONEDNN_MAX_CPU_ISA below AVX512_CORE_BF16; benchmark.py --emulate) counts as not having them.
 
     oneDNN also runs bf16 on plain AVX-512 by emulation, but slower than fp32 (docs/performance.md).
     """
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return False
+    onednn_limit = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    return (
+        "AVX512" in torch.backends.cpu.get_cpu_capability() and onednn_limit not in _ONEDNN_ISAS_WITHOUT_BF16
+    )
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype:

@@ -1,0 +1,219 @@
+"""The training step against the machine's limit (benchmark.py's ``floor``).
+
+- The step's arithmetic: the FLOPs of one training step, counted by torch.utils.flop_counter
+  while the step runs (convolutions, their backward passes, matrix products; compiled kernels run
+  eagerly for it, so that the counter sees them).
+- The machine's peak in the step's dtype, measured: the better of a 2048x2048 matrix product and
+  the step's own largest convolution (its shapes, dtype and memory format), best of a few runs.
+- floor = FLOPs / peak, the seconds of a step whose every FLOP ran at that peak and nothing else
+  cost time; efficiency = floor / the measured seconds of a step.
+- Which instruction sets ran: PyTorch's own kernels (torch.backends.cpu.get_cpu_capability()),
+  oneDNN's and MKL's (their verbose reports of one step), and whether the environment limited
+  them to emulate another kind of CPU (EMULATIONS, which benchmark.py --emulate sets).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+# The variables that limit PyTorch's, oneDNN's and MKL's instruction sets, per emulated CPU kind.
+EMULATIONS = {
+    # AVX2 and FMA only (e.g. AMD EPYC before Zen 4, Intel before Skylake-SP): fp32 training.
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    # AVX-512 without bf16 (e.g. Intel Skylake-SP, Cascade Lake): fp32 training.
+    "avx512": {
+        "ATEN_CPU_CAPABILITY": "avx512",
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+    },
+}
+ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+MATMUL_SIZE = 2048
+
+
+class ConvolutionLog(TorchDispatchMode):
+    """Records every convolution the code under it runs: shapes, dtype, layout and FLOPs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[dict] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten.convolution.default:
+            x, weight, _, stride, padding, dilation, transposed, output_padding, groups = args
+            self.calls.append(
+                {
+                    "input": tuple(x.shape),
+                    "weight": tuple(weight.shape),
+                    "stride": tuple(stride),
+                    "padding": tuple(padding),
+                    "dilation": tuple(dilation),
+                    "transposed": bool(transposed),
+                    "output_padding": tuple(output_padding),
+                    "groups": groups,
+                    "dtype": x.dtype,
+                    "channels_last": x.dim() == 4
+                    and not x.is_contiguous()
+                    and x.is_contiguous(memory_format=torch.channels_last),
+                    "flops": conv_flop_count(list(x.shape), list(weight.shape), list(out.shape), transposed),
+                }
+            )
+        return out
+
+
+def count_step(step: Callable[[], object]) -> tuple[int, dict]:
+    """Run `step` once, counting its FLOPs; returns them and its largest convolution's forward."""
+    log = ConvolutionLog()
+    with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter, log:
+        step()
+    return counter.get_total_flops(), max(log.calls, key=lambda call: call["flops"])
+
+
+def best_seconds(work: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """The fastest of `repeats` runs of `work` after one untimed run: the least disturbed one."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    work()
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        started = time.perf_counter()
+        work()
+        sync()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def matmul_gflops(
+    dtype: torch.dtype, device: torch.device, repeats: int = 3, size: int = MATMUL_SIZE
+) -> float:
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    return 2 * size**3 / best_seconds(lambda: torch.mm(a, b), repeats, device) / 1e9
+
+
+def conv_gflops(conv: dict, device: torch.device, repeats: int = 3) -> float:
+    """GFLOP/s of the forward of a convolution recorded by ConvolutionLog, run alone."""
+    x = torch.randn(conv["input"], device=device).to(conv["dtype"])
+    if conv["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(conv["weight"], device=device).to(conv["dtype"]) * 0.02
+    args = (conv["stride"], conv["padding"])
+    if conv["transposed"]:
+        run = lambda: F.conv_transpose2d(x, weight, None, *args, conv["output_padding"], conv["groups"])  # noqa: E731
+    else:
+        run = lambda: F.conv2d(x, weight, None, *args, conv["dilation"], conv["groups"])  # noqa: E731
+    with torch.no_grad():
+        return conv["flops"] / best_seconds(run, repeats, device) / 1e9
+
+
+def peak_gflops(dtype: torch.dtype, conv: dict, device: torch.device) -> dict:
+    """The machine's peak now, in `dtype`: a large matrix product and the step's largest convolution."""
+    return {"matmul_gflops": matmul_gflops(dtype, device), "conv_gflops": conv_gflops(conv, device)}
+
+
+def describe(conv: dict) -> str:
+    """A convolution in one line: input -> weight, stride, padding, dtype and layout."""
+    kind = "conv_transpose2d" if conv["transposed"] else "conv2d"
+    layout = "channels_last" if conv["channels_last"] else "NCHW"
+    dtype = str(conv["dtype"]).removeprefix("torch.")
+    return (
+        f"{kind} {'x'.join(map(str, conv['input']))} * {'x'.join(map(str, conv['weight']))} "
+        f"stride {conv['stride'][0]} padding {conv['padding'][0]} {dtype} {layout}"
+    )
+
+
+@contextlib.contextmanager
+def stdout_into(path: str) -> Iterator[None]:
+    """Send file descriptor 1 (where oneDNN and MKL print their verbose lines) into `path`."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(path, "wb") as sink:
+        os.dup2(sink.fileno(), 1)
+    try:
+        yield
+    finally:
+        ctypes.CDLL(None).fflush(None)  # the C library's buffered lines go into the file first
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def verbose_lines(work: Callable[[], object]) -> list[str]:
+    """What oneDNN and MKL report while `work` runs (their verbose modes), line by line."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "verbose.txt")
+        with (
+            stdout_into(path),
+            torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON),
+            torch.backends.mkl.verbose(torch.backends.mkl.VERBOSE_ON),
+        ):
+            work()
+        with open(path, encoding="utf-8", errors="replace") as lines:
+            return lines.read().splitlines()
+
+
+def instruction_sets(lines: list[str]) -> dict:
+    """Which instruction sets ran: PyTorch's kernels, and oneDNN's and MKL's from their verbose
+    `lines` (oneDNN's ISA and the implementations of its compute primitives, e.g.
+    brg_conv_fwd:avx512_core_bf16 or jit:avx2); `emulated` names the limiting variables set."""
+    onednn_isa, kernels, mkl = None, set(), None
+    for line in lines:
+        fields = line.split(",")
+        if line.startswith("onednn_verbose") and ",info,cpu,isa:" in line:
+            onednn_isa = line.split("isa:", 1)[1].strip()
+        elif line.startswith("onednn_verbose") and "exec" in fields and len(fields) > 6:
+            primitive = fields.index("exec") + 2  # exec, engine, primitive, implementation
+            if fields[primitive] in ("convolution", "deconvolution", "matmul", "inner_product"):
+                kernels.add(f"{fields[primitive]} {fields[primitive + 1]}")
+        elif line.startswith("MKL_VERBOSE") and "architecture" in line and mkl is None:
+            mkl = line.split("architecture", 1)[1].split(", Lnx")[0].strip()
+    return {
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_isa": onednn_isa,
+        "onednn_kernels": sorted(kernels),
+        "mkl": mkl,
+        "emulated": {name: os.environ[name] for name in ISA_VARIABLES if os.environ.get(name)} or None,
+    }
+
+
+def floor_summary(flops: int, peak: dict, s_per_iter: float, blocks: list[float]) -> dict:
+    """The floor and the efficiency (floor / seconds per step) of the median and of every block."""
+    best = max(peak["matmul_gflops"], peak["conv_gflops"])
+    floor_s = flops / 1e9 / best
+    per_block = [floor_s / s for s in blocks]
+    return {
+        "gflop_per_iter": round(flops / 1e9, 2),
+        "peak_gflops": round(best, 1),
+        "floor_s_per_iter": round(floor_s, 4),
+        "efficiency": round(floor_s / s_per_iter, 3),
+        "efficiency_blocks": spread(per_block),
+        "matmul_gflops": round(peak["matmul_gflops"], 1),
+        "conv_gflops": round(peak["conv_gflops"], 1),
+    }
+
+
+def spread(values: list[float]) -> dict:
+    """min, median and max: whether a change is larger than the noise between blocks."""
+    return {
+        "min": round(min(values), 3),
+        "median": round(statistics.median(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def inspect_step(step: Callable[[], object]) -> dict:
+    """Two runs of a training step: one counted (FLOPs, largest convolution), one with oneDNN's
+    and MKL's verbose reports (the instruction sets that ran)."""
+    flops, largest = count_step(step)
+    return {"flops": flops, "largest_conv": largest, "isa": instruction_sets(verbose_lines(step))}
