@@ -152,7 +152,9 @@ class Config:
         True,
         "continue checkpoints/<name>/latest.pt if it exists; false moves the old run aside and starts over",
     )
-    resume_from: str = option("", "continue from this checkpoint file instead")
+    resume_from: str = option(
+        "", "start the run from this checkpoint file (once the run has its own latest.pt, that one wins)"
+    )
     checkpoint_every: int = option(
         0, "also write latest.pt every N iterations, mid-epoch (0 = per epoch only)"
     )
