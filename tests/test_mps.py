@@ -15,6 +15,7 @@ import cli
 import config
 import data
 import demo
+import epoch_cost
 import fast_layers
 import predict
 import speedups
@@ -119,6 +120,6 @@ def test_mps_random_state_is_saved_and_restored(mac, monkeypatch):
 def test_benchmark_knows_mps(monkeypatch):
     waited = []
     monkeypatch.setattr(torch.mps, "synchronize", lambda: waited.append(True))
-    benchmark.device_sync(MPS)()
+    epoch_cost.device_sync(MPS)()
     assert waited == [True] and "graphs" not in benchmark.DEFAULTS["mps"]["configs"]
-    assert benchmark.device_sync(torch.device("cpu"))() is None
+    assert epoch_cost.device_sync(torch.device("cpu"))() is None

@@ -176,12 +176,20 @@ def test_files_are_copies_taken_at_the_end_of_their_epoch(tiny, monkeypatch):
 
 
 def test_a_failed_background_write_stops_the_run_with_one_line(tiny, tmp_path, monkeypatch, capsys):
-    """epoch_002.pt cannot be written (a folder is in its way; the tests run as root, so a
-    read-only folder would not stop them): the run stops at its next wait with one line naming
-    the file, and the writes queued behind the failed one (epoch 2's latest.pt) are not made."""
+    """epoch_002.pt cannot be written (the disk fills as it is written; a folder in its way is
+    refused before any work, and the tests run as root, so a read-only folder would not stop
+    them): the run stops at its next wait with one line naming the file, and the writes queued
+    behind the failed one (epoch 2's latest.pt) are not made."""
     cfg = dataclasses.replace(tiny, epochs=1, latest_every_s=0)
     train.train(cfg)
-    (Path(cfg.checkpoint_dir) / "run" / "epoch_002.pt").mkdir()
+    save = torch.save
+
+    def disk_full_at_epoch_2(obj, where, *args, **kwargs):
+        if "epoch_002" in str(where):
+            raise OSError(28, "No space left on device")
+        return save(obj, where, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_at_epoch_2)
     argv = cli_args(dataclasses.replace(cfg, epochs=3))
     code, _, (line,) = run_main(train.main, argv, tmp_path, monkeypatch, capsys)
     assert code == 1 and "cannot write" in line and "epoch_002.pt" in line
