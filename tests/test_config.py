@@ -116,3 +116,12 @@ def test_config_imports_nothing_of_the_project():
     }
     project = {p.stem for p in ROOT.glob("*.py")}
     assert not imported & project, imported & project
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    import re
+
+    from conftest import ROOT
+
+    linked = set(re.findall(r"\(docs/([\w-]+\.md)[)#]", (ROOT / "README.md").read_text()))
+    assert {p.name for p in (ROOT / "docs").glob("*.md")} <= linked
