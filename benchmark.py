@@ -1,7 +1,7 @@
 """Training throughput of the default recipe, the plain PyTorch way against what train.py does,
 against the machine's limit, and what the end of an epoch costs.
 
-    python benchmark.py [--data_root ../shared/datasets/facades] [--device auto|cpu|mps|cuda]
+    python benchmark.py [--data_root data/facades] [--device auto|cpu|mps|cuda]
                         [--iters N] [--repeats N] [--configs baseline,fast,...] [--json]
                         [--emulate avx2|avx512]
 
