@@ -392,7 +392,8 @@ def resume_or_start(state: RunState, dirs: RunDirs, architecture: dict[str, obje
     """
     cfg, main = state.cfg, state.world.is_main
     if not cfg.resume:
-        _say_moved(main and move_aside(dirs.checkpoints, dirs.results), "--resume false")
+        if main:
+            _say_moved(move_aside(dirs.checkpoints, dirs.results), "--resume false")
     elif dirs.latest.exists():
         if cfg.resume_from and main:
             print(
@@ -401,8 +402,8 @@ def resume_or_start(state: RunState, dirs: RunDirs, architecture: dict[str, obje
             )
         _continue_from(state, dirs.latest, load_latest(dirs.latest, state.device), architecture)
         return
-    elif not cfg.resume_from:
-        _say_moved(main and move_aside(dirs.checkpoints, dirs.results), "a new run")
+    elif not cfg.resume_from and main:
+        _say_moved(move_aside(dirs.checkpoints, dirs.results), "a new run")
     if cfg.resume_from:
         path = Path(cfg.resume_from)
         _continue_from(state, path, load_checkpoint(path, state.device), architecture)
@@ -414,8 +415,8 @@ def _continue_from(state: RunState, path: Path, checkpoint: dict, architecture: 
         print(f"resuming {path}: epoch {state.epoch + 1}, iteration {state.progress.iteration}")
 
 
-def _say_moved(moved: list[Path] | bool, why: str) -> None:
-    for folder in moved or []:
+def _say_moved(moved: list[Path], why: str) -> None:
+    for folder in moved:
         old = folder.with_name(folder.name.rsplit(".old-", 1)[0])
         print(f"{why}: the previous run's files in {old} are now in {folder}")
 
@@ -425,7 +426,9 @@ def fit_epoch_to_loader(state: RunState, n_batches: int) -> None:
     data or the batch size changed) cannot skip the iterations it had done: that epoch starts
     again from its first iteration, as the line says."""
     p = state.progress
-    if p.iteration and (p.batches or p.iteration) != n_batches and (p.batches or p.iteration >= n_batches):
+    # Saved with its epoch's length: compare it; an older checkpoint: only an impossible iteration tells.
+    misfit = p.batches != n_batches if p.batches else p.iteration > n_batches
+    if p.iteration and misfit:
         if state.world.is_main:
             print(
                 f"latest.pt was saved at iteration {p.iteration} of an epoch of {p.batches or '?'}; "

@@ -87,17 +87,16 @@ def accelerate(
     done.channels_last = device.type == "cuda" or (device.type == "cpu" and dtype == torch.bfloat16)
     if device.type == "cpu":
         done.keep_freed_memory = keep_freed_memory()
-        copy_writer_kernel = None
+        with_copies = dtype == torch.bfloat16 and processes == 1
+        # Compiled once for all optimizers (a failure warns once, and Adam's own step takes over).
+        kernel = compile_adam_with_copy() if with_copies and any(opt for _, opt in networks) else None
+        done.fused_adam = kernel is not None
         for net, optimizer in networks:
             done.matmul_layers += use_matmul_layers(net, done.channels_last)
-            if dtype != torch.bfloat16 or processes > 1:
-                continue
-            copies = attach_compute_copies(net, dtype)
+            copies = attach_compute_copies(net, dtype) if with_copies else {}
             done.compute_copies += len(copies)
             if optimizer is not None and copies:
-                copy_writer_kernel = copy_writer_kernel or compile_adam_with_copy()
-                done.fused_adam = copy_writer_kernel is not None
-                AdamCopyWriter(optimizer, copies, copy_writer_kernel)
+                AdamCopyWriter(optimizer, copies, kernel)
     if done.channels_last:
         for net, _ in networks:
             net.register_forward_pre_hook(channels_last_inputs)
