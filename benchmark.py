@@ -35,9 +35,9 @@ instruction sets limited (``machine.isa.emulated`` lists the variables; precisio
 trains in fp32, as on such a CPU).
 
 ``epoch_overhead`` (measured in the ``fast`` worker after its blocks, median of
-``--epoch_repeats``): the end of an epoch at the defaults (val_every 1), on the real val split with
-the default networks, run by train.py's own functions into a temporary folder under
-checkpoint_dir (the disk the runs use), for an epoch that writes everything (best.pt, epoch_NNN.pt
+``--epoch_repeats``): the end of an epoch at the defaults (val_every 1, val_images 20), on the
+real val split with the default networks, run by train.py's own functions into a temporary folder
+under checkpoint_dir (the disk the runs use), for an epoch that writes everything (best.pt, epoch_NNN.pt
 and latest.pt). ``blocked_s``: what the training loop waits for, ``validate_s`` (generating and
 scoring the val images, which needs the epoch's weights) + ``wait_s`` (for the previous epoch's
 writes) + ``report_copy_s``, ``snapshot_copy_s``, ``latest_copy_s`` (the copies of the state the
@@ -46,7 +46,9 @@ history.csv, plots, index.html, TensorBoard, the snapshots, latest.pt); ``share`
 the epoch's training time (training images x the fast s/iter), and ``share_if_written_in_the_loop``
 = (validate_s + background_s) / the same, what the loop waited for when it wrote the files itself.
 ``steps_slowed_s``: how much longer the ``steps_beside_writes`` training steps trained while the
-writer worked took than as many alone (on a CPU the writer competes for the same cores).
+writer worked took than as many alone (on a CPU the writer competes for the same cores), and
+``share_with_slowed_steps`` = (blocked_s + steps_slowed_s) / the epoch's training time: all that
+the end of an epoch costs the run.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def build(kind: str, data_root: str, device: str):
     import train
     from config import Config
 
-    cfg = Config(data_root=data_root, device=device, cuda_graphs=kind == "graphs")
+    cfg = Config(data_root=data_root, device=device, cuda_graphs="true" if kind == "graphs" else "false")
     if kind in ("fast", "graphs"):
         train_set, val_set = train.build_data(cfg)
         state = train.setup(cfg)
@@ -387,10 +389,12 @@ def main() -> None:
     if "epoch_overhead" in result:
         e = result["epoch_overhead"]
         print(
-            f"end of epoch: the loop waits {e['blocked_s']:.2f}s (validation {e['validate_s']:.2f}s, "
-            f"copies and waits the rest) = {e['share']:.1%} of the epoch's {e['epoch_training_s']:.0f}s "
-            f"of training; the background writes take {e['background_s']:.2f}s beside the next epoch "
-            f"(written in the loop: {e['share_if_written_in_the_loop']:.1%})"
+            f"end of epoch: the loop waits {e['blocked_s']:.2f}s (validation of {e['val_images']} "
+            f"pairs {e['validate_s']:.2f}s, copies and waits the rest) = {e['share']:.1%} of the "
+            f"epoch's {e['epoch_training_s']:.0f}s of training; the background writes take "
+            f"{e['background_s']:.2f}s beside the next epoch and slow its steps by "
+            f"{e['steps_slowed_s']:.2f}s (in all {e['share_with_slowed_steps']:.1%}; written in the "
+            f"loop: {e['share_if_written_in_the_loop']:.1%})"
         )
     print(result["machine"])
 

@@ -294,6 +294,9 @@ def _restore_training(state: RunState, checkpoint: dict, path: Path) -> None:
 # epoch on and are recorded in the history (and so in config.json and train.log). epochs and
 # lr_decay_epochs reshape the lr schedule (_follow_schedule); the architecture fields are refused.
 CHANGEABLE = ("lr", "beta1", "beta2", "lambda_l1")
+# Settings that change what the history's columns measure, recorded and said the same way, with
+# the value of a checkpoint from before the field existed: earlier versions scored the whole split.
+RECORDED = {"val_images": 0}
 
 
 def _apply_changed_settings(state: RunState, saved: dict, path: Path) -> None:
@@ -304,10 +307,13 @@ def _apply_changed_settings(state: RunState, saved: dict, path: Path) -> None:
         sched.base_lrs = [cfg.lr for _ in opt.param_groups]
         for group in opt.param_groups:
             group["initial_lr"], group["betas"] = cfg.lr, (cfg.beta1, cfg.beta2)
+    before = {f: saved[f] for f in CHANGEABLE if f in saved} | {
+        f: saved.get(f, v) for f, v in RECORDED.items()
+    }
     changes = [
-        {"epoch": state.epoch + 1, "field": f, "from": saved[f], "to": getattr(cfg, f)}
-        for f in CHANGEABLE
-        if f in saved and saved[f] != getattr(cfg, f)
+        {"epoch": state.epoch + 1, "field": f, "from": value, "to": getattr(cfg, f)}
+        for f, value in before.items()
+        if value != getattr(cfg, f)
     ]
     state.history.changes += changes
     if changes and state.world.is_main:

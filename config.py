@@ -26,9 +26,10 @@ NORMS = ("batch", "instance")
 MAX_NAME_BYTES = 200  # a run name is a folder name; room is left for the files' own names
 MAX_INT = 2**31 - 1  # integers go to C code (threads, sizes, counts) that takes a 32-bit int
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# "auto" lets a plain run log to TensorBoard when the package is there, while an explicit "true"
-# can fail loudly when it is not: a bool could not tell the default from a request.
-TENSORBOARD_MODES = ("auto", "true", "false")
+# Switches whose default is "where it works": "auto" lets a plain run use TensorBoard when the
+# package is there (CUDA graphs where capture works), while an explicit "true" is a request that
+# is said when it cannot be met: a bool could not tell the default from a request.
+SWITCH_MODES = ("auto", "true", "false")
 
 # The official archives of the pix2pix dataset family: one URL pattern, the set's name swapped in.
 PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{name}.tar.gz"
@@ -131,7 +132,14 @@ class Config:
         "true: running averages, no dropout",
     )
     num_samples: int = option(4, "validation images shown in each epoch's sample grid")
-    val_every: int = option(1, "L1 / PSNR / SSIM on the whole val split every N epochs (0 = never)")
+    val_every: int = option(
+        1, "L1 / PSNR / SSIM of the val split every N epochs and after the last (0 = never)"
+    )
+    val_images: int = option(
+        20,
+        "val pairs each validation scores, evenly spaced and the same every epoch (0 = all); "
+        "the last epoch also scores them all (val_all_*)",
+    )
     val_fid: bool = option(False, "validation also computes FID and KID (needs requirements-eval.txt)")
 
     # --- run ---
@@ -146,7 +154,7 @@ class Config:
         "auto",
         "log to results/<name>/tensorboard/: auto = when the tensorboard package is "
         "installed, true = required (requirements-tensorboard.txt), false = off",
-        TENSORBOARD_MODES,
+        SWITCH_MODES,
     )
     resume: bool = option(
         True,
@@ -173,10 +181,12 @@ class Config:
         PRECISIONS,
     )
     threads: int = option(0, "CPU threads for torch (0 = one per core; at most 4 per usable CPU)")
-    cuda_graphs: bool = option(
-        False,
-        "on CUDA, replay each training step as one captured CUDA graph (bf16/fp32, "
-        "one process): far fewer kernel launches at batch 1; falls back to eager if capture fails",
+    cuda_graphs: str = option(
+        "false",
+        "on CUDA, replay each training step as one captured CUDA graph (far fewer kernel launches at "
+        "batch 1): auto = where it works (CUDA, bf16/fp32, one process), true = also say where it "
+        "cannot; a capture that fails falls back to eager steps with one line",
+        SWITCH_MODES,
     )
 
     # --- datasets, layouts, sizes and channels ---
@@ -349,6 +359,12 @@ def validate(cfg: Config) -> None:
             ("lr_decay_epochs", cfg.lr_decay_epochs >= 0, "must be >= 0"),
             ("num_samples", cfg.num_samples >= 1, "must be >= 1"),
             ("val_every", cfg.val_every >= 0, "must be >= 0"),
+            ("val_images", cfg.val_images >= 0, "must be >= 0 (0 = all)"),
+            (
+                "val_images",
+                cfg.val_images == 0 or cfg.val_images >= cfg.num_samples,
+                "must be 0 (all) or at least num_samples: the sample grid shows scored pairs",
+            ),
             ("name", name_problem(cfg.name) is None, name_problem(cfg.name) or ""),
             ("save_every", cfg.save_every >= 0, "must be >= 0"),
             ("log_every", cfg.log_every >= 1, "must be >= 1"),

@@ -29,6 +29,7 @@ def epoch_overhead(state, val_set, n_train: int, repeats: int, sync, loader) -> 
     from evaluation import translate_pairs
     from report import Reporter
     from state import RunDirs
+    from validation import subset
 
     cfg = state.cfg
     list(
@@ -62,7 +63,8 @@ def epoch_overhead(state, val_set, n_train: int, repeats: int, sync, loader) -> 
         **{key: round(statistics.median(values), 3) for key, values in runs.items()},
         **overlap,
         "train_images": n_train,
-        "val_images": len(val_set),
+        "val_images": len(subset(cfg, len(val_set))),
+        "val_split_images": len(val_set),
         "latest_pt_mb": round(sizes["latest"] / 2**20),
         "snapshot_pt_mb": round(sizes["best"] / 2**20),
         "val_means": {k: round(state.history.epochs[-1][f"val_{k}"], 4) for k in ("L1", "PSNR", "SSIM")},
@@ -74,13 +76,14 @@ def hand_over_epoch(state, val_set, report, dirs, writer, sync) -> dict[str, flo
     epoch_NNN.pt, improves val_L1 (best.pt) and writes latest.pt, the most an epoch copies."""
     import checkpoint as ckpt
     import train
+    from validation import validate_epoch
 
     cfg, busy = state.cfg, writer.busy_s
     state.epoch = cfg.save_every * (len(state.history.epochs) + 1)
     losses = dict(zip(train.LOSS_NAMES, state.progress.total.tolist()))
     state.history.epochs.append({"epoch": state.epoch, **losses, "lr": cfg.lr, "seconds": 0.0})
     parts = {}
-    parts["validate_s"], samples = timed(lambda: train.validate_epoch(state, val_set), sync)
+    parts["validate_s"], samples = timed(lambda: validate_epoch(state, val_set), sync)
     parts["wait_s"], _ = timed(writer.wait, sync)  # for the previous epoch's writes
     parts["report_copy_s"], _ = timed(lambda: report.epoch(state, val_set, samples, writer), sync)
     parts["snapshot_copy_s"], _ = timed(lambda: train.save_snapshots(state, dirs, writer), sync)
@@ -130,6 +133,7 @@ def share_of_epoch(overhead: dict, s_per_iter: float) -> dict:
         "background_s": overhead["background_s"],
         "share": round(overhead["blocked_s"] / train_s, 4),
         "share_if_written_in_the_loop": round(inline_s / train_s, 4),
+        "share_with_slowed_steps": round((overhead["blocked_s"] + overhead["steps_slowed_s"]) / train_s, 4),
         "epoch_training_s": round(train_s, 1),
         **{k: v for k, v in overhead.items() if k not in ("blocked_s", "background_s")},
     }

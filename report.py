@@ -17,11 +17,13 @@ import numpy as np
 import torch
 
 from background import BackgroundWriter, cpu_copy
+from evaluation import translate_pairs
 from figures import plot_curves, save_sample_grid, write_csv, write_gallery
 from metrics import MissingPackageError
 from runlog import RunLog, run_record
 from state import RunDirs
 from utils import write_text
+from validation import sample_indices, subset
 
 # ---------------------------------------------------------------------------------------------
 # TensorBoard
@@ -111,6 +113,7 @@ class Reporter:
     ) -> None:
         self.folder, self.active = Path(folder), state.world.is_main
         self.loss_names = state.history.loss_names
+        self.val_pairs = val_pairs  # the val split's size, for the last line
         self.log = log or RunLog(active=False)
         self.bar, self.tensorboard, self.n_batches = None, None, 0
         # Where the progress goes: the real stderr, past the log (its frames are no lines).
@@ -148,6 +151,11 @@ class Reporter:
             f"training {cfg.name}: {n_pairs} pairs, {cfg.direction}, {cfg.image_size} px, {batch}, "
             f"on {state.device} in {str(state.dtype).removeprefix('torch.')}"
         )
+        if cfg.val_every and val_pairs and len(subset(cfg, val_pairs)) < val_pairs:
+            self.print(
+                f"validation scores {len(subset(cfg, val_pairs))} of the {val_pairs} val pairs "
+                f"(val_images), all of them after the last epoch"
+            )
         if cfg.lr_decay_epochs > cfg.epochs:  # train.lr_factor decays over all epochs then
             self.print(
                 f"lr_decay_epochs {cfg.lr_decay_epochs} is more than epochs {cfg.epochs}: the lr decays "
@@ -319,14 +327,29 @@ class Reporter:
         if state.stop:
             self.print(f"stopped; {dirs.latest} is saved: run the same command to resume")
         else:
-            self.print(f"done: {dirs.results} and {dirs.checkpoints}")
+            row = state.history.epochs[-1] if state.history.epochs else {}
+            whole = self.val_pairs is not None and len(subset(state.cfg, self.val_pairs)) == self.val_pairs
+            self.print(
+                f"done: {dirs.results} and {dirs.checkpoints}{whole_split(row, self.val_pairs, whole)}"
+            )
+
+
+def whole_split(row: dict[str, float], n_pairs: int | None, every_epoch: bool) -> str:
+    """'; the whole val split (100 pairs): L1 ...' from the last epoch's row: its val_all_*
+    figures, or its val_* ones where validation scored the whole split every epoch."""
+    prefix = "val_all_" if "val_all_L1" in row else "val_" if every_epoch and "val_L1" in row else ""
+    if not prefix:
+        return ""
+    return (
+        f"; the whole val split ({n_pairs} pairs): L1 {row[prefix + 'L1']:.4f}  "
+        f"PSNR {row[prefix + 'PSNR']:.2f} dB  SSIM {row[prefix + 'SSIM']:.4f}"
+    )
 
 
 def sample_rows(state, val_set) -> list[list[torch.Tensor]]:
-    """The first num_samples validation pairs as rows [input, generated, target]."""
-    from evaluation import translate_pairs
-
+    """The sample grid's validation pairs (validation.sample_indices) as rows [input, generated,
+    target], for an epoch that did not validate."""
     cfg = state.cfg
-    pairs = (val_set[i] for i in range(min(cfg.num_samples, len(val_set))))
+    pairs = (val_set[i] for i in sample_indices(cfg, len(val_set)))
     triples = translate_pairs(state.G, pairs, cfg.eval_mode, cfg.seed, state.amp, state.device)
     return [list(row) for row in triples]

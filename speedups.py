@@ -12,7 +12,7 @@ same networks without that call.
   tensors. glibc returns large blocks to the kernel on free and gets fresh, zeroed pages on the next
   allocation: tens of thousands of page faults per step. ``keep_freed_memory`` raises glibc's mmap
   and trim thresholds once, so freed blocks stay in the heap and are reused.
-- The whole training step as one CUDA graph (``--cuda_graphs true``, ``GraphedStep`` below).
+- The whole training step as one CUDA graph (``--cuda_graphs auto|true``, ``GraphedStep`` below).
 
 CUDA graphs. At batch 1 the step is launch-bound on a GPU: some 600 small kernels (forward,
 backward and the two fused Adam updates) whose launches cost more than their arithmetic. A CUDA
@@ -29,7 +29,7 @@ capture"):
 - dropout draws from PyTorch's graph-safe generator, so each replay gets new masks;
 - not with fp16 (GradScaler decides on the host whether to skip a step) nor under torchrun.
 
-Any failure to capture prints one warning line and the run goes on with eager steps.
+Any failure to capture prints one line and the run goes on with eager steps.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ import ctypes.util
 import dataclasses
 import functools
 import sys
-import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -204,10 +203,10 @@ class GraphedStep:
 
     def _give_up(self, state, err: Exception) -> None:
         self.failed, self.graph, self.inputs, self.losses = True, None, None, None
-        warnings.warn(
+        print(
             f"--cuda_graphs: capturing the training step failed ({type(err).__name__}: "
             f"{first_line(err)}); training goes on without CUDA graphs",
-            stacklevel=3,
+            file=sys.stderr,
         )
         torch.cuda.synchronize(state.device)
         for opt in (state.opt_D, state.opt_G):

@@ -7,9 +7,10 @@ make D call (real_A, fake_B) real while staying close to real_B in L1:
     loss_D = 0.5 * (BCE(D(real_A, real_B), 1) + BCE(D(real_A, fake_B), 0))
     loss_G = BCE(D(real_A, fake_B), 1) + lambda_l1 * |fake_B - real_B|_1
 
-At the end of every epoch: validate (L1, PSNR, SSIM on the val split), report (results/<name>/:
-sample grid, history.csv, plots, index.html) and checkpoint (best.pt, epoch_NNN.pt, latest.pt at
-most every latest_every_s s), written from copies by a background thread (background.py).
+At the end of every epoch: validate (L1, PSNR, SSIM of val_images pairs of the val split, and of
+the whole split after the last epoch: validation.py), report (results/<name>/: sample grid,
+history.csv, plots, index.html) and checkpoint (best.pt, epoch_NNN.pt, latest.pt at most every
+latest_every_s s), written from copies by a background thread (background.py).
 Running the same command again continues the run.
 Under ``torchrun --nproc_per_node N train.py`` the same script trains with DistributedDataParallel.
 """
@@ -21,7 +22,6 @@ import functools
 import itertools
 import sys
 import time
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -39,17 +39,17 @@ from config import Config, ConfigError, architecture_defaults, generator_depth
 from data import build_data, make_loader, prepare_data_root
 from dataset import PairedDataset
 from discriminator import PatchDiscriminator
-from evaluation import translate_pairs
 from generator import UNetGenerator
-from guards import TrainingError, check_losses, check_metrics, check_networks
+from guards import TrainingError, check_losses, check_networks
 from images import DatasetError
 from layers import init_weights, set_requires_grad
-from metrics import MissingPackageError, evaluate_pairs, inception_weights_path
+from metrics import MissingPackageError, inception_weights_path
 from report import Reporter, check_tensorboard
 from runlog import RunLog
 from speedups import GraphedStep, accelerate
 from state import LOSS_NAMES, History, Progress, RunDirs, RunState
 from utils import OutputError, exit_on_errors, resolve_device, resolve_precision, seed_everything
+from validation import validate_epoch
 
 # --- Networks and optimizers ---
 
@@ -122,8 +122,8 @@ def backward_G(D, real_A, real_B, fake_B, lambda_l1, amp, scaler) -> tuple[torch
 def train_step(state: RunState, real_A: torch.Tensor, real_B: torch.Tensor) -> torch.Tensor:
     """One D update then one G update; returns the losses (G_GAN, G_L1, D_real, D_fake), detached.
 
-    With --cuda_graphs true (setup gives the state a GraphedStep) the same step is captured once
-    as a CUDA graph and replayed (speedups.py)."""
+    With --cuda_graphs auto or true (setup gives the state a GraphedStep) the same step is captured
+    once as a CUDA graph and replayed (speedups.py)."""
     step = state.graphed_step or eager_step
     return step(state, real_A, real_B)
 
@@ -224,12 +224,13 @@ def build_networks(cfg: Config, device: torch.device, world: ddp.World) -> tuple
 
 
 def cuda_graphs(cfg: Config, state: RunState) -> GraphedStep | None:
-    """With --cuda_graphs true, the training step as a replayed CUDA graph where that works."""
-    if not cfg.cuda_graphs:
+    """The training step as a replayed CUDA graph: with --cuda_graphs auto where that works, with
+    true also saying where it cannot."""
+    if cfg.cuda_graphs == "false":
         return None
     if GraphedStep.usable(state):
         return GraphedStep(eager_step)  # train_step replays it
-    if state.world.is_main:
+    if cfg.cuda_graphs == "true" and state.world.is_main:
         print(
             "--cuda_graphs true: needs CUDA, bf16 or fp32 and one process; training without CUDA graphs",
             file=sys.stderr,
@@ -305,37 +306,6 @@ def save_latest(state: RunState, dirs: RunDirs, where: str, writer: BackgroundWr
     check_networks({"generator": state.G, "discriminator": state.D}, where)
     ddp.on_main(state.world, state.device, writer.wait)
     ckpt.save_latest(state, dirs.latest, writer)
-
-
-def validate(state: RunState, val_set: PairedDataset) -> tuple[dict[str, float], list[list[torch.Tensor]]]:
-    """Mean L1, PSNR and SSIM (and FID/KID with val_fid) of the generator on the validation split,
-    each image as the paper generates it alone (BatchNorm statistics of the image itself), several
-    at a time (evaluation.translate_pairs), each scored as soon as it is generated. Also returns the
-    first num_samples [real_A, fake_B, real_B] for the sample grid, which need not be made again."""
-    cfg, G, samples = state.cfg, state.G, []
-
-    def scored(triples: Iterator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for real_A, fake_B, real_B in triples:
-            if len(samples) < cfg.num_samples:
-                samples.append([real_A, fake_B, real_B])
-            yield fake_B, real_B
-
-    # The per-image view normalises locally: rank 0 generates alone, with no synchronised BatchNorm.
-    pairs = (val_set[i] for i in range(len(val_set)))
-    triples = translate_pairs(G, pairs, cfg.eval_mode, cfg.seed, state.amp, state.device)
-    _, means = evaluate_pairs(scored(triples), cfg.val_fid, state.device)
-    return {f"val_{k}": v for k, v in means.items() if k in ("L1", "PSNR", "SSIM", "FID", "KID")}, samples
-
-
-def validate_epoch(state: RunState, val_set: PairedDataset) -> list[list[torch.Tensor]] | None:
-    """Every val_every epochs: the metrics into the epoch's row; returns the sample rows made."""
-    cfg, row = state.cfg, state.history.epochs[-1]
-    if not (cfg.val_every and state.epoch % cfg.val_every == 0):
-        return None
-    metrics, samples = validate(state, val_set)
-    check_metrics(metrics, state.epoch)
-    row.update(metrics)
-    return samples
 
 
 def end_of_epoch(

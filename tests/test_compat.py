@@ -88,7 +88,8 @@ def test_training_resumes_from_the_old_checkpoint(expected, tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["train.py", *argv])
     train.main()
-    assert "resuming" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming" in out and "val_images 0 -> 20" in out  # the old version scored the whole split
     with open(tmp_path / "results" / "v1_tiny" / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert [row["epoch"] for row in rows] == ["1", "2", "3"]  # the old epochs kept, one more trained

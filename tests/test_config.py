@@ -56,6 +56,11 @@ def test_every_field_is_overridable():
         (["--load_size", "200"], "--load_size: must be >= image_size"),
         (["--epochs", "0"], "--epochs: must be >= 1"),
         (["--latest_every_s", "-1"], "--latest_every_s: must be >= 0"),
+        (["--val_images", "-1"], "--val_images: must be >= 0"),
+        (
+            ["--val_images", "2", "--num_samples", "4"],
+            "--val_images: must be 0 (all) or at least num_samples",
+        ),
         (["--norm", "group"], "--norm: must be one of batch, instance"),
         (["--precision", "fp8"], "--precision: must be one of auto, fp32, bf16, fp16"),
         (["--epochs"], "--epochs: expected one argument"),

@@ -15,6 +15,7 @@ import torch
 from conftest import tiny_run, write_pair
 
 import train
+import validation
 from guards import TrainingError
 
 
@@ -121,7 +122,15 @@ def test_diverging_losses_stop_before_anything_is_saved(tiny):
 
 
 def test_nan_validation_stops_the_run(tiny, monkeypatch):
-    monkeypatch.setattr(train, "validate", lambda state, val: ({"val_L1": float("nan")}, []))
+    def diverged(state, val_set, indices):
+        nan = float("nan")
+        return (
+            {name: [nan] * len(indices) for name in validation.METRICS},
+            dict.fromkeys(validation.METRICS, nan),
+            [],
+        )
+
+    monkeypatch.setattr(validation, "validate", diverged)
     with pytest.raises(TrainingError, match="validation val_L1 is nan after epoch 1"):
         train.train(tiny)
     assert not (Path(tiny.checkpoint_dir) / "run" / "latest.pt").exists()
