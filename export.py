@@ -6,6 +6,7 @@ channels, eval_mode)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,6 +35,19 @@ def onnx_metadata(G: UNetGenerator, settings: SimpleNamespace, epoch: int) -> di
     }
 
 
+def sizes_of_one_not_special() -> contextlib.AbstractContextManager:
+    """torch.export assumes that a dynamic size is never 1 (broadcasting would differ), and so
+    guards the program against it: an input of one 2^depth block per side, whose innermost map is
+    1x1, would be refused. Size-oblivious reasoning keeps the program valid for them (tested); a
+    torch without that setting exports as before."""
+    try:
+        from torch.fx.experimental import _config
+
+        return _config.patch(backed_size_oblivious=True)
+    except (ImportError, AttributeError, KeyError):
+        return contextlib.nullcontext()
+
+
 def export_generator(G: UNetGenerator, settings: SimpleNamespace, path: Path, epoch: int = 0) -> list[Path]:
     """MODEL.onnx and MODEL.pt2 for `path` MODEL.onnx or MODEL (predict.export_paths checks the
     name first): the deployable generator with dynamic sizes. The ONNX file carries
@@ -56,7 +70,8 @@ def export_generator(G: UNetGenerator, settings: SimpleNamespace, path: Path, ep
             3: m * torch.export.Dim("width_blocks"),
         }
     }
-    program = torch.export.export(model, (example,), dynamic_shapes=dims)
+    with sizes_of_one_not_special():
+        program = torch.export.export(model, (example,), dynamic_shapes=dims)
     atomic_write(pt2, lambda tmp: torch.export.save(program, tmp))
     print(f"wrote {pt2} (torch.export program: torch.export.load(...).module())")
     onnx_program = torch.onnx.export(

@@ -52,6 +52,22 @@ def test_onnx_and_pt2_match_pytorch_at_a_new_size(facades, tmp_path):
     assert (program.module()(real_A) - expected).abs().max() < 1e-3
 
 
+@pytest.mark.parametrize("height,width", [(32, 32), (32, 64), (64, 32)])
+def test_onnx_and_pt2_take_sides_of_one_block(facades, tmp_path, height, width):
+    """Sides of exactly the size multiple (32 here) leave a 1x1 innermost map, which torch.export
+    would otherwise have guarded against."""
+    ort = require("onnxruntime")
+    path, cfg = export(tmp_path)
+    G, _, _ = predict.load_run(tmp_path / "latest.pt", torch.device("cpu"))
+    real_A = real_label_map(facades, height, width).repeat(2, 1, 1, 1)  # a batch of 2
+    expected = export_copy(G, cfg.eval_mode)(real_A).detach()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (fake_B,) = session.run(None, {session.get_inputs()[0].name: real_A.numpy()})
+    assert np.abs(fake_B - expected.numpy()).max() < 1e-3
+    program = torch.export.load(str(path.with_suffix(".pt2")))
+    assert (program.module()(real_A) - expected).abs().max() < 1e-3
+
+
 def test_exported_graph_is_the_papers_test_time_generator_without_dropout(facades, tmp_path):
     """With dropout 0, export_copy() (batch statistics) equals translate() in the paper's mode."""
     _, cfg = export(tmp_path, dropout=0.0)
