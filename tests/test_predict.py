@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, html_links, require, require_fid, run_main, write_tiny_checkpoint
+from conftest import ROOT, html_links, require, require_fid, run_main, run_script, write_tiny_checkpoint
 from PIL import Image
 
 import predict
@@ -109,6 +109,18 @@ def test_split_writes_images_metrics_and_gallery(checkpoint, test_split, tmp_pat
     assert report["mean"]["L1"] == pytest.approx(np.mean([i["L1"] for i in report["per_image"]]))
     links = html_links(out / "index.html")
     assert len(links) == 9 and "real_A/1.png" in links and "real_B/a%20b%26c.png" in links
+    # tools/fid_of_pngs.py: the same FID and KID from the PNG files alone (a GPU run's, say).
+    scored = run_script("tools/fid_of_pngs.py", out, cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr
+    again = json.loads(scored.stdout)
+    for key in ("FID", "KID", "KID_std", "FID_images"):
+        assert again[key] == pytest.approx(report["mean"][key], rel=1e-6, abs=1e-12), key  # float rounding
+    (out / "real_B" / "2.png").unlink()
+    scored = run_script("tools/fid_of_pngs.py", out, cwd=tmp_path)
+    assert scored.returncode == 1 and scored.stderr.strip().splitlines() == [
+        f"error: {out / 'real_B' / '2.png'}: no such file "
+        "(each generated PNG needs its target of the same name)"
+    ]
 
 
 def test_eval_mode_is_the_runs_unless_overridden(checkpoint, test_split, tmp_path):
