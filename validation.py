@@ -9,7 +9,7 @@ epoch stays a small part of it. The run's last epoch scores the whole split as w
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -17,6 +17,10 @@ from dataset import PairedDataset
 from evaluation import translate_pairs
 from guards import check_metrics
 from metrics import evaluate_pairs
+
+if TYPE_CHECKING:  # for the annotations only: the scripts build these
+    from config import Config
+    from state import RunState
 
 METRICS = ("L1", "PSNR", "SSIM")  # per image; FID and KID are of the whole set
 
@@ -28,18 +32,18 @@ def evenly_spaced(n: int, k: int) -> list[int]:
     return [i * n // k for i in range(k)]
 
 
-def subset(cfg, n: int) -> list[int]:
+def subset(cfg: Config, n: int) -> list[int]:
     """The val pairs every validation scores: val_images of the n, or all of them with val_fid."""
     return evenly_spaced(n, 0 if cfg.val_fid else cfg.val_images)
 
 
-def sample_indices(cfg, n: int) -> list[int]:
+def sample_indices(cfg: Config, n: int) -> list[int]:
     """The val pairs of the sample grid: the first num_samples that validation scores."""
     return subset(cfg, n)[: cfg.num_samples]
 
 
 def validate(
-    state, val_set: PairedDataset, indices: list[int]
+    state: RunState, val_set: PairedDataset, indices: list[int]
 ) -> tuple[dict[str, list[float]], dict[str, float], list[list[torch.Tensor]]]:
     """Per-image L1, PSNR and SSIM of the val pairs at `indices` (in that order) and their means
     (with FID and KID under val_fid), each image generated as the paper does it alone (BatchNorm
@@ -61,7 +65,7 @@ def validate(
     return per_image, means, samples
 
 
-def validate_epoch(state, val_set: PairedDataset) -> list[list[torch.Tensor]] | None:
+def validate_epoch(state: RunState, val_set: PairedDataset) -> list[list[torch.Tensor]] | None:
     """Every val_every epochs and after the last: the scores into the epoch's row (val_* of the
     subset; after the last epoch also val_all_* of the whole split, where the subset is not all
     of it). Returns the sample rows made."""

@@ -2,8 +2,8 @@
 generated ``<output>/<stem>.png`` against the targets ``<output>/real_B/<stem>.png``. The numbers
 are those of ``predict.py --fid`` to float rounding (1e-6, tested: its features are computed from
 the same 8-bit levels, one image at a time, in the same order), for a run made where the
-Inception weights were not installed: tools/gpu_recipe.sh
-brings a GPU run's test PNGs back, and this scores them here.
+Inception weights were not installed: tools/gpu_recipe.sh brings a GPU run's test PNGs back, and
+this scores them here.
 
     python tools/fid_of_pngs.py GENERATED_DIR [REAL_DIR (default GENERATED_DIR/real_B)] [--device cpu]
 """
