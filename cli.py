@@ -24,10 +24,10 @@ import math
 import os
 import re
 import sys
-from dataclasses import fields
+from dataclasses import Field, fields
 from typing import Sequence
 
-from config import Config, ConfigError, validate
+from config import SWITCH_MODES, Config, ConfigError, validate
 
 MAX_BYTES = 1 << 20  # 1 MiB: a config.json of a run is about 3 KB
 MAX_DEPTH = 8  # a run's config.json nests 3 levels
@@ -168,9 +168,17 @@ def _from_file(path: str) -> dict[str, object]:
     if unknown:
         raise ConfigError(f"--config {path}: unknown field {unknown[0]!r}{did_you_mean(unknown[0])}")
     try:  # exactly the field's JSON type: no list, object or null as text, no 1 as true
-        return {k: typed_value(k, by_name[k].type, v) for k, v in data.items()}
+        return {k: typed_value(k, by_name[k].type, _upgraded(by_name[k], v)) for k, v in data.items()}
     except ValueError as err:
         raise ConfigError(f"--config {path}: {err}") from None
+
+
+def _upgraded(f: Field, value: object) -> object:
+    """A value of an older config.json in today's type: cuda_graphs was a bool before it became
+    an auto/true/false switch, so JSON true and false name the same choice."""
+    if f.metadata.get("choices") == SWITCH_MODES and isinstance(value, bool):
+        return "true" if value else "false"
+    return value
 
 
 def parse_args(argv: Sequence[str] | None = None, description: str | None = None) -> Config:

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -130,3 +131,13 @@ def test_every_docs_page_is_linked_from_the_readme():
 
     linked = set(re.findall(r"\(docs/([\w-]+\.md)[)#]", (ROOT / "README.md").read_text()))
     assert {p.name for p in (ROOT / "docs").glob("*.md")} <= linked
+
+
+@pytest.mark.parametrize("old,now", [(False, "false"), (True, "true")])
+def test_an_older_config_json_with_a_boolean_cuda_graphs_still_reads(tmp_path, old, now):
+    """cuda_graphs was a bool before it became an auto/true/false switch; a run's config.json
+    from then is still a valid --config file."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"config": {"cuda_graphs": old, "epochs": 3}}))
+    cfg = parse_args(["--config", str(path)])
+    assert cfg.cuda_graphs == now and cfg.epochs == 3
