@@ -376,13 +376,14 @@ def train(cfg: Config, world: ddp.World | None = None, device: torch.device | No
                 check_networks({"generator": state.G, "discriminator": state.D}, f"after epoch {state.epoch}")
                 ddp.on_main(world, state.device, lambda: end_of_epoch(state, val_set, report, dirs, writer))
                 # Only agreed flags may end the loop or write latest.pt: a signal or a clock seen by
-                # one process alone would leave the others waiting in a collective.
-                state.stop = ddp.any_rank(world, state.device, state.stop)
-                last = state.stop or state.epoch == cfg.epochs
-                if last or ddp.any_rank(world, state.device, schedule.due()):
+                # one process alone would leave the others waiting in a collective. So the loop
+                # reads the agreed `stop`, never state.stop, which a signal may set meanwhile.
+                stop = ddp.any_rank(world, state.device, state.stop)
+                state.stop = state.stop or stop
+                if stop or state.epoch == cfg.epochs or ddp.any_rank(world, state.device, schedule.due()):
                     ckpt.save_latest(state, dirs.latest, writer)  # after the epoch's other files
                     schedule.written()
-                if state.stop:
+                if stop:
                     break
             ddp.on_main(world, state.device, writer.wait)  # every file is written before the last line
             report.finish(state, dirs)

@@ -165,3 +165,28 @@ def test_the_run_says_what_it_will_take(tiny, tmp_path, capsys):
     assert "s per iteration here, the run's 80 iterations take about" in out
     first, last = (line for line in out.splitlines() if line.startswith("epoch "))
     assert first.startswith("epoch 1/2") and "left" in first and "left" not in last
+
+
+def test_the_loop_ends_only_on_the_agreed_stop(tiny, monkeypatch):
+    """A signal that arrives just after the processes agreed to go on, at the end of epoch 1,
+    must not end the loop in that process alone (under torchrun the others would wait for it in
+    their next collective): it is acted on at the next agreement, after epoch 2's first step."""
+    agree, one_epoch, seen = train.ddp.any_rank, train.train_one_epoch, {}
+
+    def epoch(state, *args):
+        seen["state"], seen["ended"] = state, False
+        means = one_epoch(state, *args)
+        seen["ended"] = True
+        return means
+
+    def late_signal(world, device, flag):
+        agreed = agree(world, device, flag)
+        if seen.pop("ended", False):  # the end of epoch 1's agreement: the signal comes after it
+            seen["state"].stop = True
+        return agreed
+
+    monkeypatch.setattr(train, "train_one_epoch", epoch)
+    monkeypatch.setattr(train.ddp, "any_rank", late_signal)
+    train.train(dataclasses.replace(tiny, epochs=3))
+    saved = latest(tiny)
+    assert (saved["epoch"], saved["progress"]["iteration"]) == (1, 1)
