@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -76,11 +77,20 @@ def test_tensorboard_holds_losses_metrics_lr_grids_and_config(tiny):
     assert '"lr": 0.0002' in config.tensor_proto.string_val[0].decode()
 
 
+def as_a_new_process() -> None:
+    """Wait for the next whole second before another run in this process: TensorBoard reads event
+    files in name order, and the names of one process's writers differ only in a counter that
+    sorts as text ('.10' before '.9') within a second; runs in processes of their own, as users
+    make them, never meet that."""
+    time.sleep(1 - time.time() % 1)
+
+
 def test_resumed_runs_continue_the_curves_without_repeated_steps(tiny):
     """A run continued from epoch 1 after an earlier process had already logged epoch 2 (as a
     killed run leaves it): TensorBoard shows each step once, the later process's values."""
     require("tensorboard")
     train.train(dataclasses.replace(tiny, epochs=1))
+    as_a_new_process()
     train.train(tiny)  # resumes latest.pt: epoch 2
     first = events(tiny)
     assert steps(first, "loss/G_GAN") == [2, 4, 6, 8] and steps(first, "val/L1") == [4, 8]
@@ -88,6 +98,7 @@ def test_resumed_runs_continue_the_curves_without_repeated_steps(tiny):
     # would win over --resume_from), and on to epoch 3.
     snapshot = Path(tiny.checkpoint_dir) / "run" / "epoch_001.pt"
     (Path(tiny.checkpoint_dir) / "run" / "latest.pt").unlink()
+    as_a_new_process()
     train.train(dataclasses.replace(tiny, epochs=3, resume_from=str(snapshot)))
     run = events(tiny)
     assert len(list((results(tiny) / "tensorboard").glob("events.out.tfevents.*"))) == 3
