@@ -61,20 +61,37 @@ def clean_env(**extra: str) -> dict:
     return {**{k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}, **extra}
 
 
+def torchrun(processes: int, *options: str) -> list[str]:
+    """The torchrun command with --standalone (a free port) and `processes` processes."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(processes),
+        *options,
+    ]
+
+
+def signal_rank_1(cwd, command: list[str], when: Path, signum: int) -> subprocess.CompletedProcess:
+    """Start `command` (torchrun of train.py), send `signum` to rank 1 alone once the file `when`
+    exists, and wait for the launcher to end."""
+    launcher = subprocess.Popen(
+        command, cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(when, launcher)
+        os.kill(rank_pid(launcher.pid, 1), signum)
+        out, err = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    return subprocess.CompletedProcess(launcher.args, launcher.returncode, out, err)
+
+
 def run_train(cwd, *args, processes: int = 1, env: dict | None = None) -> subprocess.CompletedProcess:
     """train.py as a user starts it: plain python, or torchrun with --standalone (a free port)."""
-    launcher = (
-        [sys.executable]
-        if processes == 1
-        else [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            str(processes),
-        ]
-    )
+    launcher = [sys.executable] if processes == 1 else torchrun(processes)
     # The timeout turns a hang (a collective that one process never joins) into a failure.
     return subprocess.run(
         [*launcher, str(ROOT / "train.py"), *args],
@@ -212,41 +229,17 @@ def resumed(runs, facades):
         str(cwd / "two_epoch1_full.pt"),
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    launcher = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(ROOT / "train.py"),
-            *common,
-            "--epochs",
-            "500",
-            "--name",
-            "one_then_two",
-            "--batch_size",
-            "1",
-            "--resume_from",
-            str(cwd / "one_epoch1_full.pt"),
-        ],
-        cwd=cwd,
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    command = [
+        *torchrun(2),
+        str(ROOT / "train.py"),
+        *common,
+        *("--epochs", "500", "--name", "one_then_two", "--batch_size", "1"),
+        *("--resume_from", str(cwd / "one_epoch1_full.pt")),
+    ]
+    double = signal_rank_1(
+        cwd, command, cwd / "checkpoints" / "one_then_two" / "epoch_002.pt", signal.SIGTERM
     )
-    try:
-        wait_for(cwd / "checkpoints" / "one_then_two" / "epoch_002.pt", launcher)
-        os.kill(rank_pid(launcher.pid, 1), signal.SIGTERM)
-        out, err = launcher.communicate(timeout=120)
-    finally:
-        launcher.kill()
-    return {
-        "single": single,
-        "double": subprocess.CompletedProcess(launcher.args, launcher.returncode, out, err),
-    }
+    return {"single": single, "double": double}
 
 
 def rank_pid(launcher_pid: int, rank: int) -> int:
@@ -323,40 +316,15 @@ def test_launch_settings_are_checked(monkeypatch):
 def test_a_lost_process_is_one_error_line_per_rank(facades, tmp_path):
     """kill -9 of rank 1 in the middle of a run: rank 0 stops with one line saying it lost the other
     process, not a traceback of gloo (each rank's stderr as torchrun --redirects keeps it)."""
-    launcher = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "--log-dir",
-            str(tmp_path / "logs"),
-            "--redirects",
-            "3",
-            str(ROOT / "train.py"),
-            "--data_root",
-            str(facades),
-            *TINY,
-            "--epochs",
-            "500",
-            "--name",
-            "lost",
-        ],
-        cwd=tmp_path,
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    command = [
+        *torchrun(2, "--log-dir", str(tmp_path / "logs"), "--redirects", "3"),
+        str(ROOT / "train.py"),
+        *("--data_root", str(facades), *TINY, "--epochs", "500", "--name", "lost"),
+    ]
+    lost = signal_rank_1(
+        tmp_path, command, tmp_path / "checkpoints" / "lost" / "epoch_002.pt", signal.SIGKILL
     )
-    try:
-        wait_for(tmp_path / "checkpoints" / "lost" / "epoch_002.pt", launcher)
-        os.kill(rank_pid(launcher.pid, 1), signal.SIGKILL)
-        launcher.communicate(timeout=120)
-    finally:
-        launcher.kill()
-    assert launcher.returncode != 0
+    assert lost.returncode != 0
     (log,) = (tmp_path / "logs").rglob("attempt_0/0/stderr.log")
     text = log.read_text()
     assert "Traceback" not in text, text[-3000:]

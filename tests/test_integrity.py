@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, cli_args, run_main, tiny_config
+from conftest import ROOT, cli_args, run_main, tiny_config, tiny_run
 
 import checkpoint
 import demo
@@ -23,20 +23,8 @@ V1_CHECKPOINT = ROOT / "tests" / "fixtures" / "v1_tiny" / "latest.pt"
 
 @pytest.fixture
 def trained(synthetic_split, tmp_path):
-    """Two epochs of a 64 px run with a snapshot every epoch; returns its config."""
-    root = synthetic_split(n=4, size=40).parent
-    synthetic_split(n=2, size=40, name="val")
-    cfg = tiny_config(
-        data_root=str(root),
-        image_size=64,
-        load_size=72,
-        epochs=2,
-        save_every=1,
-        lr_decay_epochs=0,
-        checkpoint_dir=str(tmp_path / "ck"),
-        results_dir=str(tmp_path / "res"),
-        name="run",
-    )
+    """Two epochs of a 64 px run with a snapshot every epoch (tiny_run); returns its config."""
+    cfg = tiny_run(synthetic_split, tmp_path, image_size=64, load_size=72, lr_decay_epochs=0)
     train.train(cfg)
     return cfg
 
