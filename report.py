@@ -151,10 +151,11 @@ class Reporter:
             f"training {cfg.name}: {n_pairs} pairs, {cfg.direction}, {cfg.image_size} px, {batch}, "
             f"on {state.device} in {str(state.dtype).removeprefix('torch.')}"
         )
-        if cfg.val_every and val_pairs and len(subset(cfg, val_pairs)) < val_pairs:
+        scored = len(subset(cfg, val_pairs)) if cfg.val_every and val_pairs else val_pairs
+        if scored != val_pairs:
             self.print(
-                f"validation scores {len(subset(cfg, val_pairs))} of the {val_pairs} val pairs "
-                f"(val_images), all of them after the last epoch"
+                f"validation scores {scored} of the {val_pairs} val pairs (val_images), "
+                f"all of them after the last epoch"
             )
         if cfg.lr_decay_epochs > cfg.epochs:  # train.lr_factor decays over all epochs then
             self.print(
@@ -328,16 +329,13 @@ class Reporter:
             self.print(f"stopped; {dirs.latest} is saved: run the same command to resume")
         else:
             row = state.history.epochs[-1] if state.history.epochs else {}
-            whole = self.val_pairs is not None and len(subset(state.cfg, self.val_pairs)) == self.val_pairs
-            self.print(
-                f"done: {dirs.results} and {dirs.checkpoints}{whole_split(row, self.val_pairs, whole)}"
-            )
+            self.print(f"done: {dirs.results} and {dirs.checkpoints}{whole_split(row, self.val_pairs)}")
 
 
-def whole_split(row: dict[str, float], n_pairs: int | None, every_epoch: bool) -> str:
-    """'; the whole val split (100 pairs): L1 ...' from the last epoch's row: its val_all_*
-    figures, or its val_* ones where validation scored the whole split every epoch."""
-    prefix = "val_all_" if "val_all_L1" in row else "val_" if every_epoch and "val_L1" in row else ""
+def whole_split(row: dict[str, float], n_pairs: int | None) -> str:
+    """'; the whole val split (100 pairs): L1 ...' from the last epoch's row, which validation
+    always scores whole: its val_all_* figures, or its val_* ones where the subset is the split."""
+    prefix = "val_all_" if "val_all_L1" in row else "val_" if "val_L1" in row else ""
     if not prefix:
         return ""
     return (

@@ -25,6 +25,10 @@ def test_val_fid_scores_the_whole_split(synthetic_split, tmp_path):
     assert validation.subset(dataclasses.replace(cfg, val_fid=True), 6) == list(range(6))
 
 
+def latest(cfg) -> dict:
+    return torch.load(Path(cfg.checkpoint_dir) / "run" / "latest.pt", weights_only=True)
+
+
 @pytest.fixture
 def run(synthetic_split, tmp_path):
     """A 2-epoch tiny run with 6 val pairs, of which validation scores 2 (pairs 0 and 3)."""
@@ -36,13 +40,11 @@ def run(synthetic_split, tmp_path):
 def test_the_subset_every_epoch_and_the_whole_split_after_the_last(run, capsys):
     train.train(run)
     out = capsys.readouterr().out
-    first, last = torch.load(f"{run.checkpoint_dir}/run/latest.pt", map_location="cpu", weights_only=True)[
-        "history"
-    ]["epochs"]
+    first, last = latest(run)["history"]["epochs"]
     assert "val_L1" in first and not any(k.startswith("val_all_") for k in first)
     # The same generator scored again: the last row's figures are the subset's and the split's.
     state = train.setup(run)
-    state.G.load_state_dict(torch.load(f"{run.checkpoint_dir}/run/latest.pt", weights_only=True)["generator"])
+    state.G.load_state_dict(latest(run)["generator"])
     _, val_set = build_data(run)
     per_image, whole, _ = validation.validate(state, val_set, list(range(6)))
     _, part, _ = validation.validate(state, val_set, [0, 3])
@@ -56,7 +58,7 @@ def test_the_subset_every_epoch_and_the_whole_split_after_the_last(run, capsys):
 
 def test_the_last_epoch_validates_even_off_the_val_every_beat(run):
     train.train(dataclasses.replace(run, epochs=3, val_every=2))
-    history = torch.load(f"{run.checkpoint_dir}/run/latest.pt", weights_only=True)["history"]["epochs"]
+    history = latest(run)["history"]["epochs"]
     assert ["val_L1" in row for row in history] == [False, True, True]
     assert "val_all_L1" in history[-1] and "val_all_L1" not in history[1]
 
@@ -70,14 +72,10 @@ def test_the_sample_grid_shows_the_first_scored_pairs(run):
     assert validation.sample_indices(run, 6) == [0, 3]
 
 
-def history_of(cfg) -> list[dict]:
-    return torch.load(Path(cfg.checkpoint_dir) / "run" / "latest.pt", weights_only=True)["history"]["epochs"]
-
-
 def test_a_split_no_larger_than_val_images_is_scored_whole_every_epoch(synthetic_split, tmp_path, capsys):
     cfg = tiny_run(synthetic_split, tmp_path)  # 2 val pairs, val_images 20
     train.train(cfg)
-    rows, lines = history_of(cfg), capsys.readouterr().out.splitlines()
+    rows, lines = latest(cfg)["history"]["epochs"], capsys.readouterr().out.splitlines()
     assert all("val_L1" in row and "val_all_L1" not in row for row in rows)
     assert f"the whole val split (2 pairs): L1 {rows[-1]['val_L1']:.4f}" in lines[-1]
     assert not any(line.startswith("validation scores") for line in lines)
@@ -87,7 +85,5 @@ def test_a_changed_val_images_is_said_and_recorded_on_resume(run, capsys):
     train.train(dataclasses.replace(run, epochs=1, val_images=0))
     train.train(run)
     assert "changed settings apply from epoch 2 on: val_images 0 -> 2" in capsys.readouterr().out
-    changes = torch.load(Path(run.checkpoint_dir) / "run" / "latest.pt", weights_only=True)["history"][
-        "changes"
-    ]
+    changes = latest(run)["history"]["changes"]
     assert changes == [{"epoch": 2, "field": "val_images", "from": 0, "to": 2}]
