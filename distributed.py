@@ -208,11 +208,6 @@ def mean_over_ranks(tensor: torch.Tensor, world: World) -> torch.Tensor:
     return tensor
 
 
-def unwrap(net: nn.Module) -> nn.Module:
-    """The network inside a DistributedDataParallel wrapper (or the network itself)."""
-    return net.module if isinstance(net, DistributedDataParallel) else net
-
-
 def data_parallel(net: nn.Module, device: torch.device) -> DistributedDataParallel:
     """Average the gradients over the processes after every backward.
 
