@@ -110,9 +110,9 @@ class AdamCopyWriter:
             )
             for p in group["params"]:
                 copy = self.copies.get(p)
-                if copy is None or copy.tensor.grad is None:
+                grad = copy.take_grad() if copy is not None else None
+                if grad is None:
                     continue
-                grad, copy.tensor.grad = copy.tensor.grad, None
                 state = optimizer.state[p]
                 moments = [state.get(k, p) for k in ("exp_avg", "exp_avg_sq")]
                 if not fused or not all(t.is_contiguous() for t in (p, grad, *moments)):
@@ -146,4 +146,4 @@ class AdamCopyWriter:
                 beta2,
                 group["eps"],
             )
-        copy.version = p._version
+        copy.written()

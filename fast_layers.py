@@ -35,27 +35,69 @@ SMALL_MAP_PIXELS = 16 * 16
 class ComputeCopy:
     """The low-precision copy of one fp32 parameter. current() refreshes it when the parameter was
     changed by anything but the optimizer (loading a checkpoint, init_weights), and gives it the
-    parameter's requires_grad (a frozen D computes no gradient for its copies either)."""
+    parameter's requires_grad (a frozen D computes no gradient for its copies either).
+
+    A layer whose channels_last input goes to oneDNN asks for the copy in channels_last too: given
+    the parameter's layout, oneDNN reorders the weight at every call and its gradient at every
+    backward, so a second copy in that layout is kept, rewritten from the first only after it
+    changed (once per optimizer step). Its gradient is turned back into the parameter's layout
+    once per step, in take_grad()."""
 
     def __init__(self, param: nn.Parameter, dtype: torch.dtype) -> None:
         self.param, self.dtype = param, dtype
         self.tensor = torch.empty_like(param, dtype=dtype).requires_grad_(param.requires_grad)
         self.version: int | None = -1  # the parameter's version counter when the copy was last written
+        self.channels_last: torch.Tensor | None = None  # made on first request
+        self.channels_last_stale = True  # `tensor` changed since `channels_last` was written
 
-    def current(self) -> torch.Tensor:
+    def current(self, channels_last: bool = False) -> torch.Tensor:
         if self.version != self.param._version:
             with torch.no_grad():
                 self.tensor.copy_(self.param)
-            self.version = self.param._version
-        if self.tensor.requires_grad != self.param.requires_grad:
-            self.tensor.requires_grad_(self.param.requires_grad)
-        return self.tensor
+            self.written()
+        if not channels_last or self.tensor.dim() != 4:
+            return with_requires_grad(self.tensor, self.param.requires_grad)
+        if self.channels_last is None:
+            self.channels_last = torch.empty_like(self.tensor, memory_format=torch.channels_last)
+        if self.channels_last_stale:
+            with torch.no_grad():
+                self.channels_last.copy_(self.tensor)
+            self.channels_last_stale = False
+        return with_requires_grad(self.channels_last, self.param.requires_grad)
+
+    def written(self) -> None:
+        """Record that `tensor` now holds the parameter's current value (the optimizer wrote both)."""
+        self.version = self.param._version
+        self.channels_last_stale = True
+
+    def take_grad(self) -> torch.Tensor | None:
+        """The gradient the copies received, in the parameter's layout, or None; clears it."""
+        grads = []
+        for t in (self.tensor, self.channels_last):
+            if t is not None and t.grad is not None:
+                grads.append(t.grad)
+                t.grad = None
+        if not grads:
+            return None
+        grad = grads[0].contiguous()  # the parameter's (and Adam's moments') layout
+        return grad + grads[1] if len(grads) == 2 else grad
 
     def __deepcopy__(self, memo: dict) -> ComputeCopy:
         # A copy of a network that shares its weights (evaluation's per-image view) shares their
         # copies too; a copy with weights of its own gets copies of its own.
         param = copy.deepcopy(self.param, memo)
         return self if param is self.param else ComputeCopy(param, self.dtype)
+
+
+def with_requires_grad(tensor: torch.Tensor, flag: bool) -> torch.Tensor:
+    if tensor.requires_grad != flag:
+        tensor.requires_grad_(flag)
+    return tensor
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether a 4-d tensor is laid out channels_last (and not also dense as NCHW, as a 1x1 map is)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def small_cpu_map(x: torch.Tensor) -> bool:
@@ -66,17 +108,49 @@ def small_cpu_map(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.shape[0] * x.shape[-2] * x.shape[-1] <= SMALL_MAP_PIXELS
 
 
-def compute_weight(layer: MatmulConv2d | MatmulConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+def compute_weight(
+    layer: MatmulConv2d | MatmulConvTranspose2d, x: torch.Tensor, stock_route: bool
+) -> torch.Tensor:
     """The weight as this call computes with it: under CPU autocast to a low-precision dtype, the
-    layer's compute copy, or else a contiguous cast of the parameter (cached by autocast within
-    its region) rather than the strided cast of a reshaped view the matrix products would get."""
+    layer's compute copy (channels_last where a channels_last input takes the stock layer, i.e.
+    oneDNN), or else a contiguous cast of the parameter (cached by autocast within its region)
+    rather than the strided cast of a reshaped view the matrix products would get."""
     weight = layer.weight
     if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu") or weight.dtype != torch.float32:
         return weight
     dtype = torch.get_autocast_dtype("cpu")
     if layer.compute_copy is not None and layer.compute_copy.dtype == dtype:
-        return layer.compute_copy.current()
+        return layer.compute_copy.current(channels_last=stock_route and is_channels_last(x))
     return weight.to(dtype)
+
+
+def dense_rows(grad: torch.Tensor) -> torch.Tensor:
+    """A gradient hook: the gradient as dense rows. Back through a channels_last layer it arrives
+    as a transposed view, and a product of two transposed operands (this gradient and the other
+    operand, itself a transposed view) is the CPU's slowest bf16 matrix product."""
+    return grad.contiguous()
+
+
+class RowsTimesWeight(torch.autograd.Function):
+    """rows @ weight for (pixels, C_in) rows and a (C_in, K) weight, with a backward that gives the
+    CPU's matrix products dense operands: autograd's own would multiply the transposed rows by the
+    transposed output gradient (fold's backward makes that gradient as (K, pixels)) for the weight's
+    gradient, at the size of the weight. Only activation-sized operands are copied."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows, weight)
+        return rows @ weight  # (L, C_in) @ (C_in, K) -> (L, K)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        rows, weight = ctx.saved_tensors
+        grad_rows = grad_weight = None
+        if ctx.needs_input_grad[0]:  # (C_in, K) @ (K, L) -> (C_in, L), as dense (L, C_in) rows
+            grad_rows = (weight @ grad.t()).t().contiguous()
+        if ctx.needs_input_grad[1]:  # (C_in, L) @ (L, K) -> (C_in, K)
+            grad_weight = rows.t().contiguous() @ grad
+        return grad_rows, grad_weight
 
 
 def same_format(out: torch.Tensor, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -118,14 +192,17 @@ class MatmulConv2d(nn.Conv2d):
         return layer.train(conv.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = compute_weight(self, x)
         plain = self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros"
-        if x.shape[0] != 1 or plain or not small_cpu_map(x):
+        stock_route = x.shape[0] != 1 or plain or not small_cpu_map(x)
+        weight = compute_weight(self, x, stock_route)
+        if stock_route:
             return self._conv_forward(x, weight, self.bias)
         n, _, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         cols = F.unfold(x.to(weight.dtype), self.kernel_size, padding=self.padding, stride=self.stride)
         out = torch.matmul(weight.flatten(1), cols)  # (N, C_in*kh*kw, L) -> (N, C_out, L)
+        if out.requires_grad:
+            out.register_hook(dense_rows)  # the weight's gradient: a dense (C_out, L) times cols^T
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)[:, None]
         out = out.view(n, -1, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)  # (N, C_out, H', W')
@@ -158,19 +235,18 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
         return layer.train(conv.training)
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        weight = compute_weight(self, x)
         plain = self.groups != 1 or self.dilation != (1, 1) or self.output_padding != (0, 0)
-        if plain or output_size is not None or not small_cpu_map(x):
+        stock_route = plain or output_size is not None or not small_cpu_map(x)
+        weight = compute_weight(self, x, stock_route)
+        if stock_route:
             return self._stock_forward(x, weight, output_size)
         n, c_in, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         # Every input pixel spreads a (C_out, kh, kw) patch; fold sums the overlapping patches.
-        x = x.to(weight.dtype)
-        if n == 1:
-            cols = torch.matmul(weight.flatten(1).t(), x.reshape(n, c_in, h * w))  # (N, C_out*kh*kw, h*w)
-        else:  # one product for the whole batch: pixels as rows (a view of channels_last input)
-            rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c_in)
-            cols = (rows @ weight.flatten(1)).view(n, h * w, -1).transpose(1, 2)  # (N, C_out*kh*kw, h*w)
+        # One product for the whole batch: pixels as rows (a view of channels_last input).
+        rows = x.to(weight.dtype).permute(0, 2, 3, 1).reshape(n * h * w, c_in)
+        patches = RowsTimesWeight.apply(rows, weight.flatten(1))  # (N*h*w, C_out*kh*kw)
+        cols = patches.view(n, h * w, -1).transpose(1, 2)  # (N, C_out*kh*kw, h*w)
         size = ((h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw)
         out = F.fold(
             cols, size, self.kernel_size, padding=self.padding, stride=self.stride

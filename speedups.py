@@ -7,7 +7,14 @@ same networks without that call.
   adam_copies.py): the layers are replaced by twins sharing their Parameter objects, so the
   parameters, the state_dict keys and the optimizers stay the same.
 - channels_last activations (CUDA, and bf16 on the CPU, where the convolutions run fastest in NHWC):
-  a forward pre-hook on each network puts its inputs in that layout; the weights stay NCHW.
+  a forward pre-hook on each network puts its inputs in that layout; the weights stay NCHW (the
+  bf16 compute copies of the layers oneDNN computes are kept in channels_last too, see
+  fast_layers.ComputeCopy).
+- Norm gradients in the layout of the norm's input (the CPU). Where the U-Net's skip connection
+  joins a level's output to its input (torch.cat), autograd hands the level's last BatchNorm a
+  channel slice of the joined gradient; in channels_last that slice is dense in neither layout, and
+  BatchNorm's CPU backward then takes a slow strided path. A forward hook on each BatchNorm gives
+  its output a gradient hook that makes the gradient dense first (a copy of one activation).
 - Freed memory kept for reuse (the CPU). A training step allocates and frees some 100 MB of large
   tensors. glibc returns large blocks to the kernel on free and gets fresh, zeroed pages on the next
   allocation: tens of thousands of page faults per step. ``keep_freed_memory`` raises glibc's mmap
@@ -45,7 +52,7 @@ import torch
 from torch import nn
 
 from adam_copies import AdamCopyWriter, compile_adam_with_copy
-from fast_layers import attach_compute_copies, use_matmul_layers
+from fast_layers import attach_compute_copies, is_channels_last, use_matmul_layers
 from utils import first_line
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
@@ -59,6 +66,7 @@ class Acceleration:
     compute_copies: int = 0  # weights with a bf16 compute copy
     fused_adam: bool = False  # Adam writes those copies in one compiled loop
     channels_last: bool = False  # activations in NHWC
+    dense_norm_gradients: int = 0  # BatchNorm layers whose output gradient is made dense first
     keep_freed_memory: bool = False  # glibc keeps freed blocks for reuse
 
     def describe(self) -> str:
@@ -67,6 +75,9 @@ class Acceleration:
             f"bf16 copies of {self.compute_copies} weights" if self.compute_copies else "",
             "fused Adam" if self.fused_adam else "",
             "channels_last" if self.channels_last else "",
+            f"dense gradients for {self.dense_norm_gradients} BatchNorms"
+            if self.dense_norm_gradients
+            else "",
             "freed memory kept" if self.keep_freed_memory else "",
         ]
         return ", ".join(p for p in parts if p) or "nothing"
@@ -96,6 +107,9 @@ def accelerate(
             done.compute_copies += len(copies)
             if optimizer is not None and copies:
                 AdamCopyWriter(optimizer, copies, kernel)
+            for norm in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):
+                norm.register_forward_hook(dense_output_gradient)
+                done.dense_norm_gradients += 1
     if done.channels_last:
         for net, _ in networks:
             net.register_forward_pre_hook(channels_last_inputs)
@@ -108,6 +122,15 @@ def channels_last_inputs(module: nn.Module, args: tuple) -> tuple:
         a.contiguous(memory_format=torch.channels_last) if isinstance(a, torch.Tensor) and a.dim() == 4 else a
         for a in args
     )
+
+
+def dense_output_gradient(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    """A forward hook: the gradient that reaches this layer's backward is dense in the layout of
+    its input (see above). A no-op copy-free check where it already is."""
+    if not output.requires_grad:
+        return
+    layout = torch.channels_last if is_channels_last(args[0]) else torch.contiguous_format
+    output.register_hook(lambda grad: grad.contiguous(memory_format=layout))
 
 
 @functools.cache

@@ -40,15 +40,21 @@ def old_generator():
     return G
 
 
+def same_to_rounding(actual: torch.Tensor, old: torch.Tensor) -> None:
+    """Equal to fp32 rounding: bit for bit on the kind of CPU the fixture was made on, about 1e-7
+    apart on an Intel Xeon with AMX, whose MKL and oneDNN kernels add in another order."""
+    torch.testing.assert_close(actual, old, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("eval_mode", [False, True], ids=["paper-mode", "eval-mode"])
-def test_generation_is_bit_identical_to_the_old_version(expected, eval_mode):
+def test_generation_is_the_old_versions(expected, eval_mode):
     G = old_generator()
     real_A = expected["real_A"]  # (3, 3, 64, 64)
-    assert torch.equal(translate(G, real_A[:1], eval_mode, 0), expected[f"single_{eval_mode}"])
-    assert torch.equal(translate(G, expected["odd"], eval_mode, 0), expected[f"odd_{eval_mode}"])  # 50x70
+    same_to_rounding(translate(G, real_A[:1], eval_mode, 0), expected[f"single_{eval_mode}"])
+    same_to_rounding(translate(G, expected["odd"], eval_mode, 0), expected[f"odd_{eval_mode}"])  # 50x70
     pairs = [(a, a) for a in real_A]
     batched = torch.stack([f for _, f, _ in translate_pairs(G, pairs, eval_mode, 0, None, CPU)])
-    assert torch.equal(batched, expected[f"items_{eval_mode}"])
+    same_to_rounding(batched, expected[f"items_{eval_mode}"])
 
 
 def test_predict_reproduces_the_old_image(expected, tmp_path, monkeypatch, capsys):

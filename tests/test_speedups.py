@@ -236,9 +236,70 @@ def test_compute_copies_only_under_bf16_autocast():
     speedups.accelerate([(net, adam(net))], CPU, torch.bfloat16)
     x = torch.randn(1, 3, 8, 8)
     conv = net[0]
-    assert fast_layers.compute_weight(conv, x) is conv.weight  # fp32: the parameter itself
+    assert fast_layers.compute_weight(conv, x, stock_route=False) is conv.weight  # fp32: the parameter itself
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert fast_layers.compute_weight(conv, x) is conv.compute_copy.tensor
+        assert fast_layers.compute_weight(conv, x, stock_route=False) is conv.compute_copy.tensor
+        # oneDNN gets the copy in the layout of its input
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        assert fast_layers.compute_weight(conv, x, stock_route=True) is conv.compute_copy.tensor
+        weight_cl = fast_layers.compute_weight(conv, x_cl, stock_route=True)
+        assert weight_cl is conv.compute_copy.channels_last and fast_layers.is_channels_last(weight_cl)
+        assert torch.equal(weight_cl, conv.compute_copy.tensor)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["fused-kernel", "fallback"])
+def test_channels_last_copies_train_as_autocast_does(compiled, monkeypatch):
+    """Layers that hand a channels_last input to oneDNN compute with a channels_last copy of the
+    weight (no reorder of the weight at each call, nor of its gradient at each backward): the same
+    steps as autocast on the stock layers with channels_last inputs, and the copy follows Adam."""
+    monkeypatch.setattr(fast_layers, "SMALL_MAP_PIXELS", 0)  # every map takes the stock route
+    if not compiled:
+        monkeypatch.setattr(speedups, "compile_adam_with_copy", lambda: None)
+    plain, fast = small_net(), small_net()
+    plain.register_forward_pre_hook(speedups.channels_last_inputs)
+    opt_plain, opt_fast = adam(plain), adam(fast)
+    speedups.accelerate([(fast, opt_fast)], CPU, torch.bfloat16)
+    assert train_steps(fast, opt_fast, 5) == pytest.approx(train_steps(plain, opt_plain, 5), rel=1e-4)
+    for a, b in zip(plain.parameters(), fast.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    conv = fast[0]
+    assert fast_layers.is_channels_last(conv.compute_copy.channels_last)
+    assert conv.compute_copy.channels_last.grad is None  # consumed by the step
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # rewritten from the updated weight
+        x = torch.randn(1, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+        weight = fast_layers.compute_weight(conv, x, stock_route=True)
+    assert torch.equal(weight, conv.weight.detach().bfloat16())
+
+
+def test_batchnorm_gets_a_dense_gradient_from_a_skip_connection():
+    """Behind torch.cat (the U-Net's skip), BatchNorm's output gradient is a channel slice; the
+    hook accelerate() puts on makes it dense in the input's layout. Only the layout changes: the
+    gradients are those of the stock layers (fp32, to rounding)."""
+
+    class Skip(nn.Module):  # the U-Net's join of a level's input and output
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(4, 4, 3, 1, 1), nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x, self.norm(self.conv(x))], 1)
+
+    torch.manual_seed(0)
+    plain = Skip()
+    fast = copy.deepcopy(plain)
+    applied = speedups.accelerate([(fast, None)], CPU, torch.float32)
+    assert applied.dense_norm_gradients == 1 and "BatchNorm" in applied.describe()
+    seen = []
+    # runs after accelerate's hook: sees the gradient that BatchNorm's backward gets
+    fast.norm.register_forward_hook(lambda m, args, out: out.register_hook(seen.append) and None)
+    x = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(2, 8, 6, 6)
+    for net in (plain, fast):
+        (net(x) * upstream).sum().backward()
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(plain.parameters(), fast.parameters()):
+        # (the conv's bias gradient is zero up to rounding: BatchNorm takes the mean out)
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
 
 
 def test_inference_copies_give_what_autocast_gives():
