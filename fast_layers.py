@@ -31,6 +31,14 @@ from torch import nn
 # matrix product: every level of 16x16 and less at batch 1, only 4x4 and less in a batch of 16.
 SMALL_MAP_PIXELS = 16 * 16
 
+# A layer on the oneDNN route whose weight gradient sums over at most this many pixels (a
+# convolution's output pixels, a transposed convolution's input pixels, over the batch) gets that
+# gradient as one matrix product (WeightGradAsProduct), in these dtypes and channels_last only:
+# where it was measured faster than oneDNN's own (bf16 at batch 1: the U-Net's 32x32 and 64x64
+# levels and D's 256->512 layer; docs/performance.md). Larger maps keep oneDNN's kernel.
+PRODUCT_WEIGHT_GRAD_PIXELS = 32 * 32
+PRODUCT_WEIGHT_GRAD_DTYPES = (torch.bfloat16,)
+
 
 class ComputeCopy:
     """The low-precision copy of one fp32 parameter. current() refreshes it when the parameter was
@@ -100,10 +108,14 @@ def is_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
+def exporting() -> bool:
+    """Exported graphs (ONNX, torch.export) get the stock layers: they run elsewhere, at any size."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+
+
 def small_cpu_map(x: torch.Tensor) -> bool:
     """Whether a layer input takes the matrix product: on the CPU, at most SMALL_MAP_PIXELS."""
-    # Exported graphs (ONNX, torch.export) get the stock layers: they run elsewhere, at any size.
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+    if exporting():
         return False
     return x.device.type == "cpu" and x.shape[0] * x.shape[-2] * x.shape[-1] <= SMALL_MAP_PIXELS
 
@@ -153,6 +165,67 @@ class RowsTimesWeight(torch.autograd.Function):
         return grad_rows, grad_weight
 
 
+def patch_rows(
+    x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> torch.Tensor:
+    """The patches a convolution multiplies, one row per output pixel, of a channels_last map:
+    (N, C, H, W) -> (N*H'*W', kh*kw*C), each row in the order of a channels_last weight's row."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    pixels = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous()  # (N, H+2ph, W+2pw, C)
+    n, hp, wp, c = pixels.shape
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    s_n, s_h, s_w, s_c = pixels.stride()
+    windows = pixels.as_strided((n, ho, wo, kh, kw, c), (s_n, sh * s_h, sw * s_w, s_h, s_w, s_c))
+    return windows.reshape(n * ho * wo, kh * kw * c)
+
+
+class WeightGradAsProduct(torch.autograd.Function):
+    """A bias-free (transposed) convolution computed by oneDNN, forward and input gradient alike,
+    whose weight gradient is one matrix product instead of oneDNN's kernel: (channels, pixels) @
+    (pixels, patch), dense operands both. For a convolution the channels are the output gradient's
+    and the patches the input's; for a transposed one the other way round (its weight gradient is
+    that of the convolution it transposes, from the output gradient to the input)."""
+
+    @staticmethod
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple, transposed: bool
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = stride, padding, transposed
+        if transposed:
+            return F.conv_transpose2d(x, weight, None, stride, padding)
+        return F.conv2d(x, weight, None, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        stride, padding, transposed = ctx.geometry
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, stride, padding, (1, 1), transposed, (0, 0), 1, (True, False, False)
+            )[0]
+        if ctx.needs_input_grad[1]:
+            summed, patched = (x, grad) if transposed else (grad, x)
+            channels = summed.transpose(0, 1).contiguous().flatten(1)  # (C, N*H'*W'), dense rows
+            rows = patch_rows(
+                patched.contiguous(memory_format=torch.channels_last), weight.shape[-2:], stride, padding
+            )
+            kh, kw = weight.shape[-2:]
+            grad_weight = (channels @ rows).view(weight.shape[0], kh, kw, -1)  # (C, kh, kw, C')
+            grad_weight = grad_weight.permute(0, 3, 1, 2)  # the weight's shape, channels_last strides
+        return grad_x, grad_weight, None, None, None
+
+
+def weight_grad_as_product(x: torch.Tensor, weight: torch.Tensor, summed_pixels: int) -> bool:
+    """Whether a layer's oneDNN call takes WeightGradAsProduct; `summed_pixels` are the pixels its
+    weight gradient sums over (the caller checks what its geometry allows: no bias, groups,
+    dilation or output padding)."""
+    if not weight.requires_grad or weight.dtype not in PRODUCT_WEIGHT_GRAD_DTYPES or exporting():
+        return False
+    return x.device.type == "cpu" and is_channels_last(x) and summed_pixels <= PRODUCT_WEIGHT_GRAD_PIXELS
+
+
 def same_format(out: torch.Tensor, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """The matrix-product result in the input's memory format (channels_last in, channels_last out).
     A 1x1 map is contiguous in both formats: its result takes the network's layout, else the
@@ -160,7 +233,7 @@ def same_format(out: torch.Tensor, x: torch.Tensor, channels_last: bool) -> torc
     if x.shape[-2:] == (1, 1):
         to_channels_last = channels_last
     else:
-        to_channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        to_channels_last = is_channels_last(x)
     return out.contiguous(memory_format=torch.channels_last) if to_channels_last else out
 
 
@@ -192,11 +265,10 @@ class MatmulConv2d(nn.Conv2d):
         return layer.train(conv.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        plain = self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros"
-        stock_route = x.shape[0] != 1 or plain or not small_cpu_map(x)
+        stock_route = x.shape[0] != 1 or self.plain() or not small_cpu_map(x)
         weight = compute_weight(self, x, stock_route)
         if stock_route:
-            return self._conv_forward(x, weight, self.bias)
+            return self._stock_forward(x, weight)
         n, _, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         cols = F.unfold(x.to(weight.dtype), self.kernel_size, padding=self.padding, stride=self.stride)
@@ -207,6 +279,24 @@ class MatmulConv2d(nn.Conv2d):
             out = out + self.bias.to(out.dtype)[:, None]
         out = out.view(n, -1, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)  # (N, C_out, H', W')
         return same_format(out, x, self.channels_last)
+
+    def plain(self) -> bool:
+        """Whether the layer has what only the stock layer computes (groups, dilation, ...)."""
+        return (
+            self.groups != 1
+            or self.dilation != (1, 1)
+            or self.padding_mode != "zeros"
+            or isinstance(self.padding, str)
+        )
+
+    def _stock_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.bias is None and not self.plain():
+            n, _, h, w = x.shape
+            (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+            out_pixels = n * ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1)
+            if weight_grad_as_product(x, weight, out_pixels):
+                return WeightGradAsProduct.apply(x.to(weight.dtype), weight, self.stride, self.padding, False)
+        return self._conv_forward(x, weight, self.bias)
 
 
 class MatmulConvTranspose2d(nn.ConvTranspose2d):
@@ -235,8 +325,7 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
         return layer.train(conv.training)
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        plain = self.groups != 1 or self.dilation != (1, 1) or self.output_padding != (0, 0)
-        stock_route = plain or output_size is not None or not small_cpu_map(x)
+        stock_route = self.plain() or output_size is not None or not small_cpu_map(x)
         weight = compute_weight(self, x, stock_route)
         if stock_route:
             return self._stock_forward(x, weight, output_size)
@@ -255,9 +344,17 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
             out = out + self.bias.to(out.dtype)[:, None, None]
         return same_format(out, x, self.channels_last)
 
+    def plain(self) -> bool:
+        """Whether the layer has what only the stock layer computes (groups, dilation, ...)."""
+        return self.groups != 1 or self.dilation != (1, 1) or self.output_padding != (0, 0)
+
     def _stock_forward(
         self, x: torch.Tensor, weight: torch.Tensor, output_size: list[int] | None
     ) -> torch.Tensor:
+        if output_size is None and self.bias is None and not self.plain():
+            in_pixels = x.shape[0] * x.shape[-2] * x.shape[-1]
+            if weight_grad_as_product(x, weight, in_pixels):
+                return WeightGradAsProduct.apply(x.to(weight.dtype), weight, self.stride, self.padding, True)
         if weight is self.weight:
             return super().forward(x, output_size)
         output_padding = self._output_padding(

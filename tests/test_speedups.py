@@ -150,6 +150,57 @@ def test_which_maps_take_the_matrix_product(monkeypatch):
     assert not calls
 
 
+@pytest.mark.parametrize("kind,case", [(kind, case) for kind, case in LAYER_CASES if case[-2:] != (1, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("n", [1, 3], ids=["batch1", "batch3"])
+def test_weight_gradient_as_one_product_matches_the_stock_layers(kind, case, dtype, n, monkeypatch):
+    """oneDNN's layers with the weight gradient as one matrix product (WeightGradAsProduct, for
+    channels_last input, so not on a 1x1 map: it is contiguous in both layouts): the same output
+    and input gradient, the weight gradient to rounding. fp32 is enabled here only to compare at
+    fp32's precision; training uses it in bf16."""
+    monkeypatch.setattr(fast_layers, "SMALL_MAP_PIXELS", 0)  # the oneDNN route
+    monkeypatch.setattr(fast_layers, "PRODUCT_WEIGHT_GRAD_DTYPES", (torch.float32, torch.bfloat16))
+    cin, cout, k, s, p, h, w = case
+    fast, stock = pair_of(kind, cin, cout, k, s, p, bias=False)
+    x = torch.randn(n, cin, h, w, generator=torch.Generator().manual_seed(1))
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        assert type(fast(x.requires_grad_()).grad_fn).__name__ == "WeightGradAsProductBackward"
+    y_fast, g_fast = forward_backward(fast, x, dtype)
+    y_stock, g_stock = forward_backward(stock, x, dtype)
+    torch.testing.assert_close(y_fast, y_stock, atol=0, rtol=0)  # the same oneDNN call
+    torch.testing.assert_close(g_fast[0], g_stock[0], atol=0, rtol=0)  # the same backward call
+    rel = 1e-5 if dtype == torch.float32 else 0.02  # the weight's gradient: sums in another order
+    b = g_stock[1].float()
+    torch.testing.assert_close(g_fast[1].float(), b, atol=rel * max(1.0, b.abs().max().item()), rtol=rel)
+
+
+def test_which_layers_take_the_weight_gradient_product(monkeypatch):
+    """bf16 channels_last, no bias, at most PRODUCT_WEIGHT_GRAD_PIXELS summed over; else oneDNN."""
+    monkeypatch.setattr(fast_layers, "SMALL_MAP_PIXELS", 0)
+    monkeypatch.setattr(fast_layers, "PRODUCT_WEIGHT_GRAD_PIXELS", 4 * 4)
+
+    def route(layer: nn.Module, shape: tuple, channels_last: bool = True, dtype=torch.bfloat16) -> str:
+        x = torch.randn(shape)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            return type(layer(x).grad_fn).__name__
+
+    conv, _ = pair_of("conv", 4, 6, 4, 2, 1, bias=False)
+    transposed, _ = pair_of("transposed", 4, 6, 4, 2, 1, bias=False)
+    assert route(conv, (1, 4, 8, 8)) == "WeightGradAsProductBackward"  # 4x4 out pixels
+    assert route(conv, (1, 4, 8, 10)) != "WeightGradAsProductBackward"  # 4x5
+    assert route(conv, (2, 4, 8, 8)) != "WeightGradAsProductBackward"  # 2x4x4
+    assert route(transposed, (1, 4, 4, 4)) == "WeightGradAsProductBackward"  # 4x4 in pixels
+    assert route(transposed, (1, 4, 4, 5)) != "WeightGradAsProductBackward"
+    assert route(conv, (1, 4, 8, 8), channels_last=False) != "WeightGradAsProductBackward"
+    assert route(conv, (1, 4, 8, 8), dtype=torch.float32) != "WeightGradAsProductBackward"
+    with_bias, _ = pair_of("conv", 4, 6, 4, 2, 1, bias=True)
+    assert route(with_bias, (1, 4, 8, 8)) != "WeightGradAsProductBackward"
+    set_requires_grad(conv, False)  # nothing to gain without a weight gradient
+    assert route(conv, (1, 4, 8, 8)) != "WeightGradAsProductBackward"
+
+
 # ---------------------------------------------------------------------------------------------
 # bf16 compute copies
 # ---------------------------------------------------------------------------------------------
