@@ -9,6 +9,11 @@ feature maps. On the U-Net's inner levels at batch 1 (16x16 pixels and less, 512
 the same arithmetic as one matrix product is faster (docs/performance.md), so these layers take
 that route for small maps on the CPU and are the stock layers everywhere else.
 
+Weight gradients as one product. On the next levels up (32x32 and 64x64 maps at batch 1, and D's
+256->512 layer) oneDNN's forward and input gradient are fast, but its weight gradient, a sum over
+the few output pixels, is not; there it becomes one matrix product of the output gradient and the
+input's patches (WeightGradAsProduct, bf16 channels_last only).
+
 Compute copies. Under CPU autocast every forward casts each fp32 weight to bf16, and every
 backward turns the bf16 weight gradient back into fp32 for Adam: two extra passes over the 57 M
 weights per step, where the U-Net's inner layers are bound by memory traffic, not arithmetic.
