@@ -173,8 +173,9 @@ class RowsTimesWeight(torch.autograd.Function):
 def patch_rows(
     x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
 ) -> torch.Tensor:
-    """The patches a convolution multiplies, one row per output pixel, of a channels_last map:
-    (N, C, H, W) -> (N*H'*W', kh*kw*C), each row in the order of a channels_last weight's row."""
+    """The patches a convolution multiplies, one row per output pixel: (N, C, H, W) ->
+    (N*H'*W', kh*kw*C), each row in the order of a channels_last weight's row. The padded map is
+    made NHWC-dense once (free of a transposing copy when `x` is channels_last already)."""
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     pixels = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous()  # (N, H+2ph, W+2pw, C)
     n, hp, wp, c = pixels.shape
@@ -213,9 +214,7 @@ class WeightGradAsProduct(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             summed, patched = (x, grad) if transposed else (grad, x)
             channels = summed.transpose(0, 1).contiguous().flatten(1)  # (C, N*H'*W'), dense rows
-            rows = patch_rows(
-                patched.contiguous(memory_format=torch.channels_last), weight.shape[-2:], stride, padding
-            )
+            rows = patch_rows(patched, weight.shape[-2:], stride, padding)
             kh, kw = weight.shape[-2:]
             grad_weight = (channels @ rows).view(weight.shape[0], kh, kw, -1)  # (C, kh, kw, C')
             grad_weight = grad_weight.permute(0, 3, 1, 2)  # the weight's shape, channels_last strides
@@ -275,14 +274,13 @@ class MatmulConv2d(nn.Conv2d):
         if stock_route:
             return self._stock_forward(x, weight)
         n, _, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         cols = F.unfold(x.to(weight.dtype), self.kernel_size, padding=self.padding, stride=self.stride)
         out = torch.matmul(weight.flatten(1), cols)  # (N, C_in*kh*kw, L) -> (N, C_out, L)
         if out.requires_grad:
             out.register_hook(dense_rows)  # the weight's gradient: a dense (C_out, L) times cols^T
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)[:, None]
-        out = out.view(n, -1, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)  # (N, C_out, H', W')
+        out = out.view(n, -1, *self._output_size(h, w))  # (N, C_out, H', W')
         return same_format(out, x, self.channels_last)
 
     def plain(self) -> bool:
@@ -294,12 +292,14 @@ class MatmulConv2d(nn.Conv2d):
             or isinstance(self.padding, str)
         )
 
+    def _output_size(self, h: int, w: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
     def _stock_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.bias is None and not self.plain():
-            n, _, h, w = x.shape
-            (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-            out_pixels = n * ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1)
-            if weight_grad_as_product(x, weight, out_pixels):
+            out_h, out_w = self._output_size(*x.shape[-2:])
+            if weight_grad_as_product(x, weight, x.shape[0] * out_h * out_w):
                 return WeightGradAsProduct.apply(x.to(weight.dtype), weight, self.stride, self.padding, False)
         return self._conv_forward(x, weight, self.bias)
 
