@@ -80,6 +80,31 @@ def compile_adam_with_copy() -> Callable | None:
         return None
 
 
+def one_dense_layout(*tensors: torch.Tensor) -> bool:
+    """Whether the tensors are dense (no gaps, no overlaps) in one and the same memory layout, so
+    that an elementwise update may run over their memory in order."""
+    first = tensors[0]
+    dense = first.is_contiguous() or first.is_contiguous(memory_format=torch.channels_last)
+    return dense and all(t.shape == first.shape and t.stride() == first.stride() for t in tensors)
+
+
+def in_memory_order(tensor: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's elements as a flat view, in the order they lie in memory (NCHW or
+    channels_last alike)."""
+    return tensor.as_strided((tensor.numel(),), (1,))
+
+
+def moments_in_weight_layout(optimizer: torch.optim.Optimizer) -> None:
+    """After Adam's load_state_dict: its moments in their weights' layout. A checkpoint holds them
+    in the standard layout, the weights of a channels_last network are channels_last, and torch's
+    own fused Adam would combine the two element by element in memory order, i.e. wrongly."""
+    for p, state in optimizer.state.items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            moment = state.get(key)
+            if isinstance(moment, torch.Tensor) and moment.stride() != p.stride():
+                state[key] = torch.empty_like(p, dtype=moment.dtype).copy_(moment)
+
+
 class AdamCopyWriter:
     """Makes one torch.optim.Adam update its weights from their compute copies' gradients."""
 
@@ -92,6 +117,7 @@ class AdamCopyWriter:
         self.copies, self.kernel = copies, kernel
         optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.step_copies(opt))
         optimizer.register_step_post_hook(lambda opt, args, kwargs: self.refresh_copies())
+        optimizer.register_load_state_dict_post_hook(moments_in_weight_layout)
 
     def refresh_copies(self) -> None:
         """After Adam's step: rewrite the copies whose weights Adam's own step updated (torch's
@@ -115,7 +141,7 @@ class AdamCopyWriter:
                     continue
                 state = optimizer.state[p]
                 moments = [state.get(k, p) for k in ("exp_avg", "exp_avg_sq")]
-                if not fused or not all(t.is_contiguous() for t in (p, grad, *moments)):
+                if not fused or not one_dense_layout(p, grad, *moments):
                     p.grad = grad.float()  # Adam's own step takes it; refresh_copies rewrites the copy
                     copy.version = None
                     continue
@@ -135,11 +161,11 @@ class AdamCopyWriter:
         bias_correction2_sqrt = torch.tensor(math.sqrt(1 - beta2**step))
         with torch.no_grad():
             self.kernel(
-                p.view(-1),
-                grad.view(-1),
-                state["exp_avg"].view(-1),
-                state["exp_avg_sq"].view(-1),
-                copy.tensor.detach().view(-1),
+                in_memory_order(p),
+                in_memory_order(grad),
+                in_memory_order(state["exp_avg"]),
+                in_memory_order(state["exp_avg_sq"]),
+                in_memory_order(copy.tensor.detach()),
                 step_size,
                 bias_correction2_sqrt,
                 beta1,

@@ -18,20 +18,14 @@ from typing import Callable
 
 import torch
 
-from utils import first_line
+from utils import first_line, map_tensors
 
 
 def cpu_copy(tree):
-    """A copy of nested dicts, lists and tuples in which every tensor is a new CPU tensor: what the
-    training steps do next (in-place updates of weights, Adam moments, history lists) cannot
-    change it. Other leaves (numbers, strings) are immutable and shared."""
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().to("cpu", copy=True)
-    if isinstance(tree, dict):
-        return {key: cpu_copy(value) for key, value in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(cpu_copy(value) for value in tree)
-    return tree
+    """A copy of nested dicts, lists and tuples in which every tensor is a new contiguous CPU
+    tensor: what the training steps do next (in-place updates of weights, Adam moments, history
+    lists) cannot change it. Other leaves (numbers, strings) are immutable and shared."""
+    return map_tensors(tree, lambda t: t.detach().to("cpu", copy=True, memory_format=torch.contiguous_format))
 
 
 class BackgroundWriter:

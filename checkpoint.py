@@ -38,7 +38,7 @@ from distributed import gather_objects, mean_over_ranks, on_main
 from integrity import first_non_finite, seal, unseal
 from run_control import move_aside
 from state import History, Progress, RunDirs, RunState
-from utils import atomic_write, first_line, rng_state, set_rng_state
+from utils import atomic_write, first_line, map_tensors, rng_state, set_rng_state
 
 FULL_KEYS = (
     "generator",
@@ -146,6 +146,9 @@ def generator_kwargs_of(checkpoint: dict) -> dict:
 
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
+    # Every tensor in the standard (contiguous) layout, whatever layout the run computes in (the
+    # CPU's bf16 runs keep weights and moments channels_last): the file does not depend on it.
+    checkpoint = map_tensors(checkpoint, torch.Tensor.contiguous)
     sealed = seal(checkpoint)  # the checksum inside the file: one rename commits both
     with _without_crc32():
         atomic_write(path, lambda tmp: torch.save(sealed, tmp))

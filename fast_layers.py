@@ -7,7 +7,9 @@ parameters, the state_dict keys and the results stay those of nn.Conv2d / nn.Con
 Small maps as matrix products. oneDNN, PyTorch's CPU convolution library, is tuned for large
 feature maps. On the U-Net's inner levels at batch 1 (16x16 pixels and less, 512-1024 channels)
 the same arithmetic as one matrix product is faster (docs/performance.md), so these layers take
-that route for small maps on the CPU and are the stock layers everywhere else.
+that route for small maps on the CPU and are the stock layers everywhere else. In a channels_last
+network the product works on patch rows in NHWC order (ConvAsProduct, ConvTransposeAsProduct):
+no unfold or fold in NCHW order, whose transposing copies cost more than the products here.
 
 Weight gradients as one product. On the next levels up (32x32 and 64x64 maps at batch 1, and D's
 256->512 layer) oneDNN's forward and input gradient are fast, but its weight gradient, a sum over
@@ -21,7 +23,10 @@ Instead each convolution can keep a bf16 copy of its weight (not a parameter: th
 stay the parameters, the state_dict and the checkpoints); forward and backward use the copy, so
 its gradient arrives in bf16, and the optimizer updates the fp32 weight from that gradient and
 writes the new bf16 copy in the same pass (adam_copies.py). The arithmetic is autocast's: the
-copy is the same rounding of the same fp32 weight, the gradient the same bf16 numbers.
+copy is the same rounding of the same fp32 weight, the gradient the same bf16 numbers. The copy
+has its weight's layout: speedups.accelerate() puts the weights of a channels_last network in
+channels_last, so copy, gradient, weight and Adam's moments share one layout and no step pays for
+a transposing copy of a weight.
 """
 
 from __future__ import annotations
@@ -46,54 +51,34 @@ PRODUCT_WEIGHT_GRAD_DTYPES = (torch.bfloat16,)
 
 
 class ComputeCopy:
-    """The low-precision copy of one fp32 parameter. current() refreshes it when the parameter was
-    changed by anything but the optimizer (loading a checkpoint, init_weights), and gives it the
-    parameter's requires_grad (a frozen D computes no gradient for its copies either).
-
-    A layer whose channels_last input goes to oneDNN asks for the copy in channels_last too: given
-    the parameter's layout, oneDNN reorders the weight at every call and its gradient at every
-    backward, so a second copy in that layout is kept, rewritten from the first only after it
-    changed (once per optimizer step). Its gradient is turned back into the parameter's layout
-    once per step, in take_grad()."""
+    """The low-precision copy of one fp32 parameter, in the parameter's layout. current()
+    refreshes it when the parameter was changed by anything but the optimizer (loading a
+    checkpoint, init_weights), and gives it the parameter's requires_grad (a frozen D computes no
+    gradient for its copies either)."""
 
     def __init__(self, param: nn.Parameter, dtype: torch.dtype) -> None:
         self.param, self.dtype = param, dtype
         self.tensor = torch.empty_like(param, dtype=dtype).requires_grad_(param.requires_grad)
         self.version: int | None = -1  # the parameter's version counter when the copy was last written
-        self.channels_last: torch.Tensor | None = None  # made on first request
-        self.channels_last_stale = True  # `tensor` changed since `channels_last` was written
 
-    def current(self, channels_last: bool = False) -> torch.Tensor:
+    def current(self) -> torch.Tensor:
         if self.version != self.param._version:
             with torch.no_grad():
                 self.tensor.copy_(self.param)
             self.written()
-        if not channels_last or self.tensor.dim() != 4:
-            return with_requires_grad(self.tensor, self.param.requires_grad)
-        if self.channels_last is None:
-            self.channels_last = torch.empty_like(self.tensor, memory_format=torch.channels_last)
-        if self.channels_last_stale:
-            with torch.no_grad():
-                self.channels_last.copy_(self.tensor)
-            self.channels_last_stale = False
-        return with_requires_grad(self.channels_last, self.param.requires_grad)
+        return with_requires_grad(self.tensor, self.param.requires_grad)
 
     def written(self) -> None:
         """Record that `tensor` now holds the parameter's current value (the optimizer wrote both)."""
         self.version = self.param._version
-        self.channels_last_stale = True
 
     def take_grad(self) -> torch.Tensor | None:
-        """The gradient the copies received, in the parameter's layout, or None; clears it."""
-        grads = []
-        for t in (self.tensor, self.channels_last):
-            if t is not None and t.grad is not None:
-                grads.append(t.grad)
-                t.grad = None
-        if not grads:
-            return None
-        grad = grads[0].contiguous()  # the parameter's (and Adam's moments') layout
-        return grad + grads[1] if len(grads) == 2 else grad
+        """The gradient the copy received, in the parameter's layout (as Adam's moments have it),
+        or None; clears it."""
+        grad, self.tensor.grad = self.tensor.grad, None
+        if grad is None or grad.stride() == self.param.stride():
+            return grad
+        return torch.empty_like(self.param, dtype=grad.dtype).copy_(grad)
 
     def __deepcopy__(self, memo: dict) -> ComputeCopy:
         # A copy of a network that shares its weights (evaluation's per-image view) shares their
@@ -125,19 +110,16 @@ def small_cpu_map(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.shape[0] * x.shape[-2] * x.shape[-1] <= SMALL_MAP_PIXELS
 
 
-def compute_weight(
-    layer: MatmulConv2d | MatmulConvTranspose2d, x: torch.Tensor, stock_route: bool
-) -> torch.Tensor:
+def compute_weight(layer: MatmulConv2d | MatmulConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
     """The weight as this call computes with it: under CPU autocast to a low-precision dtype, the
-    layer's compute copy (channels_last where a channels_last input takes the stock layer, i.e.
-    oneDNN), or else a contiguous cast of the parameter (cached by autocast within its region)
-    rather than the strided cast of a reshaped view the matrix products would get."""
+    layer's compute copy, or else a contiguous cast of the parameter (cached by autocast within its
+    region) rather than the strided cast of a reshaped view the matrix products would get."""
     weight = layer.weight
     if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu") or weight.dtype != torch.float32:
         return weight
     dtype = torch.get_autocast_dtype("cpu")
     if layer.compute_copy is not None and layer.compute_copy.dtype == dtype:
-        return layer.compute_copy.current(channels_last=stock_route and is_channels_last(x))
+        return layer.compute_copy.current()
     return weight.to(dtype)
 
 
@@ -185,6 +167,120 @@ def patch_rows(
     return windows.reshape(n * ho * wo, kh * kw * c)
 
 
+def fold_patch_rows(
+    patches: torch.Tensor,
+    in_size: tuple[int, int, int],
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    out_size: tuple[int, int],
+) -> torch.Tensor:
+    """The adjoint of patch_rows: each row's patch added back onto the map it came from, the
+    overlaps summed. (N*h*w, kh*kw*C) rows in a channels_last weight's order for the N x h x w
+    pixels of `in_size` -> (N, C, H, W) for `out_size`, channels_last. One strided add per kernel
+    tap, each over every pixel and channel at once."""
+    (n, h, w), (kh, kw), (sh, sw), (ph, pw), (out_h, out_w) = in_size, kernel_size, stride, padding, out_size
+    taps = patches.view(n, h, w, kh, kw, -1)
+    out = patches.new_zeros(n, out_h, out_w, taps.shape[-1])  # (N, H, W, C)
+    for ki in range(kh):
+        rows, out_rows = _tap_span(ki, sh, ph, h, out_h)
+        for kj in range(kw):
+            cols, out_cols = _tap_span(kj, sw, pw, w, out_w)
+            out[:, out_rows, out_cols] += taps[:, rows, cols, ki, kj]
+    return out.permute(0, 3, 1, 2)
+
+
+def _tap_span(k: int, stride: int, padding: int, n_in: int, n_out: int) -> tuple[slice, slice]:
+    """Kernel tap k maps input pixel i to output pixel stride*i + k - padding: the inputs that
+    land inside 0..n_out-1, and where they land."""
+    first = max(0, -((k - padding) // stride))  # ceil((padding - k) / stride), at least 0
+    last = min(n_in - 1, (n_out - 1 + padding - k) // stride)
+    if last < first:
+        return slice(0, 0), slice(0, 0)
+    start = stride * first + k - padding
+    return slice(first, last + 1), slice(start, start + stride * (last - first) + 1, stride)
+
+
+def pixel_rows(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N*H*W, C): one row per pixel, a view of a channels_last map."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def weight_rows(weight: torch.Tensor) -> torch.Tensor:
+    """(A, B, kh, kw) -> (A, kh*kw*B) in a channels_last weight's order: a view of one."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+
+def product_weight_grad(channels: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A (transposed) convolution's weight gradient as one product of dense operands: (A, pixels)
+    @ (pixels, kh*kw*B) -> the weight's (A, B, kh, kw) shape with channels_last strides."""
+    kh, kw = weight.shape[-2:]
+    return (channels @ rows).view(weight.shape[0], kh, kw, -1).permute(0, 3, 1, 2)
+
+
+class ConvAsProduct(torch.autograd.Function):
+    """A bias-free convolution of a channels_last map as one matrix product: the input's patch
+    rows (pixels, kh*kw*C_in) times the weight's rows, giving the output's pixel rows, i.e. a
+    channels_last output. Backward: two more products and the patches folded back."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple) -> torch.Tensor:
+        n, _, h, w = x.shape
+        kernel_size = weight.shape[-2:]
+        rows = patch_rows(x, kernel_size, stride, padding)  # (N*H'*W', kh*kw*C_in)
+        out_h = (h + 2 * padding[0] - kernel_size[0]) // stride[0] + 1
+        out_w = (w + 2 * padding[1] - kernel_size[1]) // stride[1] + 1
+        ctx.save_for_backward(rows, weight)
+        ctx.geometry = (n, h, w), (out_h, out_w), stride, padding
+        out = rows @ weight_rows(weight).t()  # (N*H'*W', C_out)
+        return out.view(n, out_h, out_w, -1).permute(0, 3, 1, 2)  # (N, C_out, H', W'), channels_last
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        rows, weight = ctx.saved_tensors
+        (n, h, w), (out_h, out_w), stride, padding = ctx.geometry
+        grad_rows = pixel_rows(grad)  # (N*H'*W', C_out)
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_patches = grad_rows @ weight_rows(weight)  # (N*H'*W', kh*kw*C_in)
+            grad_x = fold_patch_rows(
+                grad_patches, (n, out_h, out_w), weight.shape[-2:], stride, padding, (h, w)
+            )
+        if ctx.needs_input_grad[1]:
+            grad_weight = product_weight_grad(grad_rows.t().contiguous(), rows, weight)
+        return grad_x, grad_weight, None, None
+
+
+class ConvTransposeAsProduct(torch.autograd.Function):
+    """A bias-free transposed convolution of a channels_last map as one matrix product: the
+    input's pixel rows times the weight's rows give each pixel's (kh, kw, C_out) patch, and the
+    patches are folded onto the output (channels_last). Backward: the output gradient's patch rows
+    in two more products."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple) -> torch.Tensor:
+        n, _, h, w = x.shape
+        kernel_size = weight.shape[-2:]
+        rows = pixel_rows(x)  # (N*h*w, C_in)
+        out_size = tuple((i - 1) * s - 2 * p + k for i, s, p, k in zip((h, w), stride, padding, kernel_size))
+        ctx.save_for_backward(rows, weight)
+        ctx.geometry = (n, h, w), stride, padding
+        patches = rows @ weight_rows(weight)  # (N*h*w, kh*kw*C_out)
+        return fold_patch_rows(patches, (n, h, w), kernel_size, stride, padding, out_size)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        rows, weight = ctx.saved_tensors
+        (n, h, w), stride, padding = ctx.geometry
+        grad_patches = patch_rows(grad, weight.shape[-2:], stride, padding)  # (N*h*w, kh*kw*C_out)
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad_patches @ weight_rows(weight).t()).view(n, h, w, -1).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[1]:
+            grad_weight = product_weight_grad(rows.t().contiguous(), grad_patches, weight)
+        return grad_x, grad_weight, None, None
+
+
 class WeightGradAsProduct(torch.autograd.Function):
     """A bias-free (transposed) convolution computed by oneDNN, forward and input gradient alike,
     whose weight gradient is one matrix product instead of oneDNN's kernel: (channels, pixels) @
@@ -215,9 +311,7 @@ class WeightGradAsProduct(torch.autograd.Function):
             summed, patched = (x, grad) if transposed else (grad, x)
             channels = summed.transpose(0, 1).contiguous().flatten(1)  # (C, N*H'*W'), dense rows
             rows = patch_rows(patched, weight.shape[-2:], stride, padding)
-            kh, kw = weight.shape[-2:]
-            grad_weight = (channels @ rows).view(weight.shape[0], kh, kw, -1)  # (C, kh, kw, C')
-            grad_weight = grad_weight.permute(0, 3, 1, 2)  # the weight's shape, channels_last strides
+            grad_weight = product_weight_grad(channels, rows, weight)
         return grad_x, grad_weight, None, None, None
 
 
@@ -242,12 +336,13 @@ def same_format(out: torch.Tensor, x: torch.Tensor, channels_last: bool) -> torc
 
 
 class MatmulConv2d(nn.Conv2d):
-    """nn.Conv2d computed as unfold + matmul for small CPU maps at batch 1 (groups 1, dilation 1,
-    zero padding). For batches oneDNN is faster: unfold of a batch, and a batched product that
-    repeats the weight per image, cost more than they save (docs/performance.md)."""
+    """nn.Conv2d computed as one matrix product for small CPU maps at batch 1 (groups 1, dilation
+    1, zero padding): of patch rows in a channels_last network, of unfold's columns in an NCHW one.
+    For batches oneDNN is faster: the patches of a batch, and a batched product that repeats the
+    weight per image, cost more than they save (docs/performance.md)."""
 
     compute_copy: ComputeCopy | None = None
-    channels_last: bool = False  # the layout a 1x1 input's result takes
+    channels_last: bool = False  # the network's layout (what a 1x1 map, dense in both, is taken as)
 
     @classmethod
     def replacing(cls, conv: nn.Conv2d, channels_last: bool) -> MatmulConv2d:
@@ -269,10 +364,12 @@ class MatmulConv2d(nn.Conv2d):
         return layer.train(conv.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stock_route = x.shape[0] != 1 or self.plain() or not small_cpu_map(x)
-        weight = compute_weight(self, x, stock_route)
-        if stock_route:
+        weight = compute_weight(self, x)
+        if x.shape[0] != 1 or self.plain() or not small_cpu_map(x):
             return self._stock_forward(x, weight)
+        if self.channels_last:
+            out = ConvAsProduct.apply(x.to(weight.dtype), weight, self.stride, self.padding)
+            return out if self.bias is None else out + self.bias.to(out.dtype)[:, None, None]
         n, _, h, w = x.shape
         cols = F.unfold(x.to(weight.dtype), self.kernel_size, padding=self.padding, stride=self.stride)
         out = torch.matmul(weight.flatten(1), cols)  # (N, C_in*kh*kw, L) -> (N, C_out, L)
@@ -305,7 +402,8 @@ class MatmulConv2d(nn.Conv2d):
 
 
 class MatmulConvTranspose2d(nn.ConvTranspose2d):
-    """nn.ConvTranspose2d computed as matmul + fold for small CPU maps (groups 1, dilation 1)."""
+    """nn.ConvTranspose2d computed as one matrix product and a fold of its patches for small CPU
+    maps (groups 1, dilation 1), in the network's layout as MatmulConv2d."""
 
     compute_copy: ComputeCopy | None = None
     channels_last: bool = False
@@ -330,10 +428,12 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
         return layer.train(conv.training)
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        stock_route = self.plain() or output_size is not None or not small_cpu_map(x)
-        weight = compute_weight(self, x, stock_route)
-        if stock_route:
+        weight = compute_weight(self, x)
+        if self.plain() or output_size is not None or not small_cpu_map(x):
             return self._stock_forward(x, weight, output_size)
+        if self.channels_last:
+            out = ConvTransposeAsProduct.apply(x.to(weight.dtype), weight, self.stride, self.padding)
+            return out if self.bias is None else out + self.bias.to(out.dtype)[:, None, None]
         n, c_in, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         # Every input pixel spreads a (C_out, kh, kw) patch; fold sums the overlapping patches.

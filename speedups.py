@@ -7,9 +7,10 @@ same networks without that call.
   adam_copies.py): the layers are replaced by twins sharing their Parameter objects, so the
   parameters, the state_dict keys and the optimizers stay the same.
 - channels_last activations (CUDA, and bf16 on the CPU, where the convolutions run fastest in NHWC):
-  a forward pre-hook on each network puts its inputs in that layout; the weights stay NCHW (the
-  bf16 compute copies of the layers oneDNN computes are kept in channels_last too, see
-  fast_layers.ComputeCopy).
+  a forward pre-hook on each network puts its inputs in that layout. On the CPU the weights with
+  bf16 copies are put in channels_last too (as ``module.to(memory_format=...)`` does), so the
+  copies, their gradients, the fp32 weights and Adam's moments share one layout; on CUDA the
+  weights stay NCHW.
 - Norm gradients in the layout of the norm's input (the CPU). Where the U-Net's skip connection
   joins a level's output to its input (torch.cat), autograd hands the level's last BatchNorm a
   channel slice of the joined gradient; in channels_last that slice is dense in neither layout, and
@@ -103,6 +104,10 @@ def accelerate(
         done.fused_adam = kernel is not None
         for net, optimizer in networks:
             done.matmul_layers += use_matmul_layers(net, done.channels_last)
+            if with_copies and done.channels_last:
+                # The weights in the layout the layers compute in: their copies, gradients and Adam's
+                # moments then share it (checkpoints keep the standard layout: save_checkpoint).
+                net.to(memory_format=torch.channels_last)
             copies = attach_compute_copies(net, dtype) if with_copies else {}
             done.compute_copies += len(copies)
             if optimizer is not None and copies:

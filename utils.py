@@ -240,6 +240,18 @@ def exit_on_errors(
         fail(f"out of memory ({text}); try a smaller --image_size, --batch_size or --ngf/--ndf", 1)
 
 
+def map_tensors(tree, fn: Callable[[torch.Tensor], torch.Tensor]):
+    """Nested dicts, lists and tuples with `fn` applied to every tensor; other leaves (numbers,
+    strings: immutable) are shared."""
+    if isinstance(tree, torch.Tensor):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return {key: map_tensors(value, fn) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(map_tensors(value, fn) for value in tree)
+    return tree
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message, '' when it has none: enough for a one-line error."""
     text = str(err).strip()

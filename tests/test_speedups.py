@@ -33,8 +33,9 @@ def matmul_for_every_map(monkeypatch):
     monkeypatch.setattr(fast_layers, "SMALL_MAP_PIXELS", 10**9)  # every test map takes the matrix product
 
 
-def pair_of(kind: str, cin: int, cout: int, k: int, s: int, p: int, bias: bool):
-    """A fast layer and the stock layer with equal (not shared) parameters."""
+def pair_of(kind: str, cin: int, cout: int, k: int, s: int, p: int, bias: bool, channels_last: bool = False):
+    """A fast layer (for a network in NCHW or channels_last) and the stock layer with equal (not
+    shared) parameters."""
     fast_cls, stock_cls = {
         "conv": (MatmulConv2d, nn.Conv2d),
         "transposed": (MatmulConvTranspose2d, nn.ConvTranspose2d),
@@ -44,7 +45,7 @@ def pair_of(kind: str, cin: int, cout: int, k: int, s: int, p: int, bias: bool):
     nn.init.normal_(stock.weight, 0.0, 0.2)
     if bias:
         nn.init.normal_(stock.bias, 0.0, 0.2)
-    fast = fast_cls.replacing(copy.deepcopy(stock), channels_last=False)
+    fast = fast_cls.replacing(copy.deepcopy(stock), channels_last=channels_last)
     return fast, stock
 
 
@@ -81,12 +82,22 @@ LAYER_CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("n", [1, 3], ids=["batch1", "batch3"])
-def test_matmul_convolutions_match_the_stock_layers(kind, case, dtype, bias, n):
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_matmul_convolutions_match_the_stock_layers(kind, case, dtype, bias, n, channels_last):
     """Conv2d takes the product at batch 1, ConvTranspose2d at any batch (its own formulation
-    for batches)."""
+    for batches); in an NCHW network through unfold and fold, in a channels_last one through
+    patch rows (ConvAsProduct, ConvTransposeAsProduct)."""
     cin, cout, k, s, p, h, w = case
-    fast, stock = pair_of(kind, cin, cout, k, s, p, bias)
+    fast, stock = pair_of(kind, cin, cout, k, s, p, bias, channels_last)
     x = torch.randn(n, cin, h, w, generator=torch.Generator().manual_seed(1))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        route = fast(x.requires_grad_()).grad_fn
+        while type(route).__name__ == "AddBackward0":  # the bias, added after the product
+            route = route.next_functions[0][0]
+        product = kind == "transposed" or n == 1  # a convolution of a batch goes to oneDNN
+        as_product = {"conv": "ConvAsProductBackward", "transposed": "ConvTransposeAsProductBackward"}[kind]
+        assert (type(route).__name__ == as_product) == product
     y_fast, g_fast = forward_backward(fast, x, dtype)
     y_stock, g_stock = forward_backward(stock, x, dtype)
     assert y_fast.shape == y_stock.shape
@@ -102,12 +113,32 @@ def test_matmul_convolutions_match_the_stock_layers(kind, case, dtype, bias, n):
 
 @pytest.mark.parametrize("kind", ["conv", "transposed"])
 @pytest.mark.parametrize("n", [1, 2])
-def test_matmul_convolutions_keep_channels_last(kind, n):
-    fast, stock = pair_of(kind, 6, 4, 4, 2, 1, bias=True)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw-network", "channels_last-network"])
+def test_matmul_convolutions_keep_channels_last(kind, n, channels_last):
+    fast, stock = pair_of(kind, 6, 4, 4, 2, 1, bias=True, channels_last=channels_last)
     x = torch.randn(n, 6, 5, 7).contiguous(memory_format=torch.channels_last)
-    y = fast(x)
+    y = fast(x.requires_grad_())
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, stock(x), atol=1e-5, rtol=1e-5)
+    y.sum().backward()
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    "kernel,stride,padding,size", [((4, 4), (2, 2), (1, 1), (6, 4)), ((3, 2), (1, 2), (1, 0), (5, 7))]
+)
+def test_folding_patch_rows_is_their_adjoint(kernel, stride, padding, size):
+    """fold_patch_rows sums each patch back where patch_rows took it from: <patch_rows(x), P> =
+    <x, fold_patch_rows(P)> for any P, which is what makes it the gradient of patch_rows (and a
+    transposed convolution's fold)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, *size, generator=gen).contiguous(memory_format=torch.channels_last)
+    rows = fast_layers.patch_rows(x, kernel, stride, padding)
+    out_h, out_w = ((n + 2 * p - k) // s + 1 for n, k, s, p in zip(size, kernel, stride, padding))
+    patches = torch.randn(rows.shape, generator=gen, dtype=torch.float64)
+    folded = fast_layers.fold_patch_rows(patches, (2, out_h, out_w), kernel, stride, padding, size)
+    assert folded.shape == x.shape and fast_layers.is_channels_last(folded)
+    torch.testing.assert_close((rows.double() * patches).sum(), (x.double() * folded).sum())
 
 
 def is_really_channels_last(t: torch.Tensor) -> bool:
@@ -287,22 +318,20 @@ def test_compute_copies_only_under_bf16_autocast():
     speedups.accelerate([(net, adam(net))], CPU, torch.bfloat16)
     x = torch.randn(1, 3, 8, 8)
     conv = net[0]
-    assert fast_layers.compute_weight(conv, x, stock_route=False) is conv.weight  # fp32: the parameter itself
+    assert fast_layers.compute_weight(conv, x) is conv.weight  # fp32: the parameter itself
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert fast_layers.compute_weight(conv, x, stock_route=False) is conv.compute_copy.tensor
-        # oneDNN gets the copy in the layout of its input
-        x_cl = x.contiguous(memory_format=torch.channels_last)
-        assert fast_layers.compute_weight(conv, x, stock_route=True) is conv.compute_copy.tensor
-        weight_cl = fast_layers.compute_weight(conv, x_cl, stock_route=True)
-        assert weight_cl is conv.compute_copy.channels_last and fast_layers.is_channels_last(weight_cl)
-        assert torch.equal(weight_cl, conv.compute_copy.tensor)
+        weight = fast_layers.compute_weight(conv, x)
+    # the copy, in the layout accelerate gave the weight (that of the network's activations)
+    assert weight is conv.compute_copy.tensor and torch.equal(weight, conv.weight.detach().bfloat16())
+    assert fast_layers.is_channels_last(weight) and fast_layers.is_channels_last(conv.weight)
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["fused-kernel", "fallback"])
 def test_channels_last_copies_train_as_autocast_does(compiled, monkeypatch):
     """Layers that hand a channels_last input to oneDNN compute with a channels_last copy of the
-    weight (no reorder of the weight at each call, nor of its gradient at each backward): the same
-    steps as autocast on the stock layers with channels_last inputs, and the copy follows Adam."""
+    channels_last weight (no reorder of the weight at each call, nor of its gradient at each
+    backward): the same steps as autocast on the stock layers with channels_last inputs, and the
+    copy follows Adam."""
     monkeypatch.setattr(fast_layers, "SMALL_MAP_PIXELS", 0)  # every map takes the stock route
     if not compiled:
         monkeypatch.setattr(speedups, "compile_adam_with_copy", lambda: None)
@@ -314,12 +343,60 @@ def test_channels_last_copies_train_as_autocast_does(compiled, monkeypatch):
     for a, b in zip(plain.parameters(), fast.parameters()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     conv = fast[0]
-    assert fast_layers.is_channels_last(conv.compute_copy.channels_last)
-    assert conv.compute_copy.channels_last.grad is None  # consumed by the step
+    assert fast_layers.is_channels_last(conv.compute_copy.tensor)
+    assert conv.compute_copy.tensor.grad is None  # consumed by the step
     with torch.autocast("cpu", dtype=torch.bfloat16):  # rewritten from the updated weight
-        x = torch.randn(1, 3, 8, 8).contiguous(memory_format=torch.channels_last)
-        weight = fast_layers.compute_weight(conv, x, stock_route=True)
+        weight = fast_layers.compute_weight(conv, torch.randn(1, 3, 8, 8))
     assert torch.equal(weight, conv.weight.detach().bfloat16())
+
+
+def test_accelerate_puts_the_copied_weights_in_channels_last():
+    """Where weights get bf16 copies (the CPU in bf16), they are put in the activations' layout,
+    the same Parameter objects; in fp32 and on CUDA they stay as built."""
+    for dtype, device, expected in [
+        (torch.bfloat16, CPU, True),
+        (torch.float32, CPU, False),
+        (torch.bfloat16, torch.device("cuda"), False),  # nothing runs: no GPU needed
+    ]:
+        net = small_net()
+        weights = [net[0].weight, net[3].weight]
+        speedups.accelerate([(net, adam(net))], device, dtype)
+        assert [net[0].weight, net[3].weight] == weights
+        assert all(fast_layers.is_channels_last(w) == expected for w in weights), (dtype, device)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["fused-kernel", "fallback"])
+def test_checkpoints_keep_the_standard_layout_and_resume_exactly(compiled, tmp_path, monkeypatch):
+    """The channels_last weights and moments are written in the standard layout (a checkpoint does
+    not depend on the run's speedups), and a run resumed from it takes exactly the steps of the
+    run that went on: Adam's moments are put back into their weights' layout on loading, since
+    torch's fused Adam would otherwise combine NCHW moments with channels_last weights element by
+    element in memory order."""
+    from background import cpu_copy
+    from checkpoint import save_checkpoint
+
+    if not compiled:
+        monkeypatch.setattr(speedups, "compile_adam_with_copy", lambda: None)
+    net = small_net()
+    opt = adam(net)
+    speedups.accelerate([(net, opt)], CPU, torch.bfloat16)
+    train_steps(net, opt, 2)
+    assert fast_layers.is_channels_last(opt.state[net[0].weight]["exp_avg"])
+    save_checkpoint({"generator": net.state_dict(), "opt_G": opt.state_dict()}, tmp_path / "c.pt")
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)
+    tensors = [*saved["generator"].values(), *saved["opt_G"]["state"][0].values()]
+    assert all(t.is_contiguous() for t in tensors)
+    assert all(t.is_contiguous() for t in cpu_copy(net.state_dict()).values())  # the background copy
+
+    resumed = small_net()
+    opt_resumed = adam(resumed)
+    speedups.accelerate([(resumed, opt_resumed)], CPU, torch.bfloat16)
+    resumed.load_state_dict(saved["generator"])
+    opt_resumed.load_state_dict(saved["opt_G"])
+    assert fast_layers.is_channels_last(opt_resumed.state[resumed[0].weight]["exp_avg_sq"])
+    assert train_steps(resumed, opt_resumed, 3) == train_steps(net, opt, 3)
+    for a, b in zip(net.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_batchnorm_gets_a_dense_gradient_from_a_skip_connection():
