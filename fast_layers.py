@@ -167,6 +167,15 @@ def patch_rows(
     return windows.reshape(n * ho * wo, kh * kw * c)
 
 
+def map_size(
+    size: tuple[int, int], kernel_size: tuple, stride: tuple, padding: tuple, transposed: bool
+) -> tuple[int, int]:
+    """The (H, W) a (transposed) convolution makes of an (h, w) map (dilation 1, no output padding)."""
+    if transposed:
+        return tuple((n - 1) * s - 2 * p + k for n, k, s, p in zip(size, kernel_size, stride, padding))
+    return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(size, kernel_size, stride, padding))
+
+
 def fold_patch_rows(
     patches: torch.Tensor,
     in_size: tuple[int, int, int],
@@ -228,8 +237,7 @@ class ConvAsProduct(torch.autograd.Function):
         n, _, h, w = x.shape
         kernel_size = weight.shape[-2:]
         rows = patch_rows(x, kernel_size, stride, padding)  # (N*H'*W', kh*kw*C_in)
-        out_h = (h + 2 * padding[0] - kernel_size[0]) // stride[0] + 1
-        out_w = (w + 2 * padding[1] - kernel_size[1]) // stride[1] + 1
+        out_h, out_w = map_size((h, w), kernel_size, stride, padding, transposed=False)
         ctx.save_for_backward(rows, weight)
         ctx.geometry = (n, h, w), (out_h, out_w), stride, padding
         out = rows @ weight_rows(weight).t()  # (N*H'*W', C_out)
@@ -262,7 +270,7 @@ class ConvTransposeAsProduct(torch.autograd.Function):
         n, _, h, w = x.shape
         kernel_size = weight.shape[-2:]
         rows = pixel_rows(x)  # (N*h*w, C_in)
-        out_size = tuple((i - 1) * s - 2 * p + k for i, s, p, k in zip((h, w), stride, padding, kernel_size))
+        out_size = map_size((h, w), kernel_size, stride, padding, transposed=True)
         ctx.save_for_backward(rows, weight)
         ctx.geometry = (n, h, w), stride, padding
         patches = rows @ weight_rows(weight)  # (N*h*w, kh*kw*C_out)
@@ -377,7 +385,8 @@ class MatmulConv2d(nn.Conv2d):
             out.register_hook(dense_rows)  # the weight's gradient: a dense (C_out, L) times cols^T
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)[:, None]
-        out = out.view(n, -1, *self._output_size(h, w))  # (N, C_out, H', W')
+        out_size = map_size((h, w), self.kernel_size, self.stride, self.padding, transposed=False)
+        out = out.view(n, -1, *out_size)  # (N, C_out, H', W')
         return same_format(out, x, self.channels_last)
 
     def plain(self) -> bool:
@@ -389,13 +398,11 @@ class MatmulConv2d(nn.Conv2d):
             or isinstance(self.padding, str)
         )
 
-    def _output_size(self, h: int, w: int) -> tuple[int, int]:
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-
     def _stock_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.bias is None and not self.plain():
-            out_h, out_w = self._output_size(*x.shape[-2:])
+            out_h, out_w = map_size(
+                x.shape[-2:], self.kernel_size, self.stride, self.padding, transposed=False
+            )
             if weight_grad_as_product(x, weight, x.shape[0] * out_h * out_w):
                 return WeightGradAsProduct.apply(x.to(weight.dtype), weight, self.stride, self.padding, False)
         return self._conv_forward(x, weight, self.bias)
@@ -435,13 +442,12 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
             out = ConvTransposeAsProduct.apply(x.to(weight.dtype), weight, self.stride, self.padding)
             return out if self.bias is None else out + self.bias.to(out.dtype)[:, None, None]
         n, c_in, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         # Every input pixel spreads a (C_out, kh, kw) patch; fold sums the overlapping patches.
         # One product for the whole batch: pixels as rows (a view of channels_last input).
         rows = x.to(weight.dtype).permute(0, 2, 3, 1).reshape(n * h * w, c_in)
         patches = RowsTimesWeight.apply(rows, weight.flatten(1))  # (N*h*w, C_out*kh*kw)
         cols = patches.view(n, h * w, -1).transpose(1, 2)  # (N, C_out*kh*kw, h*w)
-        size = ((h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw)
+        size = map_size((h, w), self.kernel_size, self.stride, self.padding, transposed=True)
         out = F.fold(
             cols, size, self.kernel_size, padding=self.padding, stride=self.stride
         )  # (N, C_out, H, W)
