@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fast_layers import ComputeCopy
+from fast_layers import ComputeCopy, in_layout_of
 from utils import first_line
 
 
@@ -101,8 +101,8 @@ def moments_in_weight_layout(optimizer: torch.optim.Optimizer) -> None:
     for p, state in optimizer.state.items():
         for key in ("exp_avg", "exp_avg_sq"):
             moment = state.get(key)
-            if isinstance(moment, torch.Tensor) and moment.stride() != p.stride():
-                state[key] = torch.empty_like(p, dtype=moment.dtype).copy_(moment)
+            if isinstance(moment, torch.Tensor):
+                state[key] = in_layout_of(moment, p)
 
 
 class AdamCopyWriter:

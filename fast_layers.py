@@ -8,13 +8,14 @@ Small maps as matrix products. oneDNN, PyTorch's CPU convolution library, is tun
 feature maps. On the U-Net's inner levels at batch 1 (16x16 pixels and less, 512-1024 channels)
 the same arithmetic as one matrix product is faster (docs/performance.md), so these layers take
 that route for small maps on the CPU and are the stock layers everywhere else. In a channels_last
-network the product works on patch rows in NHWC order (ConvAsProduct, ConvTransposeAsProduct):
-no unfold or fold in NCHW order, whose transposing copies cost more than the products here.
+network the product works on patch rows in NHWC order (conv_products.ConvAsProduct and
+ConvTransposeAsProduct): no unfold or fold in NCHW order, whose transposing copies cost more than
+the products here.
 
 Weight gradients as one product. On the next levels up (32x32 and 64x64 maps at batch 1, and D's
 256->512 layer) oneDNN's forward and input gradient are fast, but its weight gradient, a sum over
 the few output pixels, is not; there it becomes one matrix product of the output gradient and the
-input's patches (WeightGradAsProduct, bf16 channels_last only).
+input's patches (conv_products.WeightGradAsProduct, bf16 channels_last only).
 
 Compute copies. Under CPU autocast every forward casts each fp32 weight to bf16, and every
 backward turns the bf16 weight gradient back into fp32 for Adam: two extra passes over the 57 M
@@ -36,6 +37,15 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from conv_products import (
+    ConvAsProduct,
+    ConvTransposeAsProduct,
+    RowsTimesWeight,
+    WeightGradAsProduct,
+    dense_rows,
+    map_size,
+)
 
 # Maps whose batch pixels (the matrix product's other dimension) are at most this many take the
 # matrix product: every level of 16x16 and less at batch 1, only 4x4 and less in a batch of 16.
@@ -76,15 +86,20 @@ class ComputeCopy:
         """The gradient the copy received, in the parameter's layout (as Adam's moments have it),
         or None; clears it."""
         grad, self.tensor.grad = self.tensor.grad, None
-        if grad is None or grad.stride() == self.param.stride():
-            return grad
-        return torch.empty_like(self.param, dtype=grad.dtype).copy_(grad)
+        return None if grad is None else in_layout_of(grad, self.param)
 
     def __deepcopy__(self, memo: dict) -> ComputeCopy:
         # A copy of a network that shares its weights (evaluation's per-image view) shares their
         # copies too; a copy with weights of its own gets copies of its own.
         param = copy.deepcopy(self.param, memo)
         return self if param is self.param else ComputeCopy(param, self.dtype)
+
+
+def in_layout_of(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`tensor` with the strides of `like` (same shape): itself, or a copy where they differ."""
+    if tensor.stride() == like.stride():
+        return tensor
+    return torch.empty_like(like, dtype=tensor.dtype).copy_(tensor)
 
 
 def with_requires_grad(tensor: torch.Tensor, flag: bool) -> torch.Tensor:
@@ -123,206 +138,6 @@ def compute_weight(layer: MatmulConv2d | MatmulConvTranspose2d, x: torch.Tensor)
     return weight.to(dtype)
 
 
-def dense_rows(grad: torch.Tensor) -> torch.Tensor:
-    """A gradient hook: the gradient as dense rows. Back through a channels_last layer it arrives
-    as a transposed view, and a product of two transposed operands (this gradient and the other
-    operand, itself a transposed view) is the CPU's slowest bf16 matrix product."""
-    return grad.contiguous()
-
-
-class RowsTimesWeight(torch.autograd.Function):
-    """rows @ weight for (pixels, C_in) rows and a (C_in, K) weight, with a backward that gives the
-    CPU's matrix products dense operands: autograd's own would multiply the transposed rows by the
-    transposed output gradient (fold's backward makes that gradient as (K, pixels)) for the weight's
-    gradient, at the size of the weight. Only activation-sized operands are copied."""
-
-    @staticmethod
-    def forward(ctx, rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(rows, weight)
-        return rows @ weight  # (L, C_in) @ (C_in, K) -> (L, K)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        rows, weight = ctx.saved_tensors
-        grad_rows = grad_weight = None
-        if ctx.needs_input_grad[0]:  # (C_in, K) @ (K, L) -> (C_in, L), as dense (L, C_in) rows
-            grad_rows = (weight @ grad.t()).t().contiguous()
-        if ctx.needs_input_grad[1]:  # (C_in, L) @ (L, K) -> (C_in, K)
-            grad_weight = rows.t().contiguous() @ grad
-        return grad_rows, grad_weight
-
-
-def patch_rows(
-    x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
-) -> torch.Tensor:
-    """The patches a convolution multiplies, one row per output pixel: (N, C, H, W) ->
-    (N*H'*W', kh*kw*C), each row in the order of a channels_last weight's row. The padded map is
-    made NHWC-dense once (free of a transposing copy when `x` is channels_last already)."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    pixels = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous()  # (N, H+2ph, W+2pw, C)
-    n, hp, wp, c = pixels.shape
-    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    s_n, s_h, s_w, s_c = pixels.stride()
-    windows = pixels.as_strided((n, ho, wo, kh, kw, c), (s_n, sh * s_h, sw * s_w, s_h, s_w, s_c))
-    return windows.reshape(n * ho * wo, kh * kw * c)
-
-
-def map_size(
-    size: tuple[int, int], kernel_size: tuple, stride: tuple, padding: tuple, transposed: bool
-) -> tuple[int, int]:
-    """The (H, W) a (transposed) convolution makes of an (h, w) map (dilation 1, no output padding)."""
-    if transposed:
-        return tuple((n - 1) * s - 2 * p + k for n, k, s, p in zip(size, kernel_size, stride, padding))
-    return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(size, kernel_size, stride, padding))
-
-
-def fold_patch_rows(
-    patches: torch.Tensor,
-    in_size: tuple[int, int, int],
-    kernel_size: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    out_size: tuple[int, int],
-) -> torch.Tensor:
-    """The adjoint of patch_rows: each row's patch added back onto the map it came from, the
-    overlaps summed. (N*h*w, kh*kw*C) rows in a channels_last weight's order for the N x h x w
-    pixels of `in_size` -> (N, C, H, W) for `out_size`, channels_last. One strided add per kernel
-    tap, each over every pixel and channel at once."""
-    (n, h, w), (kh, kw), (sh, sw), (ph, pw), (out_h, out_w) = in_size, kernel_size, stride, padding, out_size
-    taps = patches.view(n, h, w, kh, kw, -1)
-    out = patches.new_zeros(n, out_h, out_w, taps.shape[-1])  # (N, H, W, C)
-    for ki in range(kh):
-        rows, out_rows = _tap_span(ki, sh, ph, h, out_h)
-        for kj in range(kw):
-            cols, out_cols = _tap_span(kj, sw, pw, w, out_w)
-            out[:, out_rows, out_cols] += taps[:, rows, cols, ki, kj]
-    return out.permute(0, 3, 1, 2)
-
-
-def _tap_span(k: int, stride: int, padding: int, n_in: int, n_out: int) -> tuple[slice, slice]:
-    """Kernel tap k maps input pixel i to output pixel stride*i + k - padding: the inputs that
-    land inside 0..n_out-1, and where they land."""
-    first = max(0, -((k - padding) // stride))  # ceil((padding - k) / stride), at least 0
-    last = min(n_in - 1, (n_out - 1 + padding - k) // stride)
-    if last < first:
-        return slice(0, 0), slice(0, 0)
-    start = stride * first + k - padding
-    return slice(first, last + 1), slice(start, start + stride * (last - first) + 1, stride)
-
-
-def pixel_rows(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (N*H*W, C): one row per pixel, a view of a channels_last map."""
-    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-
-
-def weight_rows(weight: torch.Tensor) -> torch.Tensor:
-    """(A, B, kh, kw) -> (A, kh*kw*B) in a channels_last weight's order: a view of one."""
-    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
-
-
-def product_weight_grad(channels: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """A (transposed) convolution's weight gradient as one product of dense operands: (A, pixels)
-    @ (pixels, kh*kw*B) -> the weight's (A, B, kh, kw) shape with channels_last strides."""
-    kh, kw = weight.shape[-2:]
-    return (channels @ rows).view(weight.shape[0], kh, kw, -1).permute(0, 3, 1, 2)
-
-
-class ConvAsProduct(torch.autograd.Function):
-    """A bias-free convolution of a channels_last map as one matrix product: the input's patch
-    rows (pixels, kh*kw*C_in) times the weight's rows, giving the output's pixel rows, i.e. a
-    channels_last output. Backward: two more products and the patches folded back."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple) -> torch.Tensor:
-        n, _, h, w = x.shape
-        kernel_size = weight.shape[-2:]
-        rows = patch_rows(x, kernel_size, stride, padding)  # (N*H'*W', kh*kw*C_in)
-        out_h, out_w = map_size((h, w), kernel_size, stride, padding, transposed=False)
-        ctx.save_for_backward(rows, weight)
-        ctx.geometry = (n, h, w), (out_h, out_w), stride, padding
-        out = rows @ weight_rows(weight).t()  # (N*H'*W', C_out)
-        return out.view(n, out_h, out_w, -1).permute(0, 3, 1, 2)  # (N, C_out, H', W'), channels_last
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        rows, weight = ctx.saved_tensors
-        (n, h, w), (out_h, out_w), stride, padding = ctx.geometry
-        grad_rows = pixel_rows(grad)  # (N*H'*W', C_out)
-        grad_x = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_patches = grad_rows @ weight_rows(weight)  # (N*H'*W', kh*kw*C_in)
-            grad_x = fold_patch_rows(
-                grad_patches, (n, out_h, out_w), weight.shape[-2:], stride, padding, (h, w)
-            )
-        if ctx.needs_input_grad[1]:
-            grad_weight = product_weight_grad(grad_rows.t().contiguous(), rows, weight)
-        return grad_x, grad_weight, None, None
-
-
-class ConvTransposeAsProduct(torch.autograd.Function):
-    """A bias-free transposed convolution of a channels_last map as one matrix product: the
-    input's pixel rows times the weight's rows give each pixel's (kh, kw, C_out) patch, and the
-    patches are folded onto the output (channels_last). Backward: the output gradient's patch rows
-    in two more products."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple) -> torch.Tensor:
-        n, _, h, w = x.shape
-        kernel_size = weight.shape[-2:]
-        rows = pixel_rows(x)  # (N*h*w, C_in)
-        out_size = map_size((h, w), kernel_size, stride, padding, transposed=True)
-        ctx.save_for_backward(rows, weight)
-        ctx.geometry = (n, h, w), stride, padding
-        patches = rows @ weight_rows(weight)  # (N*h*w, kh*kw*C_out)
-        return fold_patch_rows(patches, (n, h, w), kernel_size, stride, padding, out_size)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        rows, weight = ctx.saved_tensors
-        (n, h, w), stride, padding = ctx.geometry
-        grad_patches = patch_rows(grad, weight.shape[-2:], stride, padding)  # (N*h*w, kh*kw*C_out)
-        grad_x = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (grad_patches @ weight_rows(weight).t()).view(n, h, w, -1).permute(0, 3, 1, 2)
-        if ctx.needs_input_grad[1]:
-            grad_weight = product_weight_grad(rows.t().contiguous(), grad_patches, weight)
-        return grad_x, grad_weight, None, None
-
-
-class WeightGradAsProduct(torch.autograd.Function):
-    """A bias-free (transposed) convolution computed by oneDNN, forward and input gradient alike,
-    whose weight gradient is one matrix product instead of oneDNN's kernel: (channels, pixels) @
-    (pixels, patch), dense operands both. For a convolution the channels are the output gradient's
-    and the patches the input's; for a transposed one the other way round (its weight gradient is
-    that of the convolution it transposes, from the output gradient to the input)."""
-
-    @staticmethod
-    def forward(
-        ctx, x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple, transposed: bool
-    ) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.geometry = stride, padding, transposed
-        if transposed:
-            return F.conv_transpose2d(x, weight, None, stride, padding)
-        return F.conv2d(x, weight, None, stride, padding)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        stride, padding, transposed = ctx.geometry
-        grad_x = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, stride, padding, (1, 1), transposed, (0, 0), 1, (True, False, False)
-            )[0]
-        if ctx.needs_input_grad[1]:
-            summed, patched = (x, grad) if transposed else (grad, x)
-            channels = summed.transpose(0, 1).contiguous().flatten(1)  # (C, N*H'*W'), dense rows
-            rows = patch_rows(patched, weight.shape[-2:], stride, padding)
-            grad_weight = product_weight_grad(channels, rows, weight)
-        return grad_x, grad_weight, None, None, None
-
-
 def weight_grad_as_product(x: torch.Tensor, weight: torch.Tensor, summed_pixels: int) -> bool:
     """Whether a layer's oneDNN call takes WeightGradAsProduct; `summed_pixels` are the pixels its
     weight gradient sums over (the caller checks what its geometry allows: no bias, groups,
@@ -332,15 +147,10 @@ def weight_grad_as_product(x: torch.Tensor, weight: torch.Tensor, summed_pixels:
     return x.device.type == "cpu" and is_channels_last(x) and summed_pixels <= PRODUCT_WEIGHT_GRAD_PIXELS
 
 
-def same_format(out: torch.Tensor, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """The matrix-product result in the input's memory format (channels_last in, channels_last out).
-    A 1x1 map is contiguous in both formats: its result takes the network's layout, else the
-    U-Net's decoder would fall back to NCHW from its 1x1 bottleneck on."""
-    if x.shape[-2:] == (1, 1):
-        to_channels_last = channels_last
-    else:
-        to_channels_last = is_channels_last(x)
-    return out.contiguous(memory_format=torch.channels_last) if to_channels_last else out
+def same_format(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The NCHW route's result in the input's memory format (channels_last in, channels_last out;
+    a 1x1 map, contiguous in both formats, stays NCHW: the route serves NCHW networks)."""
+    return out.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else out
 
 
 class MatmulConv2d(nn.Conv2d):
@@ -387,7 +197,7 @@ class MatmulConv2d(nn.Conv2d):
             out = out + self.bias.to(out.dtype)[:, None]
         out_size = map_size((h, w), self.kernel_size, self.stride, self.padding, transposed=False)
         out = out.view(n, -1, *out_size)  # (N, C_out, H', W')
-        return same_format(out, x, self.channels_last)
+        return same_format(out, x)
 
     def plain(self) -> bool:
         """Whether the layer has what only the stock layer computes (groups, dilation, ...)."""
@@ -443,7 +253,7 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
             return out if self.bias is None else out + self.bias.to(out.dtype)[:, None, None]
         n, c_in, h, w = x.shape
         # Every input pixel spreads a (C_out, kh, kw) patch; fold sums the overlapping patches.
-        # One product for the whole batch: pixels as rows (a view of channels_last input).
+        # One product for the whole batch: pixels as rows.
         rows = x.to(weight.dtype).permute(0, 2, 3, 1).reshape(n * h * w, c_in)
         patches = RowsTimesWeight.apply(rows, weight.flatten(1))  # (N*h*w, C_out*kh*kw)
         cols = patches.view(n, h * w, -1).transpose(1, 2)  # (N, C_out*kh*kw, h*w)
@@ -453,7 +263,7 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
         )  # (N, C_out, H, W)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)[:, None, None]
-        return same_format(out, x, self.channels_last)
+        return same_format(out, x)
 
     def plain(self) -> bool:
         """Whether the layer has what only the stock layer computes (groups, dilation, ...)."""

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import conv_products
 import fast_layers
 import speedups
 from fast_layers import MatmulConv2d, MatmulConvTranspose2d
@@ -133,10 +134,10 @@ def test_folding_patch_rows_is_their_adjoint(kernel, stride, padding, size):
     transposed convolution's fold)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, *size, generator=gen).contiguous(memory_format=torch.channels_last)
-    rows = fast_layers.patch_rows(x, kernel, stride, padding)
-    out_h, out_w = ((n + 2 * p - k) // s + 1 for n, k, s, p in zip(size, kernel, stride, padding))
+    rows = conv_products.patch_rows(x, kernel, stride, padding)
+    out_h, out_w = conv_products.map_size(size, kernel, stride, padding, transposed=False)
     patches = torch.randn(rows.shape, generator=gen, dtype=torch.float64)
-    folded = fast_layers.fold_patch_rows(patches, (2, out_h, out_w), kernel, stride, padding, size)
+    folded = conv_products.fold_patch_rows(patches, (2, out_h, out_w), kernel, stride, padding, size)
     assert folded.shape == x.shape and fast_layers.is_channels_last(folded)
     torch.testing.assert_close((rows.double() * patches).sum(), (x.double() * folded).sum())
 
