@@ -8,7 +8,9 @@ patches @ weight rows (ConvAsProduct) and its output is the pixel rows of a chan
 transposed convolution is the input's pixel rows @ weight rows, each row a patch that
 fold_patch_rows adds back onto the output (ConvTransposeAsProduct). The weight gradient of
 either is one more product of dense operands (product_weight_grad), which is also all that
-WeightGradAsProduct changes in oneDNN's layers. RowsTimesWeight and dense_rows serve the NCHW
+WeightGradAsProduct changes in oneDNN's layers. A convolution with very few output channels is
+instead one narrow product of each pixel with every tap's weight, whose terms each output pixel
+sums (ConvAsTapSum). RowsTimesWeight and dense_rows serve the NCHW
 route (unfold and fold), which the fp32 path takes.
 """
 
@@ -181,6 +183,64 @@ class ConvTransposeAsProduct(torch.autograd.Function):
             grad_x = (grad_patches @ weight_rows(weight).t()).view(n, h, w, -1).permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
             grad_weight = product_weight_grad(rows.t().contiguous(), grad_patches, weight)
+        return grad_x, grad_weight, None, None
+
+
+def tap_terms(products: torch.Tensor, out_size: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    """The terms each output pixel of a convolution sums, as a view of its per-tap products:
+    (N, Hp, Wp, C_out, kh, kw) products of the padded map's pixels with every tap's weight ->
+    (N, H', W', C_out, kh, kw), whose [n, i, j, o, a, b] is products[n, i*sh + a, j*sw + b, o, a, b]."""
+    n, _, _, c_out, kh, kw = products.shape
+    s_n, s_h, s_w, s_o, s_a, s_b = products.stride()
+    size = (n, *out_size, c_out, kh, kw)
+    strides = (s_n, stride[0] * s_h, stride[1] * s_w, s_o, s_a + s_h, s_b + s_w)
+    return products.as_strided(size, strides, products.storage_offset())
+
+
+class ConvAsTapSum(torch.autograd.Function):
+    """A bias-free convolution with few output channels (a PatchGAN's last layer has one) as the
+    sum of its kernel taps: one narrow product multiplies every input pixel by every tap's weight
+    at once, (N*H*W, C_in) @ (C_in, C_out*kh*kw), and each output pixel adds up its kh*kw terms
+    from a strided view of those products (tap_terms). No patches are gathered (kh*kw copies of
+    the input), and oneDNN's kernels, slow with one output channel, are not used. The padding is
+    applied to the narrow products, not to the input. Output and input gradient come in the
+    input's layout."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple) -> torch.Tensor:
+        n, c_in, h, w = x.shape
+        c_out, _, kh, kw = weight.shape
+        (ph, pw) = padding
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = stride, padding
+        taps = weight_rows(weight).reshape(-1, c_in)  # (C_out*kh*kw, C_in)
+        products = pixel_rows(x) @ taps.t()  # (N*H*W, C_out*kh*kw)
+        padded = products.new_zeros(n, h + 2 * ph, w + 2 * pw, c_out, kh, kw)
+        padded[:, ph : ph + h, pw : pw + w] = products.view(n, h, w, c_out, kh, kw)
+        out_size = map_size((h, w), (kh, kw), stride, padding, transposed=False)
+        out = tap_terms(padded, out_size, stride).sum((-2, -1)).permute(0, 3, 1, 2)  # channels_last
+        return out.contiguous() if x.is_contiguous() else out  # an NCHW network's output in NCHW
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        stride, (ph, pw) = ctx.geometry
+        n, c_in, h, w = x.shape
+        c_out, _, kh, kw = weight.shape
+        taps = weight_rows(weight).reshape(-1, c_in)  # (C_out*kh*kw, C_in)
+        # Each product feeds at most one output pixel: its gradient is that pixel's, or 0.
+        grad_padded = grad.new_zeros(n, h + 2 * ph, w + 2 * pw, c_out, kh, kw)
+        terms = tap_terms(grad_padded, grad.shape[-2:], stride)
+        terms.copy_(grad.permute(0, 2, 3, 1)[..., None, None].expand(terms.shape))
+        grad_products = grad_padded[:, ph : ph + h, pw : pw + w].reshape(n * h * w, -1)
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:  # (N*H*W, C_out*kh*kw) @ (C_out*kh*kw, C_in): channels_last
+            grad_x = (grad_products @ taps).view(n, h, w, c_in).permute(0, 3, 1, 2)
+            if x.is_contiguous():  # an NCHW network's gradient in NCHW, as its next layers expect
+                grad_x = grad_x.contiguous()
+        if ctx.needs_input_grad[1]:  # (C_out*kh*kw, N*H*W) @ (N*H*W, C_in), as the weight's rows
+            rows = grad_products.t().contiguous() @ pixel_rows(x)
+            grad_weight = rows.view(c_out, kh, kw, c_in).permute(0, 3, 1, 2)
         return grad_x, grad_weight, None, None
 
 

@@ -12,6 +12,10 @@ network the product works on patch rows in NHWC order (conv_products.ConvAsProdu
 ConvTransposeAsProduct): no unfold or fold in NCHW order, whose transposing copies cost more than
 the products here.
 
+Few output channels as a sum of taps. D's last layer (512 -> 1 channel, 4x4, stride 1) is slow in
+oneDNN at every size; one narrow product of every pixel with every tap's weight, then a strided
+sum of each output pixel's taps, is not (conv_products.ConvAsTapSum, every CPU path).
+
 Weight gradients as one product. On the next levels up (32x32 and 64x64 maps at batch 1, and D's
 256->512 layer) oneDNN's forward and input gradient are fast, but its weight gradient, a sum over
 the few output pixels, is not; there it becomes one matrix product of the output gradient and the
@@ -40,6 +44,7 @@ from torch import nn
 
 from conv_products import (
     ConvAsProduct,
+    ConvAsTapSum,
     ConvTransposeAsProduct,
     RowsTimesWeight,
     WeightGradAsProduct,
@@ -58,6 +63,11 @@ SMALL_MAP_PIXELS = 16 * 16
 # levels and D's 256->512 layer; docs/performance.md). Larger maps keep oneDNN's kernel.
 PRODUCT_WEIGHT_GRAD_PIXELS = 32 * 32
 PRODUCT_WEIGHT_GRAD_DTYPES = (torch.bfloat16,)
+
+# A stride-1 convolution whose output channels times kernel taps are at most this many (D's last
+# layer: 1 x 4x4) is the sum of its taps' products (ConvAsTapSum) on the CPU, at any map size,
+# batch, layout and dtype: oneDNN is slow with one output channel (docs/performance.md).
+TAP_SUM_COLUMNS = 16
 
 
 class ComputeCopy:
@@ -138,6 +148,19 @@ def compute_weight(layer: MatmulConv2d | MatmulConvTranspose2d, x: torch.Tensor)
     return weight.to(dtype)
 
 
+def takes_tap_sum(layer: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether a convolution takes ConvAsTapSum (the caller checks groups, dilation and padding)."""
+    if exporting() or x.device.type != "cpu" or layer.stride != (1, 1):
+        return False
+    kh, kw = layer.kernel_size
+    return layer.out_channels * kh * kw <= TAP_SUM_COLUMNS
+
+
+def with_bias(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A product route's output plus the layer's bias, if it has one (per channel, in out's dtype)."""
+    return out if bias is None else out + bias.to(out.dtype)[:, None, None]
+
+
 def weight_grad_as_product(x: torch.Tensor, weight: torch.Tensor, summed_pixels: int) -> bool:
     """Whether a layer's oneDNN call takes WeightGradAsProduct; `summed_pixels` are the pixels its
     weight gradient sums over (the caller checks what its geometry allows: no bias, groups,
@@ -157,7 +180,8 @@ class MatmulConv2d(nn.Conv2d):
     """nn.Conv2d computed as one matrix product for small CPU maps at batch 1 (groups 1, dilation
     1, zero padding): of patch rows in a channels_last network, of unfold's columns in an NCHW one.
     For batches oneDNN is faster: the patches of a batch, and a batched product that repeats the
-    weight per image, cost more than they save (docs/performance.md)."""
+    weight per image, cost more than they save (docs/performance.md). A layer with very few output
+    channels (takes_tap_sum) is the sum of its taps' products at any size and batch."""
 
     compute_copy: ComputeCopy | None = None
     channels_last: bool = False  # the network's layout (what a 1x1 map, dense in both, is taken as)
@@ -183,11 +207,15 @@ class MatmulConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = compute_weight(self, x)
+        if not self.plain() and takes_tap_sum(self, x):
+            out = ConvAsTapSum.apply(x.to(weight.dtype), weight, self.stride, self.padding)
+            return with_bias(out, self.bias)
         if x.shape[0] != 1 or self.plain() or not small_cpu_map(x):
             return self._stock_forward(x, weight)
         if self.channels_last:
-            out = ConvAsProduct.apply(x.to(weight.dtype), weight, self.stride, self.padding)
-            return out if self.bias is None else out + self.bias.to(out.dtype)[:, None, None]
+            return with_bias(
+                ConvAsProduct.apply(x.to(weight.dtype), weight, self.stride, self.padding), self.bias
+            )
         n, _, h, w = x.shape
         cols = F.unfold(x.to(weight.dtype), self.kernel_size, padding=self.padding, stride=self.stride)
         out = torch.matmul(weight.flatten(1), cols)  # (N, C_in*kh*kw, L) -> (N, C_out, L)
@@ -250,7 +278,7 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
             return self._stock_forward(x, weight, output_size)
         if self.channels_last:
             out = ConvTransposeAsProduct.apply(x.to(weight.dtype), weight, self.stride, self.padding)
-            return out if self.bias is None else out + self.bias.to(out.dtype)[:, None, None]
+            return with_bias(out, self.bias)
         n, c_in, h, w = x.shape
         # Every input pixel spreads a (C_out, kh, kw) patch; fold sums the overlapping patches.
         # One product for the whole batch: pixels as rows.
@@ -261,9 +289,7 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
         out = F.fold(
             cols, size, self.kernel_size, padding=self.padding, stride=self.stride
         )  # (N, C_out, H, W)
-        if self.bias is not None:
-            out = out + self.bias.to(out.dtype)[:, None, None]
-        return same_format(out, x)
+        return same_format(with_bias(out, self.bias), x)
 
     def plain(self) -> bool:
         """Whether the layer has what only the stock layer computes (groups, dilation, ...)."""

@@ -182,6 +182,53 @@ def test_which_maps_take_the_matrix_product(monkeypatch):
     assert not calls
 
 
+# (in, out, kernel, padding, input height, width), stride 1: PatchGAN's last layer (1 output
+# channel, 4x4) and other narrow ones: no padding, 16 columns (4 x 2x2), a 1x1 kernel.
+TAP_SUM_CASES = [(6, 1, 4, 1, 7, 6), (5, 1, 3, 0, 4, 5), (4, 4, 2, 1, 3, 3), (3, 2, 1, 0, 2, 3)]
+
+
+@pytest.mark.parametrize("case", TAP_SUM_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("n", [1, 3], ids=["batch1", "batch3"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_few_output_channels_as_a_sum_of_taps_match_the_stock_layer(case, dtype, bias, n, channels_last):
+    """ConvAsTapSum at any size and batch, in either layout: the stock layer's output and
+    gradients to rounding, the input's gradient in the input's layout."""
+    cin, cout, k, p, h, w = case
+    fast, stock = pair_of("conv", cin, cout, k, 1, p, bias, channels_last)
+    x = torch.randn(n, cin, h, w, generator=torch.Generator().manual_seed(1))
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = x.contiguous(memory_format=memory_format)
+    route = fast(x.requires_grad_()).grad_fn
+    if bias:
+        route = route.next_functions[0][0]  # the bias is added after the sum
+    assert type(route).__name__ == "ConvAsTapSumBackward"
+    y_fast, g_fast = forward_backward(fast, x, dtype)
+    y_stock, g_stock = forward_backward(stock, x, dtype)
+    assert y_fast.shape == y_stock.shape
+    assert y_fast.is_contiguous(memory_format=memory_format)
+    assert g_fast[0].is_contiguous(memory_format=memory_format)
+    rel = 1e-5 if dtype == torch.float32 else 0.02  # as in the matrix-product layers' test
+    for a, b in zip([y_fast, *g_fast], [y_stock, *g_stock]):
+        a, b = a.float(), b.float()
+        torch.testing.assert_close(a, b, atol=rel * max(1.0, b.abs().max().item()), rtol=rel)
+
+
+def test_which_convolutions_take_the_tap_sum():
+    """Stride 1 and at most TAP_SUM_COLUMNS output channels x taps, on the CPU; else the other routes."""
+
+    def route(cout: int, k: int, s: int, padding: int | str = 1) -> str:
+        layer = MatmulConv2d(4, cout, k, s, padding, bias=False)
+        return type(layer(torch.randn(1, 4, 9, 9)).grad_fn).__name__
+
+    assert route(1, 4, 1) == "ConvAsTapSumBackward"  # PatchGAN's last layer
+    assert route(4, 2, 1) == "ConvAsTapSumBackward"  # 16 columns
+    assert route(1, 4, 2) != "ConvAsTapSumBackward"  # stride 2: the sum would need 4x the products
+    assert route(5, 2, 1) != "ConvAsTapSumBackward"  # 20 columns
+    assert route(1, 3, 1, padding="same") != "ConvAsTapSumBackward"  # the stock layer's padding
+
+
 @pytest.mark.parametrize("kind,case", [(kind, case) for kind, case in LAYER_CASES if case[-2:] != (1, 1)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("n", [1, 3], ids=["batch1", "batch3"])
