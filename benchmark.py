@@ -28,7 +28,8 @@ block by block (min, median, max), so that a change can be told from the noise b
 ``floor`` (step_floor.py): the fast step's FLOPs (counted as it runs) over the machine's peak in
 its dtype (measured in the fast worker after each round of blocks, the best of a 2048x2048 matrix
 product and the step's largest convolution): the time a step would take if all of it ran at that
-peak; ``efficiency`` = floor / fast's s/iter, also block by block. ``machine.isa`` says which
+peak (``peak_gflops_rounds``: each round's own best, min/median/max, how much the peak moved on
+a shared machine); ``efficiency`` = floor / fast's s/iter, also block by block. ``machine.isa`` says which
 instruction sets ran; ``--emulate avx2`` (a CPU without AVX-512 or bf16) or ``--emulate avx512``
 (AVX-512 without bf16) measures again in a fresh interpreter with PyTorch's, oneDNN's and MKL's
 instruction sets limited (``machine.isa.emulated`` lists the variables; precision auto then
@@ -300,10 +301,9 @@ def run(args: argparse.Namespace) -> dict:
                 result[f"{key}_blocks"] = step_floor.spread(ratios)  # the noise: block by block
     if peaks:
         fast = result["fast"]
-        peak = {key: max(p[key] for p in peaks) for key in peaks[0]}
         result["floor"] = {
             **step_floor.floor_summary(
-                inspected["fast"]["flops"], peak, fast["s_per_iter"], fast["blocks_s_per_iter"]
+                inspected["fast"]["flops"], peaks, fast["s_per_iter"], fast["blocks_s_per_iter"]
             ),
             "largest_conv": inspected["fast"]["largest_conv"],
         }
@@ -382,7 +382,8 @@ def main() -> None:
         f = result["floor"]
         print(
             f"floor: {f['gflop_per_iter']:.1f} GFLOP per iteration at the measured peak of "
-            f"{f['peak_gflops']:.0f} GFLOP/s = {f['floor_s_per_iter']:.3f} s; "
+            f"{f['peak_gflops']:.0f} GFLOP/s (rounds {f['peak_gflops_rounds']['min']:.0f}-"
+            f"{f['peak_gflops_rounds']['max']:.0f}) = {f['floor_s_per_iter']:.3f} s; "
             f"fast runs at {f['efficiency']:.0%} of it "
             f"(blocks {f['efficiency_blocks']['min']:.0%}-{f['efficiency_blocks']['max']:.0%})"
         )

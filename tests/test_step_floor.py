@@ -70,9 +70,17 @@ def test_verbose_lines_capture_onednn_reports():
 
 
 def test_floor_summary_arithmetic():
-    peak = {"matmul_gflops": 150.0, "conv_gflops": 200.0}  # the higher one is the peak
-    floor = step_floor.floor_summary(100e9, peak, 0.8, [0.6, 0.8, 1.0])
+    # One measurement per round of blocks: the best product and the best convolution of all
+    # rounds, the higher of them the peak; the rounds' own bests give the peak's spread.
+    peaks = [
+        {"matmul_gflops": 150.0, "conv_gflops": 120.0},
+        {"matmul_gflops": 140.0, "conv_gflops": 200.0},
+        {"matmul_gflops": 90.0, "conv_gflops": 100.0},
+    ]
+    floor = step_floor.floor_summary(100e9, peaks, 0.8, [0.6, 0.8, 1.0])
     assert floor["peak_gflops"] == 200.0
+    assert (floor["matmul_gflops"], floor["conv_gflops"]) == (150.0, 200.0)
+    assert floor["peak_gflops_rounds"] == {"min": 100.0, "median": 150.0, "max": 200.0}
     assert floor["floor_s_per_iter"] == 0.5
     assert floor["efficiency"] == pytest.approx(0.625, abs=1e-3)
     assert floor["efficiency_blocks"] == {"min": 0.5, "median": 0.625, "max": 0.833}
