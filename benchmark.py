@@ -28,11 +28,11 @@ block by block (min, median, max), so that a change can be told from the noise b
 ``floor`` (step_floor.py): the fast step's FLOPs (counted as it runs) over the machine's peak in
 its dtype (measured in the fast worker after each round of blocks, the best of a 2048x2048 matrix
 product and the step's largest convolution): the time a step would take if all of it ran at that
-peak (``peak_gflops_rounds``: each round's own best, min/median/max, how much the peak moved on
-a shared machine); ``efficiency`` = floor / fast's s/iter, also block by block. ``machine.isa`` says which
-instruction sets ran; ``--emulate avx2`` (a CPU without AVX-512 or bf16) or ``--emulate avx512``
-(AVX-512 without bf16) measures again in a fresh interpreter with PyTorch's, oneDNN's and MKL's
-instruction sets limited (``machine.isa.emulated`` lists the variables; precision auto then
+peak. ``peak_gflops_rounds``: each round's own best (min/median/max), how much the peak moved on
+a shared machine. ``efficiency`` = floor / fast's s/iter, also block by block. ``machine.isa``
+says which instruction sets ran; ``--emulate avx2`` (a CPU without AVX-512 or bf16) or
+``--emulate avx512`` (AVX-512 without bf16) measures again in a fresh interpreter with PyTorch's,
+oneDNN's and MKL's instruction sets limited (``machine.isa.emulated`` lists the variables; precision auto then
 trains in fp32, as on such a CPU).
 
 ``epoch_overhead`` (measured in the ``fast`` worker after its blocks, median of
