@@ -57,8 +57,8 @@ def patch_rows(
     made NHWC-dense once (free of a transposing copy when `x` is channels_last already)."""
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     pixels = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous()  # (N, H+2ph, W+2pw, C)
-    n, hp, wp, c = pixels.shape
-    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    n, _, _, c = pixels.shape
+    ho, wo = map_size(x.shape[-2:], kernel_size, stride, padding, transposed=False)
     s_n, s_h, s_w, s_c = pixels.stride()
     windows = pixels.as_strided((n, ho, wo, kh, kw, c), (s_n, sh * s_h, sw * s_w, s_h, s_w, s_c))
     return windows.reshape(n * ho * wo, kh * kw * c)
@@ -239,8 +239,7 @@ class ConvAsTapSum(torch.autograd.Function):
             if x.is_contiguous():  # an NCHW network's gradient in NCHW, as its next layers expect
                 grad_x = grad_x.contiguous()
         if ctx.needs_input_grad[1]:  # (C_out*kh*kw, N*H*W) @ (N*H*W, C_in), as the weight's rows
-            rows = grad_products.t().contiguous() @ pixel_rows(x)
-            grad_weight = rows.view(c_out, kh, kw, c_in).permute(0, 3, 1, 2)
+            grad_weight = product_weight_grad(grad_products.t().contiguous(), pixel_rows(x), weight)
         return grad_x, grad_weight, None, None
 
 

@@ -149,7 +149,8 @@ def compute_weight(layer: MatmulConv2d | MatmulConvTranspose2d, x: torch.Tensor)
 
 
 def takes_tap_sum(layer: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether a convolution takes ConvAsTapSum (the caller checks groups, dilation and padding)."""
+    """Whether a convolution takes ConvAsTapSum (the caller has sent groups, dilation and string
+    paddings to the stock layer)."""
     if exporting() or x.device.type != "cpu" or layer.stride != (1, 1):
         return False
     kh, kw = layer.kernel_size
@@ -207,25 +208,24 @@ class MatmulConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = compute_weight(self, x)
-        if not self.plain() and takes_tap_sum(self, x):
+        if self.plain():
+            return self._stock_forward(x, weight)
+        if takes_tap_sum(self, x):
             out = ConvAsTapSum.apply(x.to(weight.dtype), weight, self.stride, self.padding)
             return with_bias(out, self.bias)
-        if x.shape[0] != 1 or self.plain() or not small_cpu_map(x):
+        if x.shape[0] != 1 or not small_cpu_map(x):
             return self._stock_forward(x, weight)
         if self.channels_last:
-            return with_bias(
-                ConvAsProduct.apply(x.to(weight.dtype), weight, self.stride, self.padding), self.bias
-            )
+            out = ConvAsProduct.apply(x.to(weight.dtype), weight, self.stride, self.padding)
+            return with_bias(out, self.bias)
         n, _, h, w = x.shape
         cols = F.unfold(x.to(weight.dtype), self.kernel_size, padding=self.padding, stride=self.stride)
         out = torch.matmul(weight.flatten(1), cols)  # (N, C_in*kh*kw, L) -> (N, C_out, L)
         if out.requires_grad:
             out.register_hook(dense_rows)  # the weight's gradient: a dense (C_out, L) times cols^T
-        if self.bias is not None:
-            out = out + self.bias.to(out.dtype)[:, None]
         out_size = map_size((h, w), self.kernel_size, self.stride, self.padding, transposed=False)
         out = out.view(n, -1, *out_size)  # (N, C_out, H', W')
-        return same_format(out, x)
+        return same_format(with_bias(out, self.bias), x)
 
     def plain(self) -> bool:
         """Whether the layer has what only the stock layer computes (groups, dilation, ...)."""
