@@ -29,11 +29,17 @@ block by block (min, median, max), so that a change can be told from the noise b
 its dtype (measured in the fast worker after each round of blocks, the best of a 2048x2048 matrix
 product and the step's largest convolution): the time a step would take if all of it ran at that
 peak. ``peak_gflops_rounds``: each round's own best (min/median/max), how much the peak moved on
-a shared machine. ``efficiency`` = floor / fast's s/iter, also block by block. ``machine.isa``
-says which instruction sets ran; ``--emulate avx2`` (a CPU without AVX-512 or bf16) or
-``--emulate avx512`` (AVX-512 without bf16) measures again in a fresh interpreter with PyTorch's,
-oneDNN's and MKL's instruction sets limited (``machine.isa.emulated`` lists the variables; precision auto then
-trains in fp32, as on such a CPU).
+a shared machine. ``efficiency`` = floor / fast's s/iter, also block by block. ``floor.update``:
+what that floor leaves out, the optimizers' step after the backward pass, bound by memory traffic:
+``gb_per_iter`` (Adam reads each weight, its gradient and both moments and writes the weight and
+both moments), its best ``s_per_iter`` in the step (timed after each round) and the ``gbs`` that
+makes, against the machine's ``bandwidth_gbs`` (measured with the peak: the best of a copy and an
+in-place add of 256 MB buffers); ``floor_with_update_s_per_iter`` = the floor + the update's
+seconds, and ``efficiency_with_update`` = that / fast's s/iter. ``machine.isa`` says which
+instruction sets ran; ``--emulate avx2`` (a CPU without AVX-512 or bf16) or ``--emulate avx512``
+(AVX-512 without bf16) measures again in a fresh interpreter with PyTorch's, oneDNN's and MKL's
+instruction sets limited (``machine.isa.emulated`` lists the variables; precision auto then trains
+in fp32, as on such a CPU).
 
 ``epoch_overhead`` (measured in the ``fast`` worker after its blocks, median of
 ``--epoch_repeats``): the end of an epoch at the defaults (val_every 1, val_images 20), on the
@@ -151,8 +157,10 @@ def build(kind: str, data_root: str, device: str):
 def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> None:
     """Answer the parent's commands: ("block", n) times n iterations, answered with (seconds,
     data-wait seconds, n); ("inspect",) counts one step's FLOPs and reports the instruction sets
-    that ran (step_floor.inspect_step); ("peak",) measures the machine's peak in the step's
-    dtype; None ends the blocks (then the info, and for ``fast`` the end of an epoch)."""
+    that ran (step_floor.inspect_step) and the bytes of the optimizers' update; ("peak",) measures
+    the machine's peaks (arithmetic in the step's dtype, memory bandwidth) and the seconds of the
+    optimizers' step in three training steps (the best); None ends the blocks
+    (then the info, and for ``fast`` the end of an epoch)."""
     import warnings
 
     import epoch_cost
@@ -178,10 +186,14 @@ def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> 
         if command[0] == "inspect":
             batch = next_batch()
             inspected = step_floor.inspect_step(lambda batch=batch: train.train_step(state, *batch))
-            conn.send({**inspected, "largest_conv": step_floor.describe(inspected["largest_conv"])})
+            described = step_floor.describe(inspected["largest_conv"])
+            update = step_floor.update_bytes([state.opt_G, state.opt_D])
+            conn.send({**inspected, "largest_conv": described, "update_bytes": update})
             continue
         if command[0] == "peak":
-            conn.send(step_floor.peak_gflops(state.dtype, inspected["largest_conv"], state.device))
+            peaks = step_floor.machine_peaks(state.dtype, inspected["largest_conv"], state.device)
+            step = lambda: train.train_step(state, *next_batch())  # noqa: E731
+            conn.send({**peaks, "update_s": step_floor.update_seconds(step, state.device)})
             continue
         waited, started = 0.0, time.perf_counter()
         for _ in range(command[1]):
@@ -300,12 +312,16 @@ def run(args: argparse.Namespace) -> dict:
                 ratios = [b[0] / b[2] / (f[0] / f[2]) for b, f in zip(blocks["baseline"], blocks[kind])]
                 result[f"{key}_blocks"] = step_floor.spread(ratios)  # the noise: block by block
     if peaks:
-        fast = result["fast"]
+        fast, counted = result["fast"], inspected["fast"]
         result["floor"] = {
             **step_floor.floor_summary(
-                inspected["fast"]["flops"], peaks, fast["s_per_iter"], fast["blocks_s_per_iter"]
+                counted["flops"],
+                counted["update_bytes"],
+                peaks,
+                fast["s_per_iter"],
+                fast["blocks_s_per_iter"],
             ),
-            "largest_conv": inspected["fast"]["largest_conv"],
+            "largest_conv": counted["largest_conv"],
         }
     for kind, report in inspected.items():
         result[kind]["gflop_per_iter"] = round(report["flops"] / 1e9, 2)
@@ -386,6 +402,13 @@ def main() -> None:
             f"{f['peak_gflops_rounds']['max']:.0f}) = {f['floor_s_per_iter']:.3f} s; "
             f"fast runs at {f['efficiency']:.0%} of it "
             f"(blocks {f['efficiency_blocks']['min']:.0%}-{f['efficiency_blocks']['max']:.0%})"
+        )
+        u = f["update"]
+        print(
+            f"with the optimizers' update ({u['gb_per_iter']:.2f} GB read and written in "
+            f"{u['s_per_iter']:.3f} s, {u['gbs'] or 0:.1f} GB/s against the measured "
+            f"{u['bandwidth_gbs']:.1f}): "
+            f"{u['floor_with_update_s_per_iter']:.3f} s; fast runs at {u['efficiency_with_update']:.0%} of it"
         )
     if "epoch_overhead" in result:
         e = result["epoch_overhead"]

@@ -7,6 +7,12 @@
   the step's own largest convolution (its shapes, dtype and memory format), best of a few runs.
 - floor = FLOPs / peak, the seconds of a step whose every FLOP ran at that peak and nothing else
   cost time; efficiency = floor / the measured seconds of a step.
+- What the FLOP floor leaves out, the optimizers' update: Adam reads every weight, its gradient and
+  both moments and writes the weight and both moments, a pass bound by memory traffic that
+  torch.optim runs after the backward pass. ``update`` gives its bytes, its seconds in the step
+  and the bandwidth they make, against the machine's bandwidth (measured like the peak: the
+  better of a copy and an in-place add of buffers larger than the caches), and the floor with
+  the update's seconds added.
 - Which instruction sets ran: PyTorch's own kernels (torch.backends.cpu.get_cpu_capability()),
   oneDNN's and MKL's (their verbose reports of one step), and whether the environment limited
   them to emulate another kind of CPU (EMULATIONS, which benchmark.py --emulate sets).
@@ -25,8 +31,11 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+from epoch_cost import device_sync
 
 # The variables that limit PyTorch's, oneDNN's and MKL's instruction sets, per emulated CPU kind.
 EMULATIONS = {
@@ -41,6 +50,13 @@ EMULATIONS = {
 }
 ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 MATMUL_SIZE = 2048
+# Each buffer of the bandwidth test: larger than the last-level cache (105 MB on the Xeon measured
+# in docs/performance.md), so that the test measures memory, not cache.
+BANDWIDTH_MB = 256
+# Adam's reads and writes per weight, in units of the weight's size: the weight, its gradient and
+# both moments read, the weight and both moments written. (With bf16 compute copies the gradient
+# read is half as large and the copy written is as large again: the same 7 x 4 bytes.)
+ADAM_ACCESSES = 7
 
 
 class ConvolutionLog(TorchDispatchMode):
@@ -84,7 +100,7 @@ def count_step(step: Callable[[], object]) -> tuple[int, dict]:
 
 def best_seconds(work: Callable[[], object], repeats: int, device: torch.device) -> float:
     """The fastest of `repeats` runs of `work` after one untimed run: the least disturbed one."""
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
     work()
     best = float("inf")
     for _ in range(repeats):
@@ -118,9 +134,60 @@ def conv_gflops(conv: dict, device: torch.device, repeats: int = 3) -> float:
         return conv["flops"] / best_seconds(run, repeats, device) / 1e9
 
 
-def peak_gflops(dtype: torch.dtype, conv: dict, device: torch.device) -> dict:
-    """The machine's peak now, in `dtype`: a large matrix product and the step's largest convolution."""
-    return {"matmul_gflops": matmul_gflops(dtype, device), "conv_gflops": conv_gflops(conv, device)}
+def bandwidth_gbs(device: torch.device, repeats: int = 3, megabytes: int = BANDWIDTH_MB) -> dict:
+    """Memory bandwidth now, in GB/s of bytes read plus written, of fp32 buffers larger than the
+    caches: a copy (one read, one write elsewhere) and an in-place add (two reads, one write back
+    where one of them was read, as Adam writes its weights and moments)."""
+    n = megabytes * 2**20 // 4
+    a, b, c = (torch.ones(n, device=device) for _ in range(3))  # b grows by 1 a run: exact in fp32
+    copy_s = best_seconds(lambda: c.copy_(a), repeats, device)
+    add_s = best_seconds(lambda: b.add_(a), repeats, device)
+    return {"copy_gbs": 2 * 4 * n / copy_s / 1e9, "add_gbs": 3 * 4 * n / add_s / 1e9}
+
+
+def machine_peaks(dtype: torch.dtype, conv: dict, device: torch.device) -> dict:
+    """The machine's peaks now: arithmetic in `dtype` (a large matrix product and the step's
+    largest convolution) and memory bandwidth (a copy and an in-place add)."""
+    return {
+        "matmul_gflops": matmul_gflops(dtype, device),
+        "conv_gflops": conv_gflops(conv, device),
+        **bandwidth_gbs(device),
+    }
+
+
+def update_seconds(step: Callable[[], object], device: torch.device, repeats: int = 3) -> float:
+    """The seconds the optimizers' steps take inside `step`, the best of `repeats` steps: global
+    hooks time every torch.optim step, around the optimizer's own hooks (which is where
+    adam_copies updates the weights that have bf16 copies)."""
+    sync, spent = device_sync(device), 0.0
+
+    def started(*_) -> None:
+        nonlocal spent
+        sync()
+        spent -= time.perf_counter()
+
+    def ended(*_) -> None:
+        nonlocal spent
+        sync()
+        spent += time.perf_counter()
+
+    hooks = [register_optimizer_step_pre_hook(started), register_optimizer_step_post_hook(ended)]
+    try:
+        best = float("inf")
+        for _ in range(repeats):
+            spent = 0.0
+            step()
+            best = min(best, spent)
+        return best
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def update_bytes(optimizers: list[torch.optim.Optimizer]) -> int:
+    """The bytes Adam's update of these optimizers' weights must read and write at the least."""
+    weights = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
+    return sum(ADAM_ACCESSES * p.element_size() * p.numel() for p in weights)
 
 
 def describe(conv: dict) -> str:
@@ -187,10 +254,11 @@ def instruction_sets(lines: list[str]) -> dict:
     }
 
 
-def floor_summary(flops: int, peaks: list[dict], s_per_iter: float, blocks: list[float]) -> dict:
-    """The floor and the efficiency (floor / seconds per step) of the median and of every block.
-    `peaks` are peak_gflops' measurements, one per round of blocks: the best of them is the
-    machine's peak (the least disturbed), and their spread says how much the peak itself moved."""
+def floor_summary(flops: int, update: int, peaks: list[dict], s_per_iter: float, blocks: list[float]) -> dict:
+    """The floor and the efficiency (floor / seconds per step) of the median and of every block,
+    and under ``update`` the optimizers' step that the floor leaves out (`update` bytes). `peaks`
+    are machine_peaks' measurements with the update's seconds, one per round of blocks: the best
+    of them is the machine's peak (the least disturbed), their spread how much the peak moved."""
     matmul = max(p["matmul_gflops"] for p in peaks)
     conv = max(p["conv_gflops"] for p in peaks)
     best = max(matmul, conv)
@@ -205,6 +273,24 @@ def floor_summary(flops: int, peaks: list[dict], s_per_iter: float, blocks: list
         "efficiency_blocks": spread(per_block),
         "matmul_gflops": round(matmul, 1),
         "conv_gflops": round(conv, 1),
+        "update": update_figures(update, peaks, floor_s, s_per_iter),
+    }
+
+
+def update_figures(update: int, peaks: list[dict], floor_s: float, s_per_iter: float) -> dict:
+    """The optimizers' step, bound by memory traffic: its bytes, its best measured seconds and the
+    bandwidth that makes, against the machine's (best of the rounds); and the floor of a step whose
+    every FLOP ran at the peak and whose update took what it takes now, with fast's efficiency."""
+    update_s = min(p["update_s"] for p in peaks)
+    bandwidth = [max(p["copy_gbs"], p["add_gbs"]) for p in peaks]
+    return {
+        "gb_per_iter": round(update / 1e9, 3),
+        "s_per_iter": round(update_s, 4),
+        "gbs": round(update / 1e9 / update_s, 1) if update_s else None,  # no step: skipped (fp16)
+        "bandwidth_gbs": round(max(bandwidth), 1),
+        "bandwidth_gbs_rounds": spread(bandwidth),
+        "floor_with_update_s_per_iter": round(floor_s + update_s, 4),
+        "efficiency_with_update": round((floor_s + update_s) / s_per_iter, 3),
     }
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -71,22 +72,75 @@ def test_verbose_lines_capture_onednn_reports():
 
 def test_floor_summary_arithmetic():
     # One measurement per round of blocks: the best product and the best convolution of all
-    # rounds, the higher of them the peak; the rounds' own bests give the peak's spread.
+    # rounds, the higher of them the peak; the rounds' own bests give the peak's spread. The
+    # same for the bandwidth, the better of the copy and the add.
     peaks = [
-        {"matmul_gflops": 150.0, "conv_gflops": 120.0},
-        {"matmul_gflops": 140.0, "conv_gflops": 200.0},
-        {"matmul_gflops": 90.0, "conv_gflops": 100.0},
+        {"matmul_gflops": 150.0, "conv_gflops": 120.0, "copy_gbs": 8.0, "add_gbs": 9.0, "update_s": 0.3},
+        {"matmul_gflops": 140.0, "conv_gflops": 200.0, "copy_gbs": 10.0, "add_gbs": 6.0, "update_s": 0.2},
+        {"matmul_gflops": 90.0, "conv_gflops": 100.0, "copy_gbs": 4.0, "add_gbs": 5.0, "update_s": 0.4},
     ]
-    floor = step_floor.floor_summary(100e9, peaks, 0.8, [0.6, 0.8, 1.0])
+    floor = step_floor.floor_summary(100e9, 2e9, peaks, 0.8, [0.6, 0.8, 1.0])
     assert floor["peak_gflops"] == 200.0
     assert (floor["matmul_gflops"], floor["conv_gflops"]) == (150.0, 200.0)
     assert floor["peak_gflops_rounds"] == {"min": 100.0, "median": 150.0, "max": 200.0}
     assert floor["floor_s_per_iter"] == 0.5
     assert floor["efficiency"] == pytest.approx(0.625, abs=1e-3)
     assert floor["efficiency_blocks"] == {"min": 0.5, "median": 0.625, "max": 0.833}
+    # 2 GB in the best 0.2 s: 10 GB/s; 0.5 s of arithmetic + 0.2 s of update is 0.7 s of the 0.8 s step.
+    assert floor["update"] == {
+        "gb_per_iter": 2.0,
+        "s_per_iter": 0.2,
+        "gbs": 10.0,
+        "bandwidth_gbs": 10.0,
+        "bandwidth_gbs_rounds": {"min": 5.0, "median": 9.0, "max": 10.0},
+        "floor_with_update_s_per_iter": 0.7,
+        "efficiency_with_update": 0.875,
+    }
 
 
-def test_peak_gflops_measures_both():
+def test_update_bytes_count_adams_reads_and_writes():
+    # Adam reads each weight, its gradient and both moments and writes the weight and both
+    # moments: 7 accesses of 4 bytes per fp32 weight, whatever the groups or the optimizers.
+    conv, norm = torch.nn.Conv2d(3, 8, 4), torch.nn.BatchNorm2d(8)
+    opt_G = torch.optim.Adam([{"params": conv.parameters()}, {"params": [norm.weight], "lr": 0.1}])
+    opt_D = torch.optim.Adam([norm.bias])
+    assert step_floor.update_bytes([opt_G, opt_D]) == 7 * 4 * (8 * 3 * 4 * 4 + 8 + 8 + 8)
+
+
+def test_update_seconds_times_every_optimizer_step(monkeypatch):
+    # On a clock that only the test moves: the rest of the step takes 5, one optimizer's own
+    # pre-hook 2 (where adam_copies updates the bf16 weights) and another optimizer's step 1.
+    # The global hooks bracket each optimizer's step, own hooks included, and are gone afterwards.
+    clock = types.SimpleNamespace(now=0.0, reads=0)
+
+    def perf_counter() -> float:
+        clock.reads += 1
+        return clock.now
+
+    def advance(seconds: float) -> None:
+        clock.now += seconds
+
+    monkeypatch.setattr(step_floor, "time", types.SimpleNamespace(perf_counter=perf_counter))
+
+    weight, other = nn.Parameter(torch.ones(4)), nn.Parameter(torch.ones(4))
+    adam, sgd = torch.optim.Adam([weight]), torch.optim.SGD([other])
+    adam.register_step_pre_hook(lambda *_: advance(2.0))
+    sgd.register_step_post_hook(lambda *_: advance(1.0))
+
+    def step() -> None:
+        advance(5.0)  # forward and backward: not the update
+        weight.grad, other.grad = torch.ones(4), torch.ones(4)
+        adam.step()
+        sgd.step()
+
+    assert step_floor.update_seconds(step, torch.device("cpu"), repeats=2) == 3.0
+    assert step_floor.update_seconds(lambda: advance(5.0), torch.device("cpu"), repeats=1) == 0.0
+    reads = clock.reads
+    step()
+    assert clock.reads == reads  # no hook left behind
+
+
+def test_machine_peaks_measure_arithmetic_and_bandwidth():
     conv = {
         "input": (1, 8, 16, 16),
         "weight": (8, 8, 4, 4),
@@ -100,8 +154,9 @@ def test_peak_gflops_measures_both():
         "channels_last": True,
         "flops": 2 * 8 * 8 * 16 * 64,
     }
-    peak = step_floor.peak_gflops(torch.float32, conv, torch.device("cpu"))
-    assert peak["matmul_gflops"] > 0 and peak["conv_gflops"] > 0
+    peak = step_floor.machine_peaks(torch.float32, conv, torch.device("cpu"))
+    assert set(peak) == {"matmul_gflops", "conv_gflops", "copy_gbs", "add_gbs"}
+    assert all(value > 0 for value in peak.values())
 
 
 def emulated(kind: str, code: str) -> dict:
