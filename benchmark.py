@@ -75,7 +75,7 @@ from pathlib import Path
 
 import torch
 
-import step_floor
+from benchmarking import step_floor
 
 BASELINE_WORKERS = 4  # the official code's default --num_threads
 DEFAULTS = {
@@ -91,7 +91,7 @@ class PILAlignedDataset(torch.utils.data.Dataset):
     """The official way: open, split, resize, crop and flip each pair with PIL on every access."""
 
     def __init__(self, folder: Path, direction: str, load_size: int, image_size: int) -> None:
-        from images import list_images
+        from files.images import list_images
 
         self.files, self.direction = list_images(folder), direction
         self.load_size, self.image_size = load_size, image_size
@@ -163,8 +163,8 @@ def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> 
     (then the info, and for ``fast`` the end of an epoch)."""
     import warnings
 
-    import epoch_cost
     import train
+    from benchmarking import epoch_cost
 
     warnings.filterwarnings("ignore", message=".*worker")  # 4 workers on 2 cores is the point
     state, loader, val_set, n_train = build(kind, data_root, device)
@@ -261,8 +261,8 @@ def machine_info(device: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    import epoch_cost
     import utils
+    from benchmarking import epoch_cost
 
     device_type = utils.resolve_device(args.device).type
     for key, value in DEFAULTS[device_type].items():

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 # The names of the layouts and preprocessing modes are the config's (config.py imports nothing).
 from config import LAYOUTS, PREPROCESS_MODES
-from images import (
+from files.images import (
     IMAGE_EXTENSIONS,
     MAX_LISTED,
     DatasetError,

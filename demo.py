@@ -13,7 +13,6 @@ translated exactly as predict.py translates a file (the same function, eval_mode
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import socket
 import sys
@@ -23,8 +22,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from demo_app import LIVE_SECONDS, DemoError, build_app, class_css, import_gradio, to_rgb
-from facades_palette import blank_facade
+from demo_app.model import Model
+from demo_app.page import LIVE_SECONDS, DemoError, build_app, class_css, import_gradio, to_rgb
+from demo_app.palette import blank_facade
 
 MAX_EXAMPLES = 500  # a longer dropdown of starting points is no help (edges2shoes has 200 val images)
 BLANK = "a blank facade"
@@ -36,28 +36,14 @@ BLANK = "a blank facade"
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Model:
-    """A trained generator as the app sees it: plain data and numpy images, no project types."""
-
-    config: dict[str, Any]  # the run's resolved config (dataset, data_root, direction, eval_mode, seed, ...)
-    epoch: int  # epochs it was trained for
-    translate: Callable[
-        [np.ndarray, int, bool], np.ndarray
-    ]  # (H, W, C) uint8, seed, resize -> (H, W, 3|1) uint8
-    read: Callable[
-        [Path], np.ndarray
-    ]  # an input image file, decoded as predict.py decodes it -> (H, W, 3|1) uint8
-
-
 def load_model(checkpoint: Path, device_name: str) -> Model:
     """The checkpoint's generator behind a numpy-in, numpy-out translate (predict.py's path)."""
     from PIL import Image
 
-    import predict
-    from checkpoint import CheckpointError
-    from evaluation import translate_image
-    from images import DatasetError, read_image, to_tensor
+    from evaluation.generate import translate_image
+    from files.images import DatasetError, read_image, to_tensor
+    from training.checkpoint import CheckpointError
+    from training.trained_generator import inference_precision, load_run
     from utils import resolve_device
 
     try:
@@ -67,10 +53,10 @@ def load_model(checkpoint: Path, device_name: str) -> Model:
     except RuntimeError:  # torch does not know the name
         raise DemoError(f"--device {device_name}: not a device name (auto, cpu, mps, cuda, cuda:N)") from None
     try:
-        G, cfg, epoch = predict.load_run(checkpoint, device)
+        G, cfg, epoch = load_run(checkpoint, device)
     except (CheckpointError, ValueError) as err:  # ValueError: a config the networks cannot be built from
         raise DemoError(str(err)) from None
-    amp = predict.inference_precision(G, device)
+    amp = inference_precision(G, device)
 
     def translate(image: np.ndarray, seed: int, resize: bool) -> np.ndarray:
         real_A = to_tensor(Image.fromarray(image), cfg.input_nc)  # as predict reads a file: gray or RGB
@@ -91,7 +77,7 @@ def example_inputs(config: dict[str, Any], data_root: Path) -> dict[str, Callabl
     """'split/file' -> a loader of the input side of that pair, for the val/ and test/ splits of
     data_root (train/ when it has neither), at most MAX_EXAMPLES."""
     from dataset import match_pairs
-    from images import DatasetError, list_images, read_image, read_pair
+    from files.images import DatasetError, list_images, read_image, read_pair
 
     side = 1 if config["direction"] == "BtoA" else 0  # which half of a pair the generator reads
     splits = [s for s in ("val", "test") if (data_root / s).is_dir()] or ["train"]

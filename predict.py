@@ -37,8 +37,6 @@ that lies in the run's data root (--data_root or the checkpoint's), is refused b
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import html
 import json
 import os
@@ -50,32 +48,28 @@ from urllib.parse import quote
 import torch
 from tqdm import tqdm
 
-from checkpoint import CheckpointError, load_generator
-from config import DATASETS, Config, ConfigError, name_problem
+from config import ConfigError
 from dataset import PairedDataset, open_split
-from evaluation import translate_image, translate_pairs
-from export import export_generator
-from figures import html_page, save_image
-from generator import UNetGenerator
-from images import DatasetError, list_images, read_image
-from metrics import FID_MIN_IMAGES, SSIM_SIZE, MissingPackageError, evaluate_pairs, inception_weights_path
-from speedups import accelerate
+from evaluation.export import export_generator
+from evaluation.generate import translate_image, translate_pairs
+from evaluation.metrics import (
+    FID_MIN_IMAGES,
+    SSIM_SIZE,
+    MissingPackageError,
+    evaluate_pairs,
+    inception_weights_path,
+)
+from files.images import DatasetError, list_images, read_image
+from reporting.figures import html_page, save_image
+from training.checkpoint import CheckpointError
+from training.trained_generator import inference_precision, load_run
 from utils import (
     ArgumentParser,
     OutputError,
-    autocast,
     exit_on_errors,
     resolve_device,
-    resolve_precision,
     write_text,
 )
-
-# What predict.py needs of the run's config, with the defaults of checkpoints older than a field.
-# The run's fields predict.py uses; a checkpoint older than a field gets config.py's default.
-RUN_FIELDS = (
-    "name", "dataset", "data_root", "data_layout", "direction", "load_size", "image_size",
-    "preprocess", "input_nc", "output_nc", "eval_mode", "seed",
-)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -130,41 +124,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.fid and not args.split:
         parser.error("--fid needs --split (it compares with the real targets of a split)")
     return args
-
-
-def load_run(path: Path, device: torch.device) -> tuple[UNetGenerator, SimpleNamespace, int]:
-    """The generator of a checkpoint, the run settings predict.py uses, and its epochs trained.
-
-    The run name, which becomes a path, is checked as train.py checks it, so that a crafted
-    checkpoint cannot make the default output folder point elsewhere.
-    """
-    G, checkpoint = load_generator(path, device)
-    saved = checkpoint.get("config", {})
-    dataset = saved.get("dataset")
-    known = isinstance(dataset, str) and dataset in DATASETS  # a crafted file may hold anything
-    defaults = dataclasses.asdict(Config(dataset=dataset if known else Config.dataset))
-    settings = SimpleNamespace(**{key: saved.get(key, defaults[key]) for key in RUN_FIELDS})
-    problem = name_problem(settings.name) if isinstance(settings.name, str) else "must be a string"
-    if problem:
-        raise CheckpointError(
-            f"{path}: its run name {settings.name!r} {problem or 'is not usable'}; give --output"
-        )
-    if checkpoint.get("official"):
-        kwargs = checkpoint["generator_kwargs"]
-        print(
-            f"{path}: a generator of the authors' pytorch-CycleGAN-and-pix2pix (unet_{settings.image_size}, "
-            f"{kwargs['norm']} norm), run as their test.py runs it by default: eval_mode false, dropout "
-            f"{kwargs['dropout']}; direction {settings.direction} unless --direction says otherwise"
-        )
-    return G, settings, int(checkpoint.get("epoch", 0))
-
-
-def inference_precision(G: UNetGenerator, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast to the automatic precision, with G made fast for it (speedups.accelerate: on a CPU
-    with native bf16, bf16 copies of its weights made once instead of cast at every call)."""
-    dtype = resolve_precision("auto", device)
-    accelerate([(G, None)], device, dtype)
-    return autocast(device, dtype)
 
 
 def collect_inputs(inputs: list[Path]) -> list[Path]:

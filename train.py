@@ -28,28 +28,27 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-import checkpoint as ckpt
-import distributed as ddp
-import preflight
-import run_control
-from background import BackgroundWriter, LatestSchedule, cpu_copy
-from checkpoint import CheckpointError
-from cli import parse_args
 from config import Config, ConfigError, architecture_defaults, generator_depth
-from data import build_data, make_loader, prepare_data_root
 from dataset import PairedDataset
 from discriminator import PatchDiscriminator
+from evaluation.metrics import MissingPackageError, inception_weights_path
+from files.images import DatasetError
 from generator import UNetGenerator
-from guards import TrainingError, check_losses, check_networks
-from images import DatasetError
 from layers import init_weights, set_requires_grad
-from metrics import MissingPackageError, inception_weights_path
-from report import Reporter, check_tensorboard
-from runlog import RunLog
-from speedups import GraphedStep, accelerate
-from state import LOSS_NAMES, History, Progress, RunDirs, RunState
+from reporting.reporter import Reporter, check_tensorboard
+from reporting.runlog import RunLog
+from speed.accelerate import GraphedStep, accelerate
+from training import checkpoint as ckpt
+from training import distributed as ddp
+from training import preflight, run_control
+from training.background import BackgroundWriter, LatestSchedule, cpu_copy
+from training.checkpoint import CheckpointError
+from training.cli import parse_args
+from training.guards import TrainingError, check_losses, check_networks
+from training.loader import build_data, make_loader, prepare_data_root
+from training.state import LOSS_NAMES, History, Progress, RunDirs, RunState
+from training.validation import validate_epoch
 from utils import OutputError, exit_on_errors, resolve_device, resolve_precision, seed_everything
-from validation import validate_epoch
 
 # --- Networks and optimizers ---
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import importlib
+import io
 import os
 import subprocess
 import sys
+import tarfile
+import threading
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -13,6 +18,7 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +98,7 @@ def require(module: str):
 
 def require_fid() -> None:
     """The optional FID package (requirements-eval.txt), required in CI like `require`."""
-    import metrics
+    from evaluation import metrics
 
     try:
         metrics.inception_weights_path()  # finds the weights without importing the package
@@ -154,7 +160,7 @@ def write_tiny_checkpoint(path: Path, epoch: int = 1, **overrides) -> Path:
     import dataclasses
 
     import train
-    from checkpoint import full_checkpoint, save_checkpoint
+    from training.checkpoint import full_checkpoint, save_checkpoint
 
     state = dataclasses.replace(train.setup(tiny_config(**overrides)), epoch=epoch)
     save_checkpoint(full_checkpoint(state), path)
@@ -224,3 +230,60 @@ def pytest_configure(config) -> None:
     config.addinivalue_line(
         "markers", "slow: end-to-end runs of several processes (deselect with -m 'not slow')"
     )
+
+
+# --- Shared by the download and dataset-family tests ---
+
+
+def build_archive(path, counts, name="facades"):
+    """<name>.tar.gz with `counts` tiny aligned JPEGs per split, laid out as the official archives."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 8), (200, 30, 30)).save(buffer, format="JPEG")
+    jpeg = buffer.getvalue()
+    with tarfile.open(path, "w:gz") as tar:
+        for split, count in counts.items():
+            for i in range(1, count + 1):
+                info = tarfile.TarInfo(f"{name}/{split}/{i}.jpg")
+                info.size = len(jpeg)
+                tar.addfile(info, io.BytesIO(jpeg))
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Serve tmp_path/www on a free port of 127.0.0.1; yields the base URL."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+# --- Shared by the resume tests ---
+
+
+def latest(cfg) -> dict:
+    return torch.load(Path(cfg.checkpoint_dir) / cfg.name / "latest.pt", weights_only=True)
+
+
+def without_seconds(history: dict) -> dict:
+    return {
+        **history,
+        "epochs": [{k: v for k, v in row.items() if k != "seconds"} for row in history["epochs"]],
+    }
+
+
+def assert_same_run(a: dict, b: dict) -> None:
+    assert without_seconds(a["history"]) == without_seconds(b["history"])
+    for net in ("generator", "discriminator"):
+        for key, tensor in a[net].items():
+            assert torch.equal(tensor, b[net][key]), f"{net} {key}"
+
+
+def train_killed_at(cfg, cwd, at: int, match: str = "", when: str = "before"):
+    """train.py ended as by kill -9 at the at-th write whose path contains `match`."""
+    env = {**os.environ, "FAULT_AT": str(at), "FAULT_MATCH": match, "FAULT_WHEN": when}
+    return run_script("tests/fault_injection.py", *cli_args(cfg), cwd=cwd, env=env)

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_config
 
 import train
-from evaluation import translate
+from evaluation.generate import translate
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -11,7 +11,7 @@ import torch
 from conftest import ROOT, html_links
 from PIL import Image
 
-from figures import HEADER_HEIGHT
+from reporting.figures import HEADER_HEIGHT
 
 
 @pytest.mark.slow
@@ -101,7 +101,7 @@ def test_a_run_without_the_real_data_says_so_in_one_visible_line(tmp_path):
     line (also under -q) saying how to enable them."""
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     env["PIX2PIX_FACADES"] = str(tmp_path / "nowhere")
-    test = "tests/test_dataset.py::test_real_facades_pair"
+    test = "tests/files/test_dataset.py::test_real_facades_pair"
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "1 skipped" in result.stdout, result.stdout[-2000:]

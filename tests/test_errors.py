@@ -15,7 +15,7 @@ from conftest import error_lines, require, run_main, run_script, tiny_config, wr
 
 import predict
 import train
-from checkpoint import full_checkpoint, save_checkpoint
+from training.checkpoint import full_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +162,8 @@ def test_an_export_path_that_cannot_be_written_is_one_line(tiny_checkpoint, tmp_
     ],
 )
 def test_a_config_file_that_is_not_a_config_is_one_line(tmp_path, text, message):
-    import cli
     import config
+    from training import cli
 
     (tmp_path / "c.json").write_text(text)
     with pytest.raises(config.ConfigError, match=re.escape(message)):
@@ -175,8 +175,8 @@ def test_a_config_file_that_is_not_a_config_is_one_line(tmp_path, text, message)
 
 
 def test_a_config_file_round_trips(tmp_path):
-    import cli
     import config
+    from training import cli
 
     (tmp_path / "c.json").write_text('{"config": {"lr": 0.001, "epochs": 3, "flip": false}}')
     cfg = cli.parse_args(["--config", str(tmp_path / "c.json"), "--epochs", "4"])

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import run_main, tiny_config
 
-import cli
 import config
 import train
+from training import cli
 
 
 @pytest.mark.parametrize(

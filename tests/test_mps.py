@@ -11,17 +11,17 @@ import torch
 from conftest import run_main
 
 import benchmark
-import cli
 import config
-import data
 import demo
-import epoch_cost
-import fast_layers
 import predict
-import speedups
 import utils
-from distributed import World
+from benchmarking import epoch_cost
 from generator import UNetGenerator
+from speed import accelerate as speedups
+from speed import matmul_layers as fast_layers
+from training import cli, trained_generator
+from training import loader as data
+from training.distributed import World
 
 MPS = torch.device("mps")
 
@@ -90,7 +90,7 @@ def test_nothing_cpu_specific_runs_on_mps():
         assert not (applied.matmul_layers or applied.compute_copies or applied.channels_last)
         assert not G._forward_pre_hooks
     G = UNetGenerator(ngf=2, num_downs=5)
-    assert isinstance(predict.inference_precision(G, MPS), contextlib.nullcontext)
+    assert isinstance(trained_generator.inference_precision(G, MPS), contextlib.nullcontext)
     assert all(type(m).__module__.startswith("torch.") for m in G.modules() if m is not G)
 
 

@@ -77,7 +77,7 @@ def test_a_batch_gives_each_image_what_it_gets_alone(dtype, eval_mode):
     with the image's own statistics and the dropout mask of the seed. Equal to float rounding
     (the batch sums in another order): fp32 to 1e-5, bf16 to a few bf16 roundings (< 0.02 of
     the [-1, 1] range, 2.5 levels of 255, and 0.003 on average)."""
-    from evaluation import translate
+    from evaluation.generate import translate
     from utils import autocast
 
     torch.manual_seed(0)
@@ -105,7 +105,7 @@ def test_a_batch_gives_each_image_what_it_gets_alone(dtype, eval_mode):
 
 
 def test_translate_pairs_batches_images_of_one_size():
-    from evaluation import translate, translate_pairs
+    from evaluation.generate import translate, translate_pairs
 
     torch.manual_seed(0)
     G = UNetGenerator(ngf=8, num_downs=5, dropout=0.0)

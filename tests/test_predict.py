@@ -15,7 +15,8 @@ from conftest import ROOT, html_links, require, require_fid, run_main, run_scrip
 from PIL import Image
 
 import predict
-from evaluation import translate
+from evaluation.generate import translate
+from training import trained_generator
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_single_images_of_any_size_keep_their_size(checkpoint, tmp_path):
 
 
 def test_translate_is_the_plain_generator_without_padding_and_crops_back_with_it(checkpoint, tmp_path):
-    G, _, _ = predict.load_run(checkpoint, torch.device("cpu"))
+    G, _, _ = trained_generator.load_run(checkpoint, torch.device("cpu"))
     x = torch.rand(1, 3, 64, 32) * 2 - 1
     with torch.no_grad():
         expected = G.eval()(x)

@@ -14,7 +14,7 @@ from PIL import Image
 
 import predict
 import train
-from checkpoint import full_checkpoint, save_checkpoint
+from training.checkpoint import full_checkpoint, save_checkpoint
 
 
 def save_checkpoint_with(path: Path, **config) -> Path:

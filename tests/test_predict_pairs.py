@@ -12,8 +12,8 @@ from PIL import Image
 
 import predict
 import train
-from checkpoint import full_checkpoint, save_checkpoint
 from config import Config
+from training.checkpoint import full_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ sys.path.insert(0, str(ROOT))  # the project's modules, when run as tools/fid_of
 
 import torch  # noqa: E402
 
-from images import DatasetError, read_image, scan_folder  # noqa: E402
-from metrics import InceptionFeatures, MissingPackageError, fid_kid_of_features  # noqa: E402
+from evaluation.metrics import InceptionFeatures, MissingPackageError, fid_kid_of_features  # noqa: E402
+from files.images import DatasetError, read_image, scan_folder  # noqa: E402
 from utils import ArgumentParser, exit_on_errors  # noqa: E402
 
 

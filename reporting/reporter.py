@@ -1,0 +1,353 @@
+"""What a training run reports as it goes: the console (progress bar or plain lines, the estimated
+time of the run), TensorBoard event files, and each epoch's pictures and pages (drawn by
+figures.py). What it records of itself, train.log and config.json, is runlog.py's."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, TextIO
+
+import numpy as np
+import torch
+
+from evaluation.generate import translate_pairs
+from evaluation.metrics import MissingPackageError
+from reporting.figures import plot_curves, save_sample_grid, write_csv, write_gallery
+from reporting.runlog import RunLog, run_record
+from training.background import BackgroundWriter, cpu_copy
+from training.state import RunDirs
+from training.validation import sample_indices, subset
+from utils import write_text
+
+# ---------------------------------------------------------------------------------------------
+# TensorBoard
+# ---------------------------------------------------------------------------------------------
+
+TENSORBOARD_HINT = "pip install -r requirements-tensorboard.txt"
+
+
+def check_tensorboard(cfg) -> bool:
+    """Whether the run logs to TensorBoard: cfg.tensorboard "false" -> no, "auto" -> when the
+    tensorboard package is installed, "true" -> yes, and MissingPackageError when it cannot be."""
+    if cfg.tensorboard == "false":
+        return False
+    if cfg.tensorboard == "auto":
+        return importlib.util.find_spec("tensorboard") is not None
+    try:  # asked for explicitly: make sure it really works, before any work
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError as err:
+        raise MissingPackageError(
+            f"--tensorboard: true needs the tensorboard package ({err}): {TENSORBOARD_HINT}"
+        ) from None
+    return True
+
+
+class TensorBoardLog:
+    """results/<name>/tensorboard/: the run's curves for `tensorboard --logdir results`.
+
+    The global step of every event is the number of iterations done (epoch * iterations per epoch
+    + iteration). A process that starts from a checkpoint at step T writes only steps > T and
+    opens its event file with purge_step T + 1, so that TensorBoard drops what an earlier process
+    wrote after that checkpoint (a killed run): resumed curves go on without a repeated step.
+    """
+
+    def __init__(self, folder: Path, start_step: int, config_text: str) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(folder), purge_step=start_step + 1)
+        # Markdown: indented lines are shown as they are (the text plugin renders Markdown).
+        self.writer.add_text(
+            "config", "\n".join("    " + line for line in config_text.splitlines()), start_step + 1
+        )
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def image(self, tag: str, pixels: np.ndarray, step: int) -> None:
+        self.writer.add_image(tag, pixels, step, dataformats="HWC")
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's reporter: console, files
+# ---------------------------------------------------------------------------------------------
+
+VAL_NAMES = ("val_L1", "val_PSNR", "val_SSIM")  # history columns of the validation pass
+FID_NAMES = ("val_FID", "val_KID")
+PLAIN_PROGRESS_SECONDS = 30.0  # without a terminal: a progress line at most this often
+# The whole run's time is estimated once this process has trained this many iterations (the
+# first few, which set up kernels and caches, are left out of the speed).
+ESTIMATE_AFTER, WARM_UP_ITERATIONS = 30, 5
+
+
+def duration(seconds: float) -> str:
+    """A time span as a person reads it: 45 s, 12 min, 3.4 h, 2.1 days."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 48 * 3600 else f"{seconds / 86400:.1f} days"
+
+
+class Reporter:
+    """What a training run shows and writes besides checkpoints: the console (a progress bar on
+    a terminal, else a plain progress line now and then; one line per epoch), train.log (through
+    `log`, a RunLog), results/<name>/ (config.json, samples/epoch_NNN.png, history.csv, loss.png,
+    metrics.png, index.html) and results/<name>/tensorboard/. Under torchrun only rank 0
+    reports; elsewhere every method does nothing."""
+
+    def __init__(
+        self, state, folder: Path, n_pairs: int, log: RunLog | None = None, val_pairs: int | None = None
+    ) -> None:
+        self.folder, self.active = Path(folder), state.world.is_main
+        self.loss_names = state.history.loss_names
+        self.val_pairs = val_pairs  # the val split's size, for the last line
+        self.log = log or RunLog(active=False)
+        self.bar, self.tensorboard, self.n_batches = None, None, 0
+        # Where the progress goes: the real stderr, past the log (its frames are no lines).
+        self.console = self.log.console_err if self.log.active else sys.stderr
+        self.last_line = self.epoch_started = 0.0
+        self.epoch_start_iteration = 0
+        self.iterations_here, self.warm_at = 0, 0.0  # iterations trained by this process; when warm
+        self.started_at: float | None = None  # when this process's first epoch began
+        self.first_epoch = 0  # the epoch it began with
+        self.tensorboard_asked = False  # once per process: a run without it does not ask each epoch
+        if self.active:
+            self._start(state, n_pairs, val_pairs)
+
+    def __enter__(self) -> "Reporter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+
+    def _start(self, state, n_pairs: int, val_pairs: int | None) -> None:
+        cfg, world = state.cfg, state.world
+        self.record = run_record(state, n_pairs, val_pairs)
+        write_text(self.folder / "config.json", json.dumps(self.record, indent=2) + "\n")
+        self.log.open(self.folder / "train.log")
+        batch = f"batch {cfg.batch_size}"
+        if world.size > 1:
+            per_process = f"{cfg.batch_size} per process x {world.size} processes"
+            batch = f"global batch {cfg.batch_size * world.size} = {per_process}"
+        self.print(
+            f"training {cfg.name}: {n_pairs} pairs, {cfg.direction}, {cfg.image_size} px, {batch}, "
+            f"on {state.device} in {str(state.dtype).removeprefix('torch.')}"
+        )
+        scored = len(subset(cfg, val_pairs)) if cfg.val_every and val_pairs else val_pairs
+        if scored != val_pairs:
+            self.print(
+                f"validation scores {scored} of the {val_pairs} val pairs (val_images), "
+                f"all of them after the last epoch"
+            )
+        if cfg.lr_decay_epochs > cfg.epochs:  # train.lr_factor decays over all epochs then
+            self.print(
+                f"lr_decay_epochs {cfg.lr_decay_epochs} is more than epochs {cfg.epochs}: the lr decays "
+                f"linearly over all {cfg.epochs} epochs, as with lr_decay_epochs {cfg.epochs}"
+            )
+
+    def _open_tensorboard(self, state) -> None:
+        """The event writer, once the steps per epoch are known (the first epoch's progress)."""
+        if not check_tensorboard(state.cfg):
+            return
+        try:
+            self.tensorboard = TensorBoardLog(
+                self.folder / "tensorboard", self.step(state), json.dumps(self.record, indent=2)
+            )
+        except ImportError as err:  # installed but broken (e.g. a protobuf it cannot use)
+            if state.cfg.tensorboard == "true":
+                raise MissingPackageError(
+                    f"--tensorboard: cannot load the tensorboard package ({err}): {TENSORBOARD_HINT}"
+                ) from None
+            self.print(
+                f"warning: no TensorBoard logs, the tensorboard package fails to load ({err})", sys.stderr
+            )
+
+    def step(self, state) -> int:
+        """The global step: iterations done in the whole run."""
+        return state.epoch * self.n_batches + state.progress.iteration
+
+    @contextlib.contextmanager
+    def progress(self, state, n_batches: int) -> Iterator["Reporter"]:
+        """A context for one epoch's progress: `with report.progress(...): report.update()`."""
+        from tqdm import tqdm
+
+        self.n_batches = n_batches
+        if self.active and not self.tensorboard_asked:
+            self.tensorboard_asked = True
+            self._open_tensorboard(state)
+        self.epoch_started = self.last_line = time.perf_counter()
+        self.epoch_start_iteration = state.progress.iteration
+        if self.started_at is None:
+            self.started_at, self.first_epoch = self.epoch_started, state.epoch
+        # A bar only on a terminal: in a file, its redrawn frames would be one long line.
+        if self.active and self.console.isatty():
+            self.bar = tqdm(
+                total=n_batches,
+                initial=state.progress.iteration,
+                leave=False,
+                dynamic_ncols=True,
+                desc=f"epoch {state.epoch + 1}/{state.cfg.epochs}",
+                file=self.console,
+            )
+        try:
+            yield self
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    def update(self, state) -> None:
+        """After each iteration: the bar, and once, early on, what the whole run will take."""
+        if self.bar is not None:
+            self.bar.update()
+        self.iterations_here += 1
+        if self.iterations_here == WARM_UP_ITERATIONS:
+            self.warm_at = time.perf_counter()
+        elif self.iterations_here == ESTIMATE_AFTER and self.active:
+            per_iteration = self.seconds_per_iteration()
+            total = state.cfg.epochs * self.n_batches
+            self.print(
+                f"at {per_iteration:.2f} s per iteration here, the run's {total} iterations take "
+                f"about {duration(per_iteration * total)} of training steps, "
+                f"{duration(per_iteration * self.iterations_left(state))} of them still to go "
+                f"(plus each epoch's validation and checkpoints)"
+            )
+
+    def seconds_per_iteration(self) -> float:
+        return (time.perf_counter() - self.warm_at) / max(self.iterations_here - WARM_UP_ITERATIONS, 1)
+
+    def iterations_left(self, state) -> int:
+        return (state.cfg.epochs - state.epoch) * self.n_batches - state.progress.iteration
+
+    def losses(self, state, means: dict[str, float]) -> None:
+        """The mean losses of the last log_every iterations."""
+        if not self.active:
+            return
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(
+                {f"loss/{name}": value for name, value in means.items()}, self.step(state)
+            )
+        if self.bar is not None:
+            self.bar.set_postfix({name: f"{value:.3f}" for name, value in means.items()})
+            return
+        now = time.perf_counter()
+        if now - self.last_line >= PLAIN_PROGRESS_SECONDS:
+            self.last_line = now
+            self.print(self.progress_line(state, means, now), sys.stderr)
+
+    def progress_line(self, state, means: dict[str, float], now: float) -> str:
+        """One line of progress for a log file: where, the losses, the speed and the time left."""
+        done = state.progress.iteration - self.epoch_start_iteration
+        per_iteration = (now - self.epoch_started) / max(done, 1)
+        left = per_iteration * (self.n_batches - state.progress.iteration)
+        run_left = per_iteration * self.iterations_left(state)
+        losses = "  ".join(f"{name} {value:.3f}" for name, value in means.items())
+        return (
+            f"epoch {state.epoch + 1}/{state.cfg.epochs}  "
+            f"iteration {state.progress.iteration}/{self.n_batches}"
+            f"  {losses}  {per_iteration:.2f} s/it, {left:.0f} s left in this epoch, "
+            f"about {duration(run_left)} in the run"
+        )
+
+    def epoch(
+        self, state, val_set, samples: list | None = None, writer: BackgroundWriter | None = None
+    ) -> None:
+        """Everything an epoch shows: the sample grid (of `samples`, validation's first rows, or
+        made here), history.csv, the plots, index.html, TensorBoard's epoch values, and a line.
+        `writer` writes the files from copies taken here, which the next steps cannot change."""
+        if not self.active:
+            return
+        cfg, row = state.cfg, state.history.epochs[-1]
+        copies = cpu_copy(samples or sample_rows(state, val_set)), cpu_copy(state.history.to_dict())
+        write = functools.partial(self.write_epoch, cfg, state.epoch, *copies, self.step(state))
+        write() if writer is None else writer.submit(write)
+        summary = "  ".join(f"{name} {row[name]:.4f}" for name in self.loss_names + VAL_NAMES if name in row)
+        left = self.run_left(state)
+        self.print(
+            f"epoch {state.epoch}/{cfg.epochs}  {summary}  lr {row['lr']:.2e}  {row['seconds']:.1f}s{left}"
+        )
+
+    def write_epoch(self, cfg, epoch: int, rows: list, history: dict, step: int) -> None:
+        """An epoch's files and TensorBoard values, from `history` (History.to_dict) at its end."""
+        epochs, row = history["epochs"], history["epochs"][-1]
+        grid = save_sample_grid(
+            rows, self.folder / "samples" / f"epoch_{epoch:03d}.png", title=f"{cfg.name}, epoch {epoch}"
+        )
+        write_csv(epochs, self.folder / "history.csv")
+        plot_curves(epochs, history["steps"], self.loss_names, self.folder / "loss.png", epoch_means=True)
+        metric_names = VAL_NAMES + (FID_NAMES if cfg.val_fid else ())
+        if any("val_L1" in r for r in epochs):
+            plot_curves(epochs, {}, metric_names, self.folder / "metrics.png")
+        write_gallery(epochs, self.loss_names, metric_names, self.folder, title=f"Pix2Pix run {cfg.name}")
+        if self.tensorboard is not None:
+            values = {f"val/{name.removeprefix('val_')}": row[name] for name in metric_names if name in row}
+            values.update(
+                {"train/lr": row["lr"], "train/epoch_seconds": row["seconds"], "train/epoch": epoch}
+            )
+            self.tensorboard.scalars(values, step)
+            self.tensorboard.image("samples", grid, step)
+            self.tensorboard.flush()  # an epoch's curves are visible at once, not after flush_secs
+
+    def run_left(self, state) -> str:
+        """', about 3.2 h left': the epochs to come at the pace of this process's epochs so far,
+        their ends (validation, report, checkpoints) included; '' after the last epoch."""
+        epochs_here = state.epoch - self.first_epoch
+        if self.started_at is None or epochs_here <= 0 or state.epoch >= state.cfg.epochs:
+            return ""
+        per_epoch = (time.perf_counter() - self.started_at) / epochs_here
+        return f", about {duration(per_epoch * (state.cfg.epochs - state.epoch))} left"
+
+    def print(self, line: str, file: TextIO | None = None) -> None:
+        """A line on stdout (or `file`), and so in train.log; on a terminal, above the bar."""
+        from tqdm import tqdm
+
+        if not self.active:
+            return
+        with tqdm.external_write_mode(file=self.console):  # clears the bar, redraws it after
+            print(line, file=file or sys.stdout, flush=True)
+
+    def finish(self, state, dirs: RunDirs) -> None:
+        if state.stop:
+            self.print(f"stopped; {dirs.latest} is saved: run the same command to resume")
+        else:
+            row = state.history.epochs[-1] if state.history.epochs else {}
+            self.print(f"done: {dirs.results} and {dirs.checkpoints}{whole_split(row, self.val_pairs)}")
+
+
+def whole_split(row: dict[str, float], n_pairs: int | None) -> str:
+    """'; the whole val split (100 pairs): L1 ...' from the last epoch's row, which validation
+    always scores whole: its val_all_* figures, or its val_* ones where the subset is the split."""
+    prefix = "val_all_" if "val_all_L1" in row else "val_" if "val_L1" in row else ""
+    if not prefix:
+        return ""
+    return (
+        f"; the whole val split ({n_pairs} pairs): L1 {row[prefix + 'L1']:.4f}  "
+        f"PSNR {row[prefix + 'PSNR']:.2f} dB  SSIM {row[prefix + 'SSIM']:.4f}"
+    )
+
+
+def sample_rows(state, val_set) -> list[list[torch.Tensor]]:
+    """The sample grid's validation pairs (validation.sample_indices) as rows [input, generated,
+    target], for an epoch that did not validate."""
+    cfg = state.cfg
+    pairs = (val_set[i] for i in sample_indices(cfg, len(val_set)))
+    triples = translate_pairs(state.G, pairs, cfg.eval_mode, cfg.seed, state.amp, state.device)
+    return [list(row) for row in triples]

@@ -1,0 +1,192 @@
+"""Resume means one thing, and numbers that cannot be right stop the run (docs/recovery.md): the
+run's own latest.pt wins over --resume_from, --resume false always moves the old run aside, a new
+run never takes over another run's folders, a finished run says so, changed settings apply and are
+recorded, a mid-epoch checkpoint that no longer fits restarts its epoch, and diverging losses,
+non-finite weights or NaN metrics stop before anything is saved."""
+
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_run, write_pair
+
+import train
+from training import validation
+from training.guards import TrainingError
+
+
+@pytest.fixture
+def tiny(synthetic_split, tmp_path):
+    """One epoch at a constant lr, no TensorBoard (tiny_run's other settings)."""
+    return tiny_run(synthetic_split, tmp_path, epochs=1, lr_decay_epochs=0, tensorboard="false")
+
+
+def latest(cfg) -> dict:
+    return torch.load(Path(cfg.checkpoint_dir) / cfg.name / "latest.pt", weights_only=True)
+
+
+def test_the_runs_own_latest_wins_over_resume_from(tiny, capsys):
+    train.train(dataclasses.replace(tiny, name="source"))
+    snapshot = Path(tiny.checkpoint_dir) / "source" / "epoch_001.pt"
+    started = dataclasses.replace(tiny, resume_from=str(snapshot), epochs=2)
+    train.train(started)  # epoch 2, from the snapshot's weights
+    capsys.readouterr()
+    train.train(dataclasses.replace(started, epochs=3))  # the same command, one epoch more
+    out = capsys.readouterr().out
+    assert "latest.pt exists: the run continues from it" in out
+    assert [row["epoch"] for row in latest(tiny)["history"]["epochs"]] == [1, 2, 3]  # not from 2 again
+
+
+def test_resume_false_with_resume_from_still_moves_the_old_run_aside(tiny, capsys):
+    train.train(dataclasses.replace(tiny, name="source"))
+    train.train(tiny)
+    old = latest(tiny)
+    snapshot = Path(tiny.checkpoint_dir) / "source" / "epoch_001.pt"
+    train.train(dataclasses.replace(tiny, resume=False, resume_from=str(snapshot), epochs=2))
+    moved = sorted(Path(tiny.checkpoint_dir).glob("run.old-*"))
+    assert len(moved) == 1 and "--resume false: the previous run's files" in capsys.readouterr().out
+    kept = torch.load(moved[0] / "latest.pt", weights_only=True)
+    assert all(torch.equal(kept["generator"][k], t) for k, t in old["generator"].items())
+
+
+def test_a_new_run_never_takes_over_another_runs_results(tiny, capsys):
+    train.train(dataclasses.replace(tiny, epochs=2))
+    other = dataclasses.replace(tiny, checkpoint_dir=str(Path(tiny.checkpoint_dir).parent / "other"))
+    train.train(other)  # the same name, another checkpoint folder: a new run
+    assert "a new run: the previous run's files" in capsys.readouterr().out
+    (moved,) = Path(tiny.results_dir).glob("run.old-*")
+    assert len((moved / "history.csv").read_text().splitlines()) == 1 + 2  # the old run's two epochs
+    assert len((Path(tiny.results_dir) / "run" / "history.csv").read_text().splitlines()) == 1 + 1
+    assert not (Path(tiny.results_dir) / "run" / "samples" / "epoch_002.png").exists()
+
+
+def test_a_finished_run_says_so_and_trains_nothing(tiny, capsys):
+    """The line goes to train.log too; latest.pt stays as it was."""
+    train.train(tiny)
+    path = Path(tiny.checkpoint_dir) / "run" / "latest.pt"
+    before = path.read_bytes()
+    capsys.readouterr()
+    train.train(tiny)
+    out = capsys.readouterr().out
+    assert "run has finished 1/1 epochs" in out and "raise --epochs" in out
+    assert "resuming" not in out and "training run" not in out
+    assert path.read_bytes() == before
+
+
+def test_changed_optimiser_settings_apply_and_are_recorded(tiny, capsys):
+    train.train(tiny)
+    changed = dataclasses.replace(tiny, epochs=2, lr=1e-4, beta1=0.9, lambda_l1=50.0)
+    train.train(changed)
+    assert (
+        "changed settings apply from epoch 2 on: lr 0.0002 -> 0.0001, beta1 0.5 -> 0.9"
+        in capsys.readouterr().out
+    )
+    saved = latest(tiny)
+    for opt in ("opt_G", "opt_D"):
+        group = saved[opt]["param_groups"][0]
+        assert group["initial_lr"] == pytest.approx(1e-4) and group["betas"] == (0.9, 0.999)
+    assert saved["history"]["epochs"][1]["lr"] == pytest.approx(1e-4)
+    fields = [c["field"] for c in saved["history"]["changes"]]
+    assert fields == ["lr", "beta1", "lambda_l1"] and saved["history"]["changes"][0]["epoch"] == 2
+    record = json.loads((Path(tiny.results_dir) / "run" / "config.json").read_text())
+    assert [c["field"] for c in record["changes"]] == fields
+
+
+def test_a_mid_epoch_checkpoint_that_no_longer_fits_restarts_its_epoch(tiny, capsys):
+    """Saved at iteration 3 of an epoch of 4 pairs, continued with 2 pairs: that epoch starts again
+    (its means are not 3 iterations' sums over 2), without a scheduler warning."""
+    from training.checkpoint import full_checkpoint, save_checkpoint
+
+    state = train.setup(tiny)
+    state.progress.iteration, state.progress.batches = 3, 4
+    (Path(tiny.checkpoint_dir) / "run").mkdir(parents=True)
+    save_checkpoint(full_checkpoint(state), Path(tiny.checkpoint_dir) / "run" / "latest.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. lr_scheduler.step() before optimizer.step()
+        train.train(dataclasses.replace(tiny, max_images=2))
+    assert "an epoch has 2: epoch 1 starts again from its first iteration" in capsys.readouterr().out
+    (row,) = latest(tiny)["history"]["epochs"]
+    assert row["seconds"] > 0 and all(abs(row[name]) < 10 for name in train.LOSS_NAMES)
+
+
+def test_diverging_losses_stop_before_anything_is_saved(tiny):
+    train.train(tiny)
+    before = latest(tiny)
+    with pytest.raises(TrainingError, match=r"in epoch 2, iterations 1-2 \(training diverged"):
+        train.train(dataclasses.replace(tiny, epochs=2, lr=1e10))
+    assert latest(tiny)["epoch"] == 1 and latest(tiny)["history"] == before["history"]
+
+
+def test_nan_validation_stops_the_run(tiny, monkeypatch):
+    def diverged(state, val_set, indices):
+        nan = float("nan")
+        return (
+            {name: [nan] * len(indices) for name in validation.METRICS},
+            dict.fromkeys(validation.METRICS, nan),
+            [],
+        )
+
+    monkeypatch.setattr(validation, "validate", diverged)
+    with pytest.raises(TrainingError, match="validation val_L1 is nan after epoch 1"):
+        train.train(tiny)
+    assert not (Path(tiny.checkpoint_dir) / "run" / "latest.pt").exists()
+
+
+def test_non_finite_batchnorm_statistics_stop_the_run(tiny, monkeypatch):
+    one_epoch = train.train_one_epoch
+
+    def poisoned(state, *args):
+        means = one_epoch(state, *args)
+        state.G.down[1][2].running_var[0] = float("inf")  # as a diverging batch leaves it
+        return means
+
+    monkeypatch.setattr(train, "train_one_epoch", poisoned)
+    with pytest.raises(
+        TrainingError, match=r"generator down.1.2.running_var is no longer finite after epoch 1"
+    ):
+        train.train(tiny)
+    assert not (Path(tiny.checkpoint_dir) / "run" / "latest.pt").exists()
+
+
+def test_the_run_says_what_it_will_take(tiny, tmp_path, capsys):
+    """After 30 iterations: the whole run's estimate; after each epoch but the last: the time left."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("val", 2)):
+        (tmp_path / "big" / split).mkdir(parents=True)
+        for i in range(n):
+            a = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            write_pair(tmp_path / "big" / split / f"{i + 1}.png", a, 255 - a)
+    train.train(dataclasses.replace(tiny, data_root=str(tmp_path / "big"), epochs=2))
+    out = capsys.readouterr().out
+    assert "s per iteration here, the run's 80 iterations take about" in out
+    first, last = (line for line in out.splitlines() if line.startswith("epoch "))
+    assert first.startswith("epoch 1/2") and "left" in first and "left" not in last
+
+
+def test_the_loop_ends_only_on_the_agreed_stop(tiny, monkeypatch):
+    """A signal that arrives just after the processes agreed to go on, at the end of epoch 1,
+    must not end the loop in that process alone (under torchrun the others would wait for it in
+    their next collective): it is acted on at the next agreement, after epoch 2's first step."""
+    agree, one_epoch, seen = train.ddp.any_rank, train.train_one_epoch, {}
+
+    def epoch(state, *args):
+        seen["state"], seen["ended"] = state, False
+        means = one_epoch(state, *args)
+        seen["ended"] = True
+        return means
+
+    def late_signal(world, device, flag):
+        agreed = agree(world, device, flag)
+        if seen.pop("ended", False):  # the end of epoch 1's agreement: the signal comes after it
+            seen["state"].stop = True
+        return agreed
+
+    monkeypatch.setattr(train, "train_one_epoch", epoch)
+    monkeypatch.setattr(train.ddp, "any_rank", late_signal)
+    train.train(dataclasses.replace(tiny, epochs=3))
+    saved = latest(tiny)
+    assert (saved["epoch"], saved["progress"]["iteration"]) == (1, 1)

@@ -1,0 +1,130 @@
+"""What a training run points at, checked before any work: the device, the data folder, the
+checkpoint to resume from, and the folders and files the run writes.
+
+config.validate checks every setting by itself, without looking at the machine; this module looks
+at the machine, so that a run that could not finish its first epoch (a checkpoint folder that is
+a file, a GPU that is not there) stops before it downloads or reads its data and builds its
+networks, with one line naming the setting and the path. What only the data can tell (a broken
+file, an image too small for the discriminator or for SSIM) is checked where the data is read,
+in data.build_data, still before the first step. train.train calls check_run first.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import torch
+
+from config import Config, ConfigError
+from files.images import DatasetError
+from training import distributed as ddp
+from training.checkpoint import CheckpointError
+from utils import OutputError, resolve_device, resolve_precision
+
+# What a run writes in checkpoints/<name>/ and results/<name>/ (checkpoint.py, report.py,
+# figures.py): where such a name exists it must be a file, and these subfolders must be folders.
+# A test runs a short training and checks that every file it wrote matches one of these.
+RUN_FILES = {
+    "checkpoints": ("*.pt",),  # latest.pt, best.pt, epoch_NNN.pt
+    "results": ("*.json", "*.log", "*.csv", "*.png", "*.html", "samples/*.png"),
+}
+RUN_FOLDERS = {"checkpoints": (), "results": ("samples", "tensorboard")}
+
+
+def run_folders(cfg: Config) -> dict[str, Path]:
+    """The run's own folders: checkpoints/<name> and results/<name> (as train.train names them)."""
+    return {"checkpoints": Path(cfg.checkpoint_dir) / cfg.name, "results": Path(cfg.results_dir) / cfg.name}
+
+
+def check_run(cfg: Config, world: ddp.World, device: torch.device | None) -> None:
+    """Raise the one-line error of the first setting or path the run cannot use.
+
+    `device` is None for a single process (the setting is resolved here to check it). Under
+    torchrun every process checks what it reads, rank 0 also what it writes, and all stop if one
+    of them finds a problem.
+    """
+    ddp.run_and_agree(
+        world,
+        device,
+        True,
+        lambda: _check(cfg, world.is_main, device),
+        "another process found a setting or file it cannot use (its error line says why)",
+    )
+
+
+def _check(cfg: Config, writes: bool, device: torch.device | None) -> None:
+    check_device(cfg, device)
+    check_inputs(cfg)
+    if writes:
+        check_outputs(cfg)
+
+
+def check_device(cfg: Config, device: torch.device | None) -> None:
+    """--device names a device of this machine, and --precision runs on it."""
+    try:
+        resolve_precision(cfg.precision, device or resolve_device(cfg.device))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def check_inputs(cfg: Config) -> None:
+    """data_root is a folder where it exists (a missing one is downloaded or named by download.py);
+    resume_from is a file."""
+    root = Path(cfg.data_root)
+    kind = path_kind(root)
+    if kind not in (None, "a folder"):
+        raise DatasetError(f"--data_root {root}: {kind}, not a folder (it must hold train/ and val/)")
+    if cfg.resume_from:
+        path = Path(cfg.resume_from)
+        kind = path_kind(path)
+        if kind != "a file":
+            what = "no such checkpoint file" if kind is None else f"{kind}, not a checkpoint file"
+            raise CheckpointError(f"--resume_from {path}: {what}")
+
+
+def check_outputs(cfg: Config) -> None:
+    """The run's folders are folders it can write in (or can make), and nothing in them is a
+    folder where the run writes a file, or a file where it makes a folder."""
+    settings = {"checkpoints": "--checkpoint_dir", "results": "--results_dir"}
+    for kind, folder in run_folders(cfg).items():
+        where = f"({settings[kind]} {getattr(cfg, settings[kind][2:])}, --name {cfg.name})"
+        check_folder(folder, where)
+        for name in RUN_FOLDERS[kind]:
+            found = path_kind(folder / name)
+            if found not in (None, "a folder") and not (name == "tensorboard" and cfg.tensorboard == "false"):
+                raise OutputError(f"{folder / name}: {found}, not a folder, but the run writes in it {where}")
+        for pattern in RUN_FILES[kind]:
+            for path in sorted(folder.glob(pattern)):
+                found = path_kind(path)
+                if found != "a file":
+                    raise OutputError(f"{path}: {found}, not a file, but the run writes this file {where}")
+
+
+def check_folder(folder: Path, where: str) -> None:
+    """`folder` is a folder this process can write in, or one it can make: each part of its path
+    that exists is a folder, and the deepest of them is writable."""
+    for part in (folder, *folder.parents):
+        kind = path_kind(part)
+        if kind is None:
+            continue
+        if kind != "a folder":
+            raise OutputError(f"{part}: {kind}, not a folder, but the run writes in it {where}")
+        if not os.access(part, os.W_OK | os.X_OK):
+            raise OutputError(f"{part}: no permission to write in this folder {where}")
+        return
+
+
+def path_kind(path: Path) -> str | None:
+    """What is at `path`, in words ("a folder", "a file", "a broken link", ...), or None when
+    nothing is (also where a part of the path above it is a file)."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "a broken link" if path.is_symlink() else None
+    except OSError as err:  # no permission to look, a link loop
+        return f"unreachable ({err.strerror})"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a file" if stat.S_ISREG(mode) else "a special file (a device, pipe or socket)"
