@@ -11,9 +11,9 @@ from conftest import write_pair
 from PIL import Image
 
 import predict
-import train
 from config import Config
 from training.checkpoint import full_checkpoint, save_checkpoint
+from training.setup import setup
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def run_of(tmp_path_factory):
             direction=direction,
         )
         path = tmp_path_factory.mktemp("run") / "latest.pt"
-        save_checkpoint(full_checkpoint(dataclasses.replace(train.setup(cfg), epoch=1)), path)
+        save_checkpoint(full_checkpoint(dataclasses.replace(setup(cfg), epoch=1)), path)
         return path
 
     return make

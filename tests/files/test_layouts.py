@@ -17,7 +17,6 @@ import train
 from config import (
     FACADES_URL,
     Config,
-    ConfigError,
     architecture_defaults,
     generator_depth,
 )
@@ -27,7 +26,9 @@ from generator import UNetGenerator
 from reporting.figures import HEADER_HEIGHT, save_sample_grid
 from training.checkpoint import CheckpointError, full_checkpoint, restore
 from training.cli import parse_args
-from training.loader import make_dataset
+from training.loader import build_data, make_dataset, prepare_data_root
+from training.settings import ConfigError
+from training.setup import generator_kwargs, setup
 
 # ---------------------------------------------------------------------------------------------
 # Building layouts from real pairs
@@ -297,13 +298,13 @@ def test_batches_of_mixed_sizes_are_refused_with_preprocess_none(tmp_path, halve
     (tmp_path / "wide" / "train" / "1.png").rename(root / "train" / "2.png")
     cfg = tiny(dataset="custom", data_root=str(root), preprocess="none", batch_size=2)
     with pytest.raises(DatasetError) as err:
-        train.build_data(cfg)
+        build_data(cfg)
     assert one_line(err).startswith(
         "--batch_size 2 with --preprocess none needs training images of one size, "
         f"but {root / 'train' / '1.png'} is 64x64 and {root / 'train' / '2.png'} "
         f"is 96x64"
     )
-    train_set, _ = train.build_data(dataclasses.replace(cfg, batch_size=1))
+    train_set, _ = build_data(dataclasses.replace(cfg, batch_size=1))
     assert [train_set[i][0].shape for i in range(2)] == [(3, 64, 64), (3, 64, 96)]
 
 
@@ -344,7 +345,7 @@ def test_image_size_and_depth_that_work(argv, depth):
 
 @pytest.mark.parametrize("size,num_downs", [(96, 0), (64, 5)])
 def test_generator_runs_at_those_sizes(size, num_downs):
-    G = UNetGenerator(**train.generator_kwargs(tiny(image_size=size, num_downs=num_downs)))
+    G = UNetGenerator(**generator_kwargs(tiny(image_size=size, num_downs=num_downs)))
     assert G(torch.zeros(1, 3, size, size)).shape == (1, 3, size, size)
 
 
@@ -435,9 +436,9 @@ def test_sample_grid_pads_images_of_different_sizes(tmp_path):
 
 
 def test_resume_refuses_other_channels_and_accepts_older_checkpoints(tmp_path):
-    state = train.setup(tiny())
+    state = setup(tiny())
     checkpoint = full_checkpoint(state)
-    gray = train.setup(tiny(input_nc=1))
+    gray = setup(tiny(input_nc=1))
     with pytest.raises(CheckpointError) as err:
         restore(gray, checkpoint, tmp_path / "latest.pt", architecture_defaults())
     assert "input_nc=3 there, 1 now" in one_line(err)
@@ -512,7 +513,7 @@ def test_maps_is_downloaded_checked_and_moved_into_data_maps(server, tmp_path): 
     www, url = server
     build_archive(www / "maps.tar.gz", {"train": 1096, "val": 3}, name="maps")
     cfg = tiny(dataset="maps", data_root=str(tmp_path / "data" / "maps"), download_url=f"{url}/maps.tar.gz")
-    train_set, sample_set = train.build_data(cfg)
+    train_set, sample_set = build_data(cfg)
     root = tmp_path / "data" / "maps"
     assert [len(list_images(root / s)) for s in ("train", "val")] == [1096, 3]
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["maps"], "no leftovers"
@@ -531,7 +532,7 @@ def test_incomplete_maps_archive_is_rejected(server, tmp_path, counts, message):
     build_archive(www / "maps.tar.gz", counts, name="maps")
     cfg = tiny(dataset="maps", data_root=str(tmp_path / "data" / "maps"), download_url=f"{url}/maps.tar.gz")
     with pytest.raises(DatasetError) as err:
-        train.prepare_data_root(cfg)
+        prepare_data_root(cfg)
     assert one_line(err).endswith(message)
     assert list((tmp_path / "data").iterdir()) == []
 
@@ -546,7 +547,7 @@ def test_incomplete_maps_archive_is_rejected(server, tmp_path, counts, message):
 def test_sets_without_an_archive_say_what_to_do(tmp_path, name, message):
     cfg = tiny(dataset=name, data_root=str(tmp_path / name))
     with pytest.raises(DatasetError) as err:
-        train.prepare_data_root(cfg)
+        prepare_data_root(cfg)
     assert message in one_line(err)
     assert not (tmp_path / name).exists()
 

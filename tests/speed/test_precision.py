@@ -3,19 +3,20 @@
 import torch
 import torch.nn.functional as F
 
-import train
 from config import Config
 from dataset import AlignedDataset
 from evaluation.generate import translate
+from training.setup import setup
+from training.step import train_step
 
 
 def fifty_steps(precision: str, real_A, real_B, val_A, val_B) -> tuple[float, float]:
     cfg = Config(image_size=64, load_size=64, ngf=16, ndf=16, precision=precision, seed=5, lr=5e-4)
-    state = train.setup(cfg)
+    state = setup(cfg)
     l1 = []
     for step in range(50):
         i = step % len(real_A)
-        losses = train.train_step(state, real_A[i : i + 1], real_B[i : i + 1])
+        losses = train_step(state, real_A[i : i + 1], real_B[i : i + 1])
         l1.append(losses[1].item())
     fake_B = translate(state.G, val_A, False, 0, state.amp)
     return sum(l1[-10:]) / 10, F.l1_loss(fake_B, val_B).item()

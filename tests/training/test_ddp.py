@@ -19,6 +19,8 @@ import train
 from config import Config
 from reporting.figures import HEADER_HEIGHT
 from training import distributed
+from training.setup import setup
+from training.state import LOSS_NAMES
 
 # Two images, no random crop (load_size == image_size), no flip, no dropout, constant lr: one epoch
 # is then one optimisation step on both images, whether 2 processes x batch 1 or 1 x batch 2.
@@ -164,12 +166,12 @@ def assert_same_weights(a: dict, b: dict, start: dict, lr: float) -> None:
 
 def initial_weights(saved: dict) -> dict:
     """The weights before the first step: setup() seeds and initialises them the same everywhere."""
-    state = train.setup(Config(**saved["config"]))
+    state = setup(Config(**saved["config"]))
     return {"generator": state.G.state_dict(), "discriminator": state.D.state_dict()}
 
 
 def losses(saved: dict) -> list[list[float]]:
-    return [[row[name] for name in train.LOSS_NAMES] for row in saved["history"]["epochs"]]
+    return [[row[name] for name in LOSS_NAMES] for row in saved["history"]["epochs"]]
 
 
 def test_torchrun_leaves_exactly_one_set_of_outputs(runs):

@@ -19,8 +19,9 @@ from PIL import Image
 import config
 import train
 from evaluation import metrics
-from training import cli, preflight
+from training import cli, preflight, session, settings
 from training import loader as data
+from training.setup import setup
 
 
 def no_work(*args, **kwargs):
@@ -55,15 +56,15 @@ def test_validation_images_too_small_for_ssim_stop_before_training(
 ):
     write_split(tmp_path / "data" / "train", 2, 80, 80)
     write_split(tmp_path / "data" / "val", 2, *val_size)
-    setup = train.setup
-    monkeypatch.setattr(train, "setup", no_work)
+    real_setup = setup
+    monkeypatch.setattr(session, "setup", no_work)
     argv = ["--data_root", tmp_path / "data", "--preprocess", preprocess, *TINY]
     code, _, (line,) = run_main(train.main, argv, tmp_path, monkeypatch, capsys)
     size = metrics.SSIM_SIZE
     assert code == 1 and str(Path("data") / "val" / "0.png") in line and shown in line, line
     assert f"--preprocess {preprocess}" in line and f"{size}x{size}" in line and "--val_every 0" in line
     # Without validation the same data trains: nothing else needs that size.
-    monkeypatch.setattr(train, "setup", setup)
+    monkeypatch.setattr(session, "setup", real_setup)
     train.train(cli.parse_args([*map(str, argv), "--val_every", "0"]))
     assert (tmp_path / "results" / "custom" / "samples" / "epoch_001.png").is_file()
 
@@ -79,7 +80,7 @@ def test_ssim_size_is_the_size_metrics_needs():
 def test_training_images_too_small_for_the_discriminator_stop_before_training(tmp_path, monkeypatch, capsys):
     """--preprocess none trains on the images' own sizes: 32 px is too small for 4 strided layers."""
     write_split(tmp_path / "data" / "train", 2, 32, 32)
-    monkeypatch.setattr(train, "setup", no_work)
+    monkeypatch.setattr(session, "setup", no_work)
     argv = ["--data_root", tmp_path / "data", *TINY, "--preprocess", "none", "--image_size", "96"]
     argv += ["--load_size", "96", "--n_layers_D", "4", "--val_every", "0"]
     code, _, (line,) = run_main(train.main, argv, tmp_path, monkeypatch, capsys)
@@ -89,8 +90,8 @@ def test_training_images_too_small_for_the_discriminator_stop_before_training(tm
 
 def test_fid_on_a_single_validation_image_stops_before_training(tmp_path, monkeypatch, capsys):
     write_split(tmp_path / "data" / "train", 2, 64, 64)
-    monkeypatch.setattr(train, "inception_weights_path", lambda: None)  # whether installed or not
-    monkeypatch.setattr(train, "setup", no_work)
+    monkeypatch.setattr(session, "inception_weights_path", lambda: None)  # whether installed or not
+    monkeypatch.setattr(session, "setup", no_work)
     argv = ["--data_root", tmp_path / "data", *TINY, "--max_images", "1", "--val_fid", "true"]
     code, _, (line,) = run_main(train.main, argv, tmp_path, monkeypatch, capsys)
     assert code == 1 and str(Path("data") / "train") in line and "1 validation image" in line, line
@@ -105,7 +106,7 @@ def test_predict_names_a_split_it_cannot_score_before_translating(tmp_path, monk
     import predict
     from training.checkpoint import full_checkpoint, save_checkpoint
 
-    save_checkpoint(full_checkpoint(train.setup(tiny_config(preprocess="crop"))), tmp_path / "run.pt")
+    save_checkpoint(full_checkpoint(setup(tiny_config(preprocess="crop"))), tmp_path / "run.pt")
     write_split(tmp_path / "data" / "small", 2, 8, 8)
     write_split(tmp_path / "data" / "one", 1, 32, 32)
     monkeypatch.setattr(predict, "inception_weights_path", lambda: None)
@@ -154,7 +155,7 @@ def test_the_discriminators_smallest_input_is_exact(n_layers):
 )
 def test_config_file_values_must_have_the_fields_json_type(tmp_path, text, message):
     (tmp_path / "c.json").write_text(text)
-    with pytest.raises(config.ConfigError) as err:
+    with pytest.raises(settings.ConfigError) as err:
         cli.parse_args(["--config", str(tmp_path / "c.json")])
     assert str(err.value).startswith(f"--config {tmp_path / 'c.json'}: ") and message in str(err.value)
     assert "\n" not in str(err.value)
@@ -178,7 +179,7 @@ def test_config_file_numbers_keep_their_meaning(tmp_path):
 )
 def test_config_file_size_and_depth_are_bounded(tmp_path, content, message):
     (tmp_path / "c.json").write_text(content)
-    with pytest.raises(config.ConfigError, match=re.escape(message)):
+    with pytest.raises(settings.ConfigError, match=re.escape(message)):
         cli.parse_args(["--config", str(tmp_path / "c.json")])
 
 
@@ -203,10 +204,10 @@ def test_a_runs_own_config_json_is_within_the_bounds(tmp_path, synthetic_split):
 
 
 def test_threads_are_capped_at_four_per_usable_cpu(tmp_path, monkeypatch, capsys):
-    cap = config.max_threads()
+    cap = settings.max_threads()
     assert cap == 4 * len(os.sched_getaffinity(0))
     assert cli.parse_args(["--threads", str(cap)]).threads == cap
-    monkeypatch.setattr(train, "build_data", no_work)
+    monkeypatch.setattr(session, "build_data", no_work)
     code, _, (line,) = run_main(train.main, ["--threads", "100000"], tmp_path, monkeypatch, capsys)
     assert code == 2 and line.startswith("error: --threads:") and f"at most {cap}" in line
     help_text = next(f.metadata["help"] for f in dataclasses.fields(config.Config) if f.name == "threads")
@@ -215,7 +216,7 @@ def test_threads_are_capped_at_four_per_usable_cpu(tmp_path, monkeypatch, capsys
 
 
 def test_a_checksum_that_cannot_match_is_refused_before_downloading(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train, "prepare_data_root", no_work)
+    monkeypatch.setattr(session, "prepare_data_root", no_work)
     argv = ["--data_root", tmp_path / "facades", "--download_sha256", "not-a-digest"]
     code, _, (line,) = run_main(train.main, argv, tmp_path, monkeypatch, capsys)
     assert code == 2 and line.startswith("error: --download_sha256: must be 64 hex digits")
@@ -229,7 +230,7 @@ def test_a_device_this_machine_lacks_stops_before_the_data_is_read(
     write_split(tmp_path / "data" / "train", 1, 64, 64)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(train, "build_data", no_work)
+    monkeypatch.setattr(session, "build_data", no_work)
     argv = ["--data_root", tmp_path / "data", *TINY, "--device", device, "--precision", precision]
     code, _, (line,) = run_main(train.main, argv, tmp_path, monkeypatch, capsys)
     assert code == 2 and message in line and (f"--device {device}" in line or "--precision" in line), line
@@ -267,8 +268,8 @@ def test_outputs_in_the_way_stop_before_any_work(tmp_path, monkeypatch, capsys, 
         make_file(tmp_path / in_the_way)
     else:
         (tmp_path / in_the_way).mkdir(parents=True)
-    monkeypatch.setattr(train, "build_data", no_work)
-    monkeypatch.setattr(train, "prepare_data_root", no_work)
+    monkeypatch.setattr(session, "build_data", no_work)
+    monkeypatch.setattr(session, "prepare_data_root", no_work)
     argv = ["--data_root", tmp_path / "data", *TINY, "--name", "run", "--tensorboard", "auto"]
     code, _, (line,) = run_main(train.main, argv, tmp_path, monkeypatch, capsys)
     assert code == 1 and f"{in_the_way}: {words}" in line, line
@@ -280,8 +281,8 @@ def test_an_output_folder_without_write_permission_stops_before_any_work(tmp_pat
     write_split(tmp_path / "data" / "train", 1, 64, 64)
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: Path(p).name != "checkpoints" and real_access(p, mode))
-    monkeypatch.setattr(train, "build_data", no_work)
-    monkeypatch.setattr(train, "prepare_data_root", no_work)
+    monkeypatch.setattr(session, "build_data", no_work)
+    monkeypatch.setattr(session, "prepare_data_root", no_work)
     argv = ["--data_root", tmp_path / "data", *TINY, "--name", "run"]
     code, _, (line,) = run_main(train.main, argv, tmp_path, monkeypatch, capsys)
     assert code == 1 and "checkpoints: no permission to write in this folder" in line, line
@@ -300,8 +301,8 @@ def test_inputs_that_are_not_what_they_must_be_stop_before_any_work(
 ):
     write_split(tmp_path / "data" / "train", 1, 64, 64)
     make(tmp_path / "given")
-    monkeypatch.setattr(train, "build_data", no_work)
-    monkeypatch.setattr(train, "prepare_data_root", no_work)
+    monkeypatch.setattr(session, "build_data", no_work)
+    monkeypatch.setattr(session, "prepare_data_root", no_work)
     argv = ["--data_root", tmp_path / "data", *TINY, setting, tmp_path / "given"]
     code, _, (line,) = run_main(train.main, argv, tmp_path, monkeypatch, capsys)
     assert code == 1 and f"{setting} {tmp_path / 'given'}: {words}" in line, line

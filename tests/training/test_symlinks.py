@@ -16,6 +16,7 @@ from PIL import Image
 import predict
 import train
 from training.checkpoint import full_checkpoint, save_checkpoint
+from training.setup import setup
 from utils import atomic_write, write_text
 
 PRECIOUS = "a file of the user's that the run must not touch\n"
@@ -95,7 +96,7 @@ def test_a_write_by_rename_replaces_a_planted_link_not_its_target(tmp_path):
 
 def test_predict_replaces_a_planted_link_in_its_output_folder_not_its_target(tmp_path):
     checkpoint = tmp_path / "latest.pt"
-    save_checkpoint(full_checkpoint(train.setup(tiny_config(name="tiny"))), checkpoint)
+    save_checkpoint(full_checkpoint(setup(tiny_config(name="tiny"))), checkpoint)
     Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "x.png")
     victim = plant(tmp_path / "out" / "x.png", "symbolic", tmp_path)
     predict.run(

@@ -9,6 +9,8 @@ from conftest import tiny_config
 import train
 from config import Config
 from dataset import AlignedDataset
+from training.setup import lr_factor, setup
+from training.step import train_step
 
 
 def tiny(**overrides) -> Config:
@@ -21,10 +23,10 @@ def batch_of(folder, n=1, size=32):
 
 
 def test_one_step_changes_both_networks(synthetic_split):
-    state = train.setup(tiny())
+    state = setup(tiny())
     real_A, real_B = batch_of(synthetic_split(n=2, size=32), n=2)
     before = {name: [p.detach().clone() for p in getattr(state, name).parameters()] for name in ("G", "D")}
-    losses = train.train_step(state, real_A, real_B)
+    losses = train_step(state, real_A, real_B)
     assert losses.shape == (4,) and torch.isfinite(losses).all()
     for name in ("G", "D"):
         after = list(getattr(state, name).parameters())
@@ -33,25 +35,25 @@ def test_one_step_changes_both_networks(synthetic_split):
 
 
 def test_lr_schedule_is_constant_then_linear_to_zero():
-    factors = [train.lr_factor(e, 200, 100) for e in range(200)]
+    factors = [lr_factor(e, 200, 100) for e in range(200)]
     assert factors[:100] == [1.0] * 100
     assert factors[100] == pytest.approx(1 - 1 / 101) and factors[-1] == pytest.approx(1 / 101)
     assert all(a > b for a, b in zip(factors[100:], factors[101:]))
     # lr_decay_epochs >= epochs: the whole run decays
-    assert [train.lr_factor(e, 3, 100) for e in range(3)] == pytest.approx([0.75, 0.5, 0.25])
+    assert [lr_factor(e, 3, 100) for e in range(3)] == pytest.approx([0.75, 0.5, 0.25])
 
 
 @pytest.mark.slow
 def test_learns_a_small_set(facades):
     """On 4 real pairs at 32 px, 300 steps bring the L1 loss clearly down."""
     cfg = tiny(ngf=16, ndf=16, lr=1e-3)
-    state = train.setup(cfg)
+    state = setup(cfg)
     data = AlignedDataset(facades / "train", "BtoA", 32, 32, train=False, max_images=4)
     real_A = torch.stack([data[i][0] for i in range(4)])
     real_B = torch.stack([data[i][1] for i in range(4)])
     l1 = []
     for _ in range(300):
-        losses = train.train_step(state, real_A, real_B)
+        losses = train_step(state, real_A, real_B)
         l1.append(losses[1].item())
     first, last = sum(l1[:10]) / 10, sum(l1[-10:]) / 10
     assert last < 0.5 * first, f"L1 went from {first:.3f} to {last:.3f}"
