@@ -9,12 +9,13 @@ Configurations run in worker processes of their own, taking turns (one block of 
 iterations each, `repeats` times), so that noise from the rest of the machine hits all alike and
 each has its own peak memory:
 
-- ``baseline``: as the official implementation trains: fp32, eager, stock convolutions in NCHW,
+- ``baseline``: as the official implementation trains: ``--speedups false --precision fp32``
+  (the stock networks, eager, stock convolutions in NCHW),
   Adam with its default implementation, subnormal floats left on, glibc's malloc as it comes,
   cuDNN without autotuning, and images decoded with PIL and transformed per item in a DataLoader
   with the official default of 4 worker processes;
-- ``fast``: exactly what ``python train.py`` does by default on this machine (train.setup,
-  train.build_data, train.make_loader, train.train_step);
+- ``fast``: exactly what ``python train.py`` does by default on this machine (training.setup.setup,
+  training.loader.build_data and make_loader, training.step.train_step);
 - ``graphs`` (the default third configuration on CUDA): ``fast`` with ``--cuda_graphs true``.
 
 Each uses batch 1, 256 px, U-Net 256 and the 70x70 PatchGAN on the real facades training images.
@@ -76,6 +77,9 @@ from pathlib import Path
 import torch
 
 from benchmarking import step_floor
+from training.loader import build_data, make_loader
+from training.setup import setup
+from training.step import train_step
 
 BASELINE_WORKERS = 4  # the official code's default --num_threads
 DEFAULTS = {
@@ -125,17 +129,17 @@ class PILAlignedDataset(torch.utils.data.Dataset):
 
 def build(kind: str, data_root: str, device: str):
     """State, data iterator and validation set of one configuration; networks from the same seed."""
-    import train
     from config import Config
 
     cfg = Config(data_root=data_root, device=device, cuda_graphs="true" if kind == "graphs" else "false")
     if kind in ("fast", "graphs"):
-        train_set, val_set = train.build_data(cfg)
-        state = train.setup(cfg)
-        loader = train.make_loader(train_set, cfg, state.device, state.world)
+        train_set, val_set = build_data(cfg)
+        state = setup(cfg)
+        loader = make_loader(train_set, cfg, state.device, state.world)
         return state, loader, val_set, len(train_set)
-    # The stock networks (no speedups.accelerate), in fp32, with torch.optim.Adam's default step.
-    state = train.setup(dataclasses.replace(cfg, precision="fp32"), fast=False)
+    # The stock networks (speedups false: no speed.accelerate), in fp32, with torch.optim.Adam's
+    # default step.
+    state = setup(dataclasses.replace(cfg, precision="fp32", speedups=False))
     torch.set_flush_denormal(False)
     torch.backends.cudnn.benchmark = False
     state.opt_G, state.opt_D = (
@@ -163,7 +167,6 @@ def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> 
     (then the info, and for ``fast`` the end of an epoch)."""
     import warnings
 
-    import train
     from benchmarking import epoch_cost
 
     warnings.filterwarnings("ignore", message=".*worker")  # 4 workers on 2 cores is the point
@@ -185,14 +188,14 @@ def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> 
     while (command := conn.recv()) is not None:
         if command[0] == "inspect":
             batch = next_batch()
-            inspected = step_floor.inspect_step(lambda batch=batch: train.train_step(state, *batch))
+            inspected = step_floor.inspect_step(lambda batch=batch: train_step(state, *batch))
             described = step_floor.describe(inspected["largest_conv"])
             update = step_floor.update_bytes([state.opt_G, state.opt_D])
             conn.send({**inspected, "largest_conv": described, "update_bytes": update})
             continue
         if command[0] == "peak":
             peaks = step_floor.machine_peaks(state.dtype, inspected["largest_conv"], state.device)
-            step = lambda: train.train_step(state, *next_batch())  # noqa: E731
+            step = lambda: train_step(state, *next_batch())  # noqa: E731
             conn.send({**peaks, "update_s": step_floor.update_seconds(step, state.device)})
             continue
         waited, started = 0.0, time.perf_counter()
@@ -200,7 +203,7 @@ def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> 
             t = time.perf_counter()
             real_A, real_B = next_batch()
             waited += time.perf_counter() - t
-            losses = train.train_step(state, real_A, real_B)
+            losses = train_step(state, real_A, real_B)
         losses.tolist()  # wait for the device
         sync()
         conn.send((time.perf_counter() - started, waited, command[1]))

@@ -4,17 +4,16 @@ The defaults are the official facades recipe (Isola et al. 2017, and the authors
 labels -> photo, 286 px resize + 256 px random crop + flip, batch 1, U-Net 256, 70x70 PatchGAN,
 Adam 2e-4 (0.5, 0.999), lambda_l1 100, 100 epochs at constant lr + 100 epochs of linear decay.
 
-Every field can be overridden on the command line as ``--field value``: cli.parse_args.
-Only the scripts (train.py, predict.py, benchmark.py) read this module: the model and data
-modules take plain arguments.
+The file reads top down: the fields' allowed values, the Config dataclass (every field with its
+default and a one-line description), the datasets the project knows, and a few values derived
+from a Config. Every field can be overridden on the command line as ``--field value``
+(training/cli.py: parse_args), training/settings.py says which values cannot work, and
+docs/config.md lists every field (``python -m training.cli --markdown``).
+The model and data modules take plain arguments, not a Config.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import re
-import sys
 from dataclasses import dataclass, field, fields
 from typing import Sequence
 
@@ -23,71 +22,25 @@ from typing import Sequence
 LAYOUTS = ("aligned", "paired_folders")
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "none")
 NORMS = ("batch", "instance")
-MAX_NAME_BYTES = 200  # a run name is a folder name; room is left for the files' own names
-MAX_INT = 2**31 - 1  # integers go to C code (threads, sizes, counts) that takes a 32-bit int
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Switches whose default is "where it works": "auto" lets a plain run use TensorBoard when the
 # package is there (CUDA graphs where capture works), while an explicit "true" is a request that
 # is said when it cannot be met: a bool could not tell the default from a request.
 SWITCH_MODES = ("auto", "true", "false")
-
-# The official archives of the pix2pix dataset family: one URL pattern, the set's name swapped in.
-PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{name}.tar.gz"
-FACADES_URL = PIX2PIX_URL.format(name="facades")
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What the project knows about one set of the pix2pix family (see the README's table)."""
-
-    direction: str  # the official direction: which side of each pair is the generator's input
-    splits: dict[str, int]  # split folders a download must hold -> image count (0 = any, not none)
-    downloadable: bool = True  # False: no official archive may be fetched; `note` says what to do
-    note: str = ""
-
-
-# The file of every set is A|B; A and B as the official archives lay them out.
-DATASETS = {
-    # A = photo, B = label map; the paper and the official scripts train labels -> photo.
-    "facades": DatasetInfo("BtoA", {"train": 400, "val": 100, "test": 106}),
-    # A = street photo, B = label map. Not served any more for license reasons (the official
-    # download script refuses it too); the count is the official one of the training set.
-    "cityscapes": DatasetInfo(
-        "BtoA",
-        {"train": 2975},
-        downloadable=False,
-        note=(
-            "the Cityscapes license forbids redistributing it: download gtFine_trainvaltest.zip and "
-            "leftImg8bit_trainvaltest.zip from https://www.cityscapes-dataset.com, combine them with the "
-            "official datasets/prepare_cityscapes_dataset.py and put the result there, or pass "
-            "--download_url of an archive you may use"
-        ),
-    ),
-    # A = aerial photo, B = map; 1096 training images is the official count.
-    "maps": DatasetInfo("AtoB", {"train": 1096, "val": 0}),
-    # A = edge map, B = photo.
-    "edges2shoes": DatasetInfo("AtoB", {"train": 0, "val": 0}),
-    "edges2handbags": DatasetInfo("AtoB", {"train": 0, "val": 0}),
-    # A = night, B = day of the same webcam view (BtoA is the official day2night model).
-    "night2day": DatasetInfo("AtoB", {"train": 0, "val": 0, "test": 0}),
-    # Your own pairs in data_root: nothing is downloaded; A -> B unless --direction says otherwise.
-    "custom": DatasetInfo(
-        "AtoB",
-        {"train": 0},
-        downloadable=False,
-        note="put your own train/ and val/ split folders there, or pass --data_root",
-    ),
-}
+# The sets of the pix2pix family the project knows (DATASETS below says what it knows of each).
+DATASET_NAMES = ("facades", "cityscapes", "maps", "edges2shoes", "edges2handbags", "night2day", "custom")
 
 
 def option(default, help: str, choices: Sequence[str] | None = None):
     """A config field with its one-line description and, where the values are a fixed set, the
-    allowed values: the single source of ``--help`` and of the README's config table."""
+    allowed values: the single source of ``--help`` and of docs/config.md."""
     return field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None})
 
 
 @dataclass
 class Config:
+    """The hyperparameters of one run; the defaults are the paper's facades recipe."""
+
     # --- data ---
     data_root: str = option(
         "", 'folder holding train/ val/ test/ ("" = data/<dataset>); downloaded if missing'
@@ -181,6 +134,11 @@ class Config:
         PRECISIONS,
     )
     threads: int = option(0, "CPU threads for torch (0 = one per core; at most 4 per usable CPU)")
+    speedups: bool = option(
+        True,
+        "the speed layer (speed/): matrix-product layers, bf16 weight copies, channels_last; "
+        "false trains the stock networks exactly as written",
+    )
     cuda_graphs: str = option(
         "false",
         "on CUDA, replay each training step as one captured CUDA graph (far fewer kernel launches at "
@@ -191,13 +149,13 @@ class Config:
 
     # --- datasets, layouts, sizes and channels ---
     dataset: str = option(
-        "facades", "a set of the pix2pix family (downloaded by name) or custom", tuple(DATASETS)
+        "facades", "a set of the pix2pix family (downloaded by name) or custom", DATASET_NAMES
     )
     data_layout: str = option(
         "aligned", "aligned: A|B in one file; paired_folders: <split>/A/ and <split>/B/", LAYOUTS
     )
     preprocess: str = option(
-        "resize_and_crop", "how images become training crops (README: Your own data)", PREPROCESS_MODES
+        "resize_and_crop", "how images become training crops (docs/data.md)", PREPROCESS_MODES
     )
     input_nc: int = option(3, "channels of the generator's input real_A: 1 (grayscale) or 3 (RGB)")
     output_nc: int = option(3, "channels of its output fake_B and of the target real_B: 1 or 3")
@@ -209,8 +167,8 @@ class Config:
     def __post_init__(self) -> None:
         """Fill the fields left empty from the dataset: data/<dataset>, its official archive, its
         official direction, and the run name. Explicit values win; an unknown dataset is left for
-        validate() to report. (dataclasses.replace keeps filled values: build a new Config to
-        switch datasets.)"""
+        training/settings.py to report. (dataclasses.replace keeps filled values: build a new
+        Config to switch datasets.)"""
         info = DATASETS.get(self.dataset)
         if info is None:
             return
@@ -221,8 +179,62 @@ class Config:
         self.name = self.name or self.dataset
 
 
-class ConfigError(ValueError):
-    """A config value that cannot be used; the message names the field."""
+# ---------------------------------------------------------------------------------------------
+# The datasets
+# ---------------------------------------------------------------------------------------------
+
+# The official archives of the pix2pix dataset family: one URL pattern, the set's name swapped in.
+PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{name}.tar.gz"
+FACADES_URL = PIX2PIX_URL.format(name="facades")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the project knows about one set of the pix2pix family (see the README's table)."""
+
+    direction: str  # the official direction: which side of each pair is the generator's input
+    splits: dict[str, int]  # split folders a download must hold -> image count (0 = any, not none)
+    downloadable: bool = True  # False: no official archive may be fetched; `note` says what to do
+    note: str = ""
+
+
+# The file of every set is A|B; A and B as the official archives lay them out.
+DATASETS = {
+    # A = photo, B = label map; the paper and the official scripts train labels -> photo.
+    "facades": DatasetInfo("BtoA", {"train": 400, "val": 100, "test": 106}),
+    # A = street photo, B = label map. Not served any more for license reasons (the official
+    # download script refuses it too); the count is the official one of the training set.
+    "cityscapes": DatasetInfo(
+        "BtoA",
+        {"train": 2975},
+        downloadable=False,
+        note=(
+            "the Cityscapes license forbids redistributing it: download gtFine_trainvaltest.zip and "
+            "leftImg8bit_trainvaltest.zip from https://www.cityscapes-dataset.com, combine them with the "
+            "official datasets/prepare_cityscapes_dataset.py and put the result there, or pass "
+            "--download_url of an archive you may use"
+        ),
+    ),
+    # A = aerial photo, B = map; 1096 training images is the official count.
+    "maps": DatasetInfo("AtoB", {"train": 1096, "val": 0}),
+    # A = edge map, B = photo.
+    "edges2shoes": DatasetInfo("AtoB", {"train": 0, "val": 0}),
+    "edges2handbags": DatasetInfo("AtoB", {"train": 0, "val": 0}),
+    # A = night, B = day of the same webcam view (BtoA is the official day2night model).
+    "night2day": DatasetInfo("AtoB", {"train": 0, "val": 0, "test": 0}),
+    # Your own pairs in data_root: nothing is downloaded; A -> B unless --direction says otherwise.
+    "custom": DatasetInfo(
+        "AtoB",
+        {"train": 0},
+        downloadable=False,
+        note="put your own train/ and val/ split folders there, or pass --data_root",
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Values derived from a Config
+# ---------------------------------------------------------------------------------------------
 
 
 def is_valid_unet_size(image_size: int) -> bool:
@@ -268,145 +280,3 @@ def generator_depth(cfg: Config) -> int:
 def size_multiple(cfg: Config) -> int:
     """Height and width of every image the generator sees must be multiples of this."""
     return 2 ** generator_depth(cfg)
-
-
-def _data_checks(cfg: Config) -> list[tuple[str, bool, str]]:
-    """The rules of the dataset, layout, size and channel fields; impossible combinations included."""
-    depth_ok = cfg.num_downs == 0 or cfg.num_downs >= 5
-    return [
-        ("input_nc", cfg.input_nc in (1, 3), "must be 1 (grayscale) or 3 (RGB)"),
-        ("output_nc", cfg.output_nc in (1, 3), "must be 1 (grayscale) or 3 (RGB)"),
-        ("num_downs", depth_ok, "must be 0 (derived from image_size) or >= 5 (the U-Net's shortest form)"),
-        (
-            "num_downs",
-            not depth_ok or cfg.num_downs == 0 or cfg.image_size % 2**cfg.num_downs == 0,
-            f"the U-Net halves the image num_downs times, so image_size ({cfg.image_size}) must be a "
-            f"multiple of 2^num_downs = {2**cfg.num_downs if depth_ok else 0}",
-        ),
-    ]
-
-
-def name_problem(name: str) -> str | None:
-    """Why `name` cannot be a run's folder name, or None when it can (train.py and predict.py both
-    check the names they put in paths, also those read from a checkpoint)."""
-    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
-        return "must be a plain folder name (no /, \\, . or ..)"
-    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-        return f"must be at most {MAX_NAME_BYTES} bytes (file systems allow 255 per name)"
-    return None
-
-
-def _range_checks(cfg: Config) -> list[tuple[str, bool, str]]:
-    """Fixed sets of values, and integers that the libraries can take (a C int)."""
-    checks = []
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if f.metadata.get("choices") and not (f.name == "direction" and value == ""):
-            checks.append(
-                (
-                    f.name,
-                    value in f.metadata["choices"],
-                    f"must be one of {', '.join(c for c in f.metadata['choices'] if c)}",
-                )
-            )
-        if f.type == "int":
-            checks.append((f.name, abs(value) <= MAX_INT, f"must be at most {MAX_INT}"))
-    return checks
-
-
-def max_threads() -> int:
-    """The most --threads a run may ask for: 4 per CPU this process may run on (its affinity);
-    more only slows it down, and OpenMP runs out of memory for the stacks of 100000."""
-    return 4 * (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-def validate(cfg: Config) -> None:
-    """Raise ConfigError naming the first field whose value cannot work."""
-    resizes = cfg.preprocess in ("resize_and_crop", "scale_width")  # only these use load_size
-    checks = (
-        _range_checks(cfg)
-        + _data_checks(cfg)
-        + [
-            ("data_root", bool(cfg.data_root), "must name a folder"),
-            ("direction", cfg.direction in ("AtoB", "BtoA"), "must be AtoB or BtoA"),
-            ("seed", 0 <= cfg.seed < 2**32, "must be in [0, 2^32) (numpy's seed range)"),
-            (
-                "image_size",
-                is_valid_unet_size(cfg.image_size),
-                "must be a multiple of 32 (the U-Net halves it at least 5 times)",
-            ),
-            (
-                "load_size",
-                not resizes or cfg.load_size >= cfg.image_size,
-                "must be >= image_size (it is cropped to it)",
-            ),
-            ("max_images", cfg.max_images >= 0, "must be >= 0"),
-            ("ngf", cfg.ngf > 0, "must be > 0"),
-            ("ndf", cfg.ndf > 0, "must be > 0"),
-            (
-                "n_layers_D",
-                1 <= cfg.n_layers_D <= int(math.log2(max(cfg.image_size, 1))) - 2,
-                "must be between 1 and log2(image_size) - 2",
-            ),
-            ("dropout", 0.0 <= cfg.dropout < 1.0, "must be in [0, 1)"),
-            ("init_gain", cfg.init_gain > 0, "must be > 0"),
-            ("batch_size", cfg.batch_size >= 1, "must be >= 1"),
-            ("lr", cfg.lr > 0, "must be > 0"),
-            ("beta1", 0.0 <= cfg.beta1 < 1.0, "must be in [0, 1)"),
-            ("beta2", 0.0 <= cfg.beta2 < 1.0, "must be in [0, 1)"),
-            ("lambda_l1", cfg.lambda_l1 >= 0, "must be >= 0"),
-            ("epochs", cfg.epochs >= 1, "must be >= 1"),
-            ("lr_decay_epochs", cfg.lr_decay_epochs >= 0, "must be >= 0"),
-            ("num_samples", cfg.num_samples >= 1, "must be >= 1"),
-            ("val_every", cfg.val_every >= 0, "must be >= 0"),
-            ("val_images", cfg.val_images >= 0, "must be >= 0 (0 = all)"),
-            (
-                "val_images",
-                cfg.val_images == 0 or cfg.val_images >= cfg.num_samples,
-                "must be 0 (all) or at least num_samples: the sample grid shows scored pairs",
-            ),
-            ("name", name_problem(cfg.name) is None, name_problem(cfg.name) or ""),
-            ("save_every", cfg.save_every >= 0, "must be >= 0"),
-            ("log_every", cfg.log_every >= 1, "must be >= 1"),
-            ("checkpoint_every", cfg.checkpoint_every >= 0, "must be >= 0"),
-            ("latest_every_s", cfg.latest_every_s >= 0, "must be >= 0"),
-            (
-                "device",
-                re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", cfg.device) is not None,
-                "must be auto, cpu, mps, cuda or cuda:N",
-            ),
-            ("threads", cfg.threads >= 0, "must be >= 0"),
-            ("threads", cfg.threads <= max_threads(), f"must be at most {max_threads()} (4 per usable CPU)"),
-            (
-                "download_sha256",
-                re.fullmatch("[0-9a-fA-F]{64}|", cfg.download_sha256),
-                "must be 64 hex digits",
-            ),
-        ]
-    )
-    for name, ok, rule in checks:
-        if not ok:
-            raise ConfigError(f"--{name}: {rule}, got {getattr(cfg, name)!r}")
-
-
-def markdown_table() -> str:
-    """The README's config table, from the same field metadata as --help (a test keeps them equal)."""
-    rows = ["| field | default | allowed | meaning |", "|---|---|---|---|"]
-    for f in fields(Config):
-        choices = ", ".join(f"`{c}`" for c in f.metadata["choices"] if c) if f.metadata.get("choices") else ""
-        meaning = f.metadata["help"].replace("|", "\\|")
-        rows.append(f"| `{f.name}` | `{f.default!r}` | {choices} | {meaning} |")
-    return "\n".join(rows) + "\n"
-
-
-def main() -> None:
-    """``python config.py --markdown`` prints the README's config table (cli.py prints a resolved
-    config: ``python cli.py --lr 1e-4``)."""
-    if sys.argv[1:] != ["--markdown"]:
-        print("usage: python config.py --markdown (the README's table); python cli.py [--field value ...]")
-        raise SystemExit(2)
-    print(markdown_table(), end="")
-
-
-if __name__ == "__main__":
-    main()

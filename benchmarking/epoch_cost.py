@@ -14,6 +14,10 @@ from typing import Callable
 
 import torch
 
+from training.snapshots import save_snapshots
+from training.state import LOSS_NAMES
+from training.step import train_step
+
 
 def timed(work, sync) -> tuple[float, object]:
     sync()
@@ -74,19 +78,18 @@ def epoch_overhead(state, val_set, n_train: int, repeats: int, sync, loader) -> 
 def hand_over_epoch(state, val_set, report, dirs, writer, sync) -> dict[str, float]:
     """One epoch's end with train.py's functions, each part timed: an epoch that keeps
     epoch_NNN.pt, improves val_L1 (best.pt) and writes latest.pt, the most an epoch copies."""
-    import train
     from training import checkpoint as ckpt
     from training.validation import validate_epoch
 
     cfg, busy = state.cfg, writer.busy_s
     state.epoch = cfg.save_every * (len(state.history.epochs) + 1)
-    losses = dict(zip(train.LOSS_NAMES, state.progress.total.tolist()))
+    losses = dict(zip(LOSS_NAMES, state.progress.total.tolist()))
     state.history.epochs.append({"epoch": state.epoch, **losses, "lr": cfg.lr, "seconds": 0.0})
     parts = {}
     parts["validate_s"], samples = timed(lambda: validate_epoch(state, val_set), sync)
     parts["wait_s"], _ = timed(writer.wait, sync)  # for the previous epoch's writes
     parts["report_copy_s"], _ = timed(lambda: report.epoch(state, val_set, samples, writer), sync)
-    parts["snapshot_copy_s"], _ = timed(lambda: train.save_snapshots(state, dirs, writer), sync)
+    parts["snapshot_copy_s"], _ = timed(lambda: save_snapshots(state, dirs, writer), sync)
     parts["latest_copy_s"], _ = timed(lambda: ckpt.save_latest(state, dirs.latest, writer), sync)
     parts["blocked_s"] = sum(parts.values())
     parts["busy_during_copies_s"] = writer.busy_s - busy  # jobs the writer finished meanwhile
@@ -96,13 +99,12 @@ def hand_over_epoch(state, val_set, report, dirs, writer, sync) -> dict[str, flo
 def steps_beside_writes(state, loader, writer, sync) -> dict:
     """What the background writes cost the training steps: the steps trained until the writer is
     done, against as many trained alone (on a CPU the writer competes for the same cores)."""
-    import train
 
     batches = iter(loader)
 
     def step() -> None:
         real_A, real_B = next(batches)
-        train.train_step(state, real_A.to(state.device), real_B.to(state.device)).tolist()
+        train_step(state, real_A.to(state.device), real_B.to(state.device)).tolist()
 
     started, n = time.perf_counter(), 0
     while writer.busy or n == 0:

@@ -1,6 +1,6 @@
-"""Adam that also writes the bf16 compute copies of the weights it updates (fast_layers.py).
+"""Adam that also writes the bf16 compute copies of the weights it updates (matmul_layers.py).
 
-speedups.accelerate() attaches it to a torch.optim.Adam through the optimizer's own step hooks:
+accelerate() attaches it to a torch.optim.Adam through the optimizer's own step hooks:
 before Adam's step it updates each weight whose bf16 copy received a gradient, from that gradient,
 in one compiled loop that reads the weight, both moments and the gradient once and writes the
 weight, both moments and the new copy once; the weights left with a .grad of their own go through
@@ -54,7 +54,7 @@ def compile_adam_with_copy() -> Callable | None:
         # dynamic_threads: a parallel loop whatever the probe's size. Without it Inductor sizes the
         # loop by the 8-element probe below and compiles it serial, so the update of the 57 M
         # weights, bound by memory traffic, ran on one core only.
-        options = {"cpp.dynamic_threads": True}
+        options = {"cpp.dynamic_threads": True}  # torch_internals.INDUCTOR_DYNAMIC_THREADS
         kernel = torch.compile(adam_with_copy, dynamic=True, fullgraph=True, options=options)
         probe = [torch.zeros(8) for _ in range(4)]
         half = probe[1].bfloat16()

@@ -1,4 +1,4 @@
-"""Convolutions as matrix products: the arithmetic the layers of fast_layers.py route to on the
+"""Convolutions as matrix products: the arithmetic the layers of matmul_layers.py route to on the
 CPU, forward and backward, as autograd Functions on plain tensors (no module, no routing).
 
 Patch rows. A convolution multiplies each output pixel's input patch by the weight. With the map
@@ -266,7 +266,7 @@ class WeightGradAsProduct(torch.autograd.Function):
         stride, padding, transposed = ctx.geometry
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
+            grad_x = torch.ops.aten.convolution_backward(  # torch_internals.CONVOLUTION_BACKWARD
                 grad, x, weight, None, stride, padding, (1, 1), transposed, (0, 0), 1, (True, False, False)
             )[0]
         if ctx.needs_input_grad[1]:

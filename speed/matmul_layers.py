@@ -1,6 +1,6 @@
 """Convolutions that are fast on the CPU, and the low-precision weight copies they compute with.
 
-Nothing here is part of the paper's networks: speedups.accelerate() puts these on a built network
+Nothing here is part of the paper's networks: accelerate() (acceleration.py) puts these on a built network
 from outside, each layer sharing the Parameter objects of the stock layer it replaces, so the
 parameters, the state_dict keys and the results stay those of nn.Conv2d / nn.ConvTranspose2d.
 
@@ -11,6 +11,9 @@ that route for small maps on the CPU and are the stock layers everywhere else. I
 network the product works on patch rows in NHWC order (conv_products.ConvAsProduct and
 ConvTransposeAsProduct): no unfold or fold in NCHW order, whose transposing copies cost more than
 the products here.
+
+Which of these computes a call is decided in one place, route_of, from the layer, its input and
+the weight it computes with.
 
 Few output channels as a sum of taps. D's last layer (512 -> 1 channel, 4x4, stride 1) is slow in
 oneDNN at every size; one narrow product of every pixel with every tap's weight, then a strided
@@ -29,7 +32,7 @@ stay the parameters, the state_dict and the checkpoints); forward and backward u
 its gradient arrives in bf16, and the optimizer updates the fp32 weight from that gradient and
 writes the new bf16 copy in the same pass (adam_copies.py). The arithmetic is autocast's: the
 copy is the same rounding of the same fp32 weight, the gradient the same bf16 numbers. The copy
-has its weight's layout: speedups.accelerate() puts the weights of a channels_last network in
+has its weight's layout: accelerate() puts the weights of a channels_last network in
 channels_last, so copy, gradient, weight and Adam's moments share one layout and no step pays for
 a transposing copy of a weight.
 """
@@ -82,7 +85,7 @@ class ComputeCopy:
         self.version: int | None = -1  # the parameter's version counter when the copy was last written
 
     def current(self) -> torch.Tensor:
-        if self.version != self.param._version:
+        if self.version != self.param._version:  # torch_internals.TENSOR_VERSION
             with torch.no_grad():
                 self.tensor.copy_(self.param)
             self.written()
@@ -128,11 +131,14 @@ def exporting() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
 
 
+def on_cpu(x: torch.Tensor) -> bool:
+    """Whether a call may take a CPU route: the input is on the CPU and no graph is being exported."""
+    return not exporting() and x.device.type == "cpu"
+
+
 def small_cpu_map(x: torch.Tensor) -> bool:
     """Whether a layer input takes the matrix product: on the CPU, at most SMALL_MAP_PIXELS."""
-    if exporting():
-        return False
-    return x.device.type == "cpu" and x.shape[0] * x.shape[-2] * x.shape[-1] <= SMALL_MAP_PIXELS
+    return on_cpu(x) and x.shape[0] * x.shape[-2] * x.shape[-1] <= SMALL_MAP_PIXELS
 
 
 def compute_weight(layer: MatmulConv2d | MatmulConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
@@ -148,27 +154,77 @@ def compute_weight(layer: MatmulConv2d | MatmulConvTranspose2d, x: torch.Tensor)
     return weight.to(dtype)
 
 
-def takes_tap_sum(layer: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether a convolution takes ConvAsTapSum (the caller has sent groups, dilation and string
-    paddings to the stock layer)."""
-    if exporting() or x.device.type != "cpu" or layer.stride != (1, 1):
-        return False
+# The computations a call of a matrix-product layer can take (route_of decides which).
+STOCK = "stock"  # the stock layer's own call: oneDNN on the CPU, cuDNN or MPS elsewhere
+WEIGHT_GRAD_PRODUCT = "weight_grad_product"  # oneDNN, its weight gradient as one product
+TAP_SUM = "tap_sum"  # the sum of the kernel taps' products (ConvAsTapSum)
+PATCH_ROWS = "patch_rows"  # one product of NHWC patch rows (ConvAsProduct, ConvTransposeAsProduct)
+UNFOLD = "unfold"  # one product of unfold's columns (a transposed layer: of fold's), NCHW
+ROUTES = (STOCK, WEIGHT_GRAD_PRODUCT, TAP_SUM, PATCH_ROWS, UNFOLD)
+
+
+def route_of(
+    layer: nn.Conv2d | nn.ConvTranspose2d,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    output_size: list[int] | None = None,
+) -> str:
+    """Which computation (one of ROUTES) a call of `layer` on `x` with `weight` (the one the call
+    computes with: compute_weight) takes; the one place that decides it.
+
+    - What only the stock layer computes (groups, dilation, string padding, an explicit output
+      size), any device but the CPU, and an exported graph: the stock layer.
+    - A stride-1 convolution with at most TAP_SUM_COLUMNS output channels x taps: the tap sum,
+      at any size, batch, layout and dtype (oneDNN is slow with one output channel).
+    - Small maps (SMALL_MAP_PIXELS; a convolution at batch 1 only: for batches oneDNN is faster):
+      one matrix product, in the network's layout.
+    - A bias-free layer whose weight gradient sums over at most PRODUCT_WEIGHT_GRAD_PIXELS, in
+      channels_last and a PRODUCT_WEIGHT_GRAD_DTYPES dtype: oneDNN, with that gradient as one
+      product.
+    - Everything else: the stock layer.
+    """
+    if stock_only(layer) or output_size is not None or not on_cpu(x):
+        return STOCK
     kh, kw = layer.kernel_size
-    return layer.out_channels * kh * kw <= TAP_SUM_COLUMNS
+    if not layer.transposed and layer.stride == (1, 1) and layer.out_channels * kh * kw <= TAP_SUM_COLUMNS:
+        return TAP_SUM
+    if (layer.transposed or x.shape[0] == 1) and small_cpu_map(x):
+        return PATCH_ROWS if layer.channels_last else UNFOLD
+    if (
+        layer.bias is None
+        and weight.requires_grad
+        and weight.dtype in PRODUCT_WEIGHT_GRAD_DTYPES
+        and is_channels_last(x)
+        and summed_pixels(layer, x) <= PRODUCT_WEIGHT_GRAD_PIXELS
+    ):
+        return WEIGHT_GRAD_PRODUCT
+    return STOCK
+
+
+def stock_only(layer: nn.Conv2d | nn.ConvTranspose2d) -> bool:
+    """Whether the layer has what only the stock layer computes: groups, dilation, a padding mode
+    or string padding, output padding."""
+    return (
+        layer.groups != 1
+        or layer.dilation != (1, 1)
+        or layer.output_padding != (0, 0)
+        or layer.padding_mode != "zeros"
+        or isinstance(layer.padding, str)
+    )
+
+
+def summed_pixels(layer: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor) -> int:
+    """The pixels a layer's weight gradient sums over: a convolution's output pixels, a transposed
+    convolution's input pixels, over the batch."""
+    if layer.transposed:
+        return x.shape[0] * x.shape[-2] * x.shape[-1]
+    out_h, out_w = map_size(x.shape[-2:], layer.kernel_size, layer.stride, layer.padding, transposed=False)
+    return x.shape[0] * out_h * out_w
 
 
 def with_bias(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """A product route's output plus the layer's bias, if it has one (per channel, in out's dtype)."""
     return out if bias is None else out + bias.to(out.dtype)[:, None, None]
-
-
-def weight_grad_as_product(x: torch.Tensor, weight: torch.Tensor, summed_pixels: int) -> bool:
-    """Whether a layer's oneDNN call takes WeightGradAsProduct; `summed_pixels` are the pixels its
-    weight gradient sums over (the caller checks what its geometry allows: no bias, groups,
-    dilation or output padding)."""
-    if not weight.requires_grad or weight.dtype not in PRODUCT_WEIGHT_GRAD_DTYPES or exporting():
-        return False
-    return x.device.type == "cpu" and is_channels_last(x) and summed_pixels <= PRODUCT_WEIGHT_GRAD_PIXELS
 
 
 def same_format(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -182,7 +238,7 @@ class MatmulConv2d(nn.Conv2d):
     1, zero padding): of patch rows in a channels_last network, of unfold's columns in an NCHW one.
     For batches oneDNN is faster: the patches of a batch, and a batched product that repeats the
     weight per image, cost more than they save (docs/performance.md). A layer with very few output
-    channels (takes_tap_sum) is the sum of its taps' products at any size and batch."""
+    channels is the sum of its taps' products at any size and batch. route_of picks the route."""
 
     compute_copy: ComputeCopy | None = None
     channels_last: bool = False  # the network's layout (what a 1x1 map, dense in both, is taken as)
@@ -208,16 +264,20 @@ class MatmulConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = compute_weight(self, x)
-        if self.plain():
-            return self._stock_forward(x, weight)
-        if takes_tap_sum(self, x):
+        route = route_of(self, x, weight)
+        if route == TAP_SUM:
             out = ConvAsTapSum.apply(x.to(weight.dtype), weight, self.stride, self.padding)
             return with_bias(out, self.bias)
-        if x.shape[0] != 1 or not small_cpu_map(x):
-            return self._stock_forward(x, weight)
-        if self.channels_last:
+        if route == PATCH_ROWS:
             out = ConvAsProduct.apply(x.to(weight.dtype), weight, self.stride, self.padding)
             return with_bias(out, self.bias)
+        if route == UNFOLD:
+            return self._unfold_product(x, weight)
+        if route == WEIGHT_GRAD_PRODUCT:  # a bias-free layer
+            return WeightGradAsProduct.apply(x.to(weight.dtype), weight, self.stride, self.padding, False)
+        return self._conv_forward(x, weight, self.bias)  # torch_internals.CONV_FORWARD
+
+    def _unfold_product(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         cols = F.unfold(x.to(weight.dtype), self.kernel_size, padding=self.padding, stride=self.stride)
         out = torch.matmul(weight.flatten(1), cols)  # (N, C_in*kh*kw, L) -> (N, C_out, L)
@@ -227,28 +287,10 @@ class MatmulConv2d(nn.Conv2d):
         out = out.view(n, -1, *out_size)  # (N, C_out, H', W')
         return same_format(with_bias(out, self.bias), x)
 
-    def plain(self) -> bool:
-        """Whether the layer has what only the stock layer computes (groups, dilation, ...)."""
-        return (
-            self.groups != 1
-            or self.dilation != (1, 1)
-            or self.padding_mode != "zeros"
-            or isinstance(self.padding, str)
-        )
-
-    def _stock_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if self.bias is None and not self.plain():
-            out_h, out_w = map_size(
-                x.shape[-2:], self.kernel_size, self.stride, self.padding, transposed=False
-            )
-            if weight_grad_as_product(x, weight, x.shape[0] * out_h * out_w):
-                return WeightGradAsProduct.apply(x.to(weight.dtype), weight, self.stride, self.padding, False)
-        return self._conv_forward(x, weight, self.bias)
-
 
 class MatmulConvTranspose2d(nn.ConvTranspose2d):
     """nn.ConvTranspose2d computed as one matrix product and a fold of its patches for small CPU
-    maps (groups 1, dilation 1), in the network's layout as MatmulConv2d."""
+    maps (groups 1, dilation 1), in the network's layout as MatmulConv2d; route_of picks the route."""
 
     compute_copy: ComputeCopy | None = None
     channels_last: bool = False
@@ -274,11 +316,17 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         weight = compute_weight(self, x)
-        if self.plain() or output_size is not None or not small_cpu_map(x):
-            return self._stock_forward(x, weight, output_size)
-        if self.channels_last:
+        route = route_of(self, x, weight, output_size)
+        if route == PATCH_ROWS:
             out = ConvTransposeAsProduct.apply(x.to(weight.dtype), weight, self.stride, self.padding)
             return with_bias(out, self.bias)
+        if route == UNFOLD:
+            return self._fold_product(x, weight)
+        if route == WEIGHT_GRAD_PRODUCT:  # a bias-free layer
+            return WeightGradAsProduct.apply(x.to(weight.dtype), weight, self.stride, self.padding, True)
+        return self._stock_forward(x, weight, output_size)
+
+    def _fold_product(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         n, c_in, h, w = x.shape
         # Every input pixel spreads a (C_out, kh, kw) patch; fold sums the overlapping patches.
         # One product for the whole batch: pixels as rows.
@@ -291,20 +339,12 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
         )  # (N, C_out, H, W)
         return same_format(with_bias(out, self.bias), x)
 
-    def plain(self) -> bool:
-        """Whether the layer has what only the stock layer computes (groups, dilation, ...)."""
-        return self.groups != 1 or self.dilation != (1, 1) or self.output_padding != (0, 0)
-
     def _stock_forward(
         self, x: torch.Tensor, weight: torch.Tensor, output_size: list[int] | None
     ) -> torch.Tensor:
-        if output_size is None and self.bias is None and not self.plain():
-            in_pixels = x.shape[0] * x.shape[-2] * x.shape[-1]
-            if weight_grad_as_product(x, weight, in_pixels):
-                return WeightGradAsProduct.apply(x.to(weight.dtype), weight, self.stride, self.padding, True)
         if weight is self.weight:
             return super().forward(x, output_size)
-        output_padding = self._output_padding(
+        output_padding = self._output_padding(  # torch_internals.OUTPUT_PADDING
             x, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
         )
         return F.conv_transpose2d(

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import run_main, tiny_config
 
-import config
 import train
-from training import cli
+from training import cli, settings
+from training.setup import lr_factor
 
 
 @pytest.mark.parametrize(
@@ -29,11 +29,11 @@ def test_near_misses_name_the_setting(argv, hint, tmp_path, monkeypatch, capsys)
 
 
 def test_no_hint_for_a_name_like_none_and_in_config_files(tmp_path):
-    with pytest.raises(config.ConfigError) as raised:
+    with pytest.raises(settings.ConfigError) as raised:
         cli.parse_args(["--zzzz", "1"])
     assert "did you mean" not in str(raised.value)
     (tmp_path / "c.json").write_text(json.dumps({"epoch": 3}))
-    with pytest.raises(config.ConfigError, match="unknown field 'epoch'; did you mean --epochs?"):
+    with pytest.raises(settings.ConfigError, match="unknown field 'epoch'; did you mean --epochs?"):
         cli.parse_args(["--config", str(tmp_path / "c.json")])
 
 
@@ -64,7 +64,7 @@ def test_a_decay_longer_than_the_run_is_said_and_recorded(synthetic_split, tmp_p
     ]
     assert record["config"]["lr_decay_epochs"] == 5 and record["resolved"]["lr_decay_epochs"] == 2
     # What was said is what the schedule does: the same lr factors as a decay over the 2 epochs.
-    assert [train.lr_factor(e, 2, 5) for e in range(2)] == [train.lr_factor(e, 2, 2) for e in range(2)]
+    assert [lr_factor(e, 2, 5) for e in range(2)] == [lr_factor(e, 2, 2) for e in range(2)]
     log = (tmp_path / "res" / "run" / "train.log").read_text()
     assert "lr_decay_epochs 5 is more than epochs 2" in log
 

@@ -14,12 +14,12 @@ import benchmark
 import config
 import demo
 import predict
+import speed as speedups
 import utils
 from benchmarking import epoch_cost
 from generator import UNetGenerator
-from speed import accelerate as speedups
 from speed import matmul_layers as fast_layers
-from training import cli, trained_generator
+from training import cli, settings, trained_generator
 from training import loader as data
 from training.distributed import World
 
@@ -64,7 +64,7 @@ def test_mps_where_there_is_none_is_one_line(no_mps, tmp_path, monkeypatch, caps
 
 def test_config_accepts_mps():
     assert cli.parse_args(["--device", "mps"]).device == "mps"
-    with pytest.raises(config.ConfigError, match="must be auto, cpu, mps, cuda or cuda:N"):
+    with pytest.raises(settings.ConfigError, match="must be auto, cpu, mps, cuda or cuda:N"):
         cli.parse_args(["--device", "metal"])
 
 

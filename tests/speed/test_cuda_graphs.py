@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import assert_same_run, cli_args, latest, run_script, tiny_config, tiny_run, train_killed_at
 
-import train
-from speed.accelerate import WARMUP_STEPS, GraphedStep
+from speed.cuda_graphs import WARMUP_STEPS, GraphedStep
+from training.setup import setup
+from training.step import eager_step, train_step
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -21,15 +22,15 @@ def pair(size: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("mode,said", [("auto", False), ("true", True), ("false", False)])
 def test_off_cuda_auto_is_silent_and_true_says_why(mode, said, capsys):
-    state = train.setup(tiny_config(cuda_graphs=mode))
+    state = setup(tiny_config(cuda_graphs=mode))
     assert state.graphed_step is None
     assert ("--cuda_graphs true: needs CUDA" in capsys.readouterr().err) == said
 
 
 def test_a_failed_capture_falls_back_to_eager_steps_with_one_line(monkeypatch, capsys):
     cfg = tiny_config()
-    state, twin = train.setup(cfg), train.setup(cfg)
-    step = GraphedStep(train.eager_step)
+    state, twin = setup(cfg), setup(cfg)
+    step = GraphedStep(eager_step)
     step.warm = WARMUP_STEPS  # the next step would capture
 
     def refuse(*args) -> None:
@@ -39,7 +40,7 @@ def test_a_failed_capture_falls_back_to_eager_steps_with_one_line(monkeypatch, c
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)  # no GPU to wait for
     real_A, real_B = pair(32)
     graphed = [step(state, real_A, real_B) for _ in range(3)]
-    eager = [train.eager_step(twin, real_A, real_B) for _ in range(3)]
+    eager = [eager_step(twin, real_A, real_B) for _ in range(3)]
     assert step.failed and all(torch.equal(a, b) for a, b in zip(graphed, eager))
     assert capsys.readouterr().err.splitlines() == [
         "--cuda_graphs: capturing the training step failed (RuntimeError: operation not permitted "
@@ -55,10 +56,10 @@ def test_cuda_auto_captures_the_step_and_trains_as_eager_steps_do(precision):
     """32 px (no dropout): the replayed graph runs the captured eager kernels, Adam in its
     capturable form (bias corrections on the device), so the weights agree to rounding."""
     cfg = tiny_config(device="cuda", precision=precision, cuda_graphs="auto")
-    graphed, eager = train.setup(cfg), train.setup(dataclasses.replace(cfg, cuda_graphs="false"))
+    graphed, eager = setup(cfg), setup(dataclasses.replace(cfg, cuda_graphs="false"))
     real_A, real_B = pair(32, "cuda")
     for _ in range(WARMUP_STEPS + 3):
-        losses = train.train_step(graphed, real_A, real_B), train.train_step(eager, real_A, real_B)
+        losses = train_step(graphed, real_A, real_B), train_step(eager, real_A, real_B)
     step = graphed.graphed_step
     assert step is not None and step.graph is not None and not step.failed
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-3, atol=1e-4)

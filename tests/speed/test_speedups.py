@@ -1,9 +1,11 @@
-"""The speed layer against the stock networks: speedups.accelerate (what it replaces, what it keeps),
-the matrix-product convolutions (forward and gradients, fp32 and bf16, odd sizes), the bf16
-compute copies that Adam writes, and channels_last."""
+"""The speed layer against the stock networks: accelerate (what it replaces, what it keeps), which
+route each convolution call takes (route_of), the matrix-product convolutions (forward and
+gradients, fp32 and bf16, odd sizes), the bf16 compute copies that Adam writes, and channels_last;
+and that the rest of the project uses only speed's entry points."""
 
 import ast
 import copy
+import itertools
 from pathlib import Path
 
 import pytest
@@ -11,11 +13,12 @@ import torch
 from conftest import ROOT
 from torch import nn
 
+import speed
 from layers import init_weights, set_requires_grad
-from speed import accelerate as speedups
+from speed import acceleration as speedups
 from speed import conv_products
 from speed import matmul_layers as fast_layers
-from speed.matmul_layers import MatmulConv2d, MatmulConvTranspose2d
+from speed.matmul_layers import ROUTES, MatmulConv2d, MatmulConvTranspose2d, compute_weight, route_of
 
 CPU = torch.device("cpu")
 
@@ -62,7 +65,7 @@ def forward_backward(layer: nn.Module, x: torch.Tensor, dtype: torch.dtype):
     return y.float(), grads
 
 
-def route_of(out: torch.Tensor) -> str:
+def computed_by(out: torch.Tensor) -> str:
     """The autograd node that computed a layer's output, past the bias a product route adds after."""
     node = out.grad_fn
     while type(node).__name__ == "AddBackward0":
@@ -103,7 +106,7 @@ def test_matmul_convolutions_match_the_stock_layers(kind, case, dtype, bias, n, 
         x = x.contiguous(memory_format=torch.channels_last)
         product = kind == "transposed" or n == 1  # a convolution of a batch goes to oneDNN
         as_product = {"conv": "ConvAsProductBackward", "transposed": "ConvTransposeAsProductBackward"}[kind]
-        assert (route_of(fast(x.requires_grad_())) == as_product) == product
+        assert (computed_by(fast(x.requires_grad_())) == as_product) == product
     y_fast, g_fast = forward_backward(fast, x, dtype)
     y_stock, g_stock = forward_backward(stock, x, dtype)
     assert y_fast.shape == y_stock.shape
@@ -205,7 +208,7 @@ def test_few_output_channels_as_a_sum_of_taps_match_the_stock_layer(case, dtype,
     x = torch.randn(n, cin, h, w, generator=torch.Generator().manual_seed(1))
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     x = x.contiguous(memory_format=memory_format)
-    assert route_of(fast(x.requires_grad_())) == "ConvAsTapSumBackward"
+    assert computed_by(fast(x.requires_grad_())) == "ConvAsTapSumBackward"
     y_fast, g_fast = forward_backward(fast, x, dtype)
     y_stock, g_stock = forward_backward(stock, x, dtype)
     assert y_fast.shape == y_stock.shape
@@ -280,6 +283,67 @@ def test_which_layers_take_the_weight_gradient_product(monkeypatch):
     assert route(with_bias, (1, 4, 8, 8)) != "WeightGradAsProductBackward"
     set_requires_grad(conv, False)  # nothing to gain without a weight gradient
     assert route(conv, (1, 4, 8, 8)) != "WeightGradAsProductBackward"
+
+
+# The autograd node each route leaves on a layer's output (past the bias a product route adds).
+NODE_OF_ROUTE = {
+    ("conv", "stock"): "ConvolutionBackward0",
+    ("conv", "weight_grad_product"): "WeightGradAsProductBackward",
+    ("conv", "tap_sum"): "ConvAsTapSumBackward",
+    ("conv", "patch_rows"): "ConvAsProductBackward",
+    ("conv", "unfold"): "ViewBackward0",  # unfold's product, viewed as a map
+    ("transposed", "stock"): "ConvolutionBackward0",
+    ("transposed", "weight_grad_product"): "WeightGradAsProductBackward",
+    ("transposed", "patch_rows"): "ConvTransposeAsProductBackward",
+    ("transposed", "unfold"): "Col2ImBackward0",  # fold
+}
+
+
+def test_route_of_decides_what_computes_every_call(monkeypatch):
+    """route_of is the one decision: over layers, batches, map sizes, layouts, dtypes and biases,
+    the layer computes each call exactly as route_of names it, and every route is taken somewhere."""
+    monkeypatch.setattr(fast_layers, "SMALL_MAP_PIXELS", 16)  # 1x1 and 4x4 maps at batch 1
+    monkeypatch.setattr(fast_layers, "PRODUCT_WEIGHT_GRAD_PIXELS", 64)
+    taken = set()
+    grid = itertools.product(
+        [("conv", 6, 4, 2), ("conv", 1, 4, 1), ("conv", 6, 3, 1), ("transposed", 6, 4, 2)],
+        [1, 3],  # batch
+        [1, 4, 8],  # map size
+        [False, True],  # channels_last network
+        [torch.float32, torch.bfloat16],
+        [False, True],  # bias
+    )
+    for (kind, cout, k, s), n, size, channels_last, dtype, bias in grid:
+        cls = MatmulConv2d if kind == "conv" else MatmulConvTranspose2d
+        layer = cls(4, cout, k, s, 1, bias=bias)
+        layer.channels_last = channels_last
+        x = torch.randn(n, 4, size, size)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        if kind == "conv" and (size + 2 - k) // s + 1 < 1:
+            continue  # no output pixel
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            route = route_of(layer, x, compute_weight(layer, x))
+            node = computed_by(layer(x))
+        assert route in ROUTES and node == NODE_OF_ROUTE[kind, route], (kind, n, size, channels_last, dtype)
+        taken.add(route)
+    assert taken == set(ROUTES)
+
+
+def test_route_of_sends_what_only_the_stock_layer_computes_to_it():
+    x = torch.randn(1, 4, 4, 4)
+    for layer in [
+        MatmulConv2d(4, 4, 3, 1, 1, groups=2),
+        MatmulConv2d(4, 4, 3, 1, 2, dilation=2),
+        MatmulConv2d(4, 4, 3, 1, 1, padding_mode="reflect"),
+        MatmulConv2d(4, 1, 3, 1, "same"),
+        MatmulConvTranspose2d(4, 4, 4, 2, 1, output_padding=1),
+    ]:
+        assert route_of(layer, x, layer.weight) == "stock", layer
+    transposed = MatmulConvTranspose2d(4, 4, 4, 2, 1)
+    assert route_of(transposed, x, transposed.weight) == "unfold"
+    assert route_of(transposed, x, transposed.weight, output_size=[8, 8]) == "stock"
+    assert transposed(x, output_size=[9, 9]).shape[-2:] == (9, 9)
+    assert route_of(transposed, x.to("meta"), transposed.weight) == "stock"  # not the CPU
 
 
 # ---------------------------------------------------------------------------------------------
@@ -555,3 +619,45 @@ def test_no_method_is_swapped_on_an_instance():
             targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else []
             for target in targets:
                 assert not (isinstance(target, ast.Attribute) and target.attr == "forward"), path.name
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_the_speedups_setting_puts_the_speed_layer_on_or_leaves_it_off(on):
+    """--speedups false: the run trains the stock networks as written (benchmark.py's baseline)."""
+    from conftest import tiny_config
+
+    from training.setup import setup
+
+    state = setup(tiny_config(speedups=on, device="cpu"))
+    swapped = [
+        m for net in (state.G, state.D) for m in net.modules() if type(m).__module__.startswith("speed.")
+    ]
+    assert bool(swapped) == on and (state.acceleration is not None) == on
+
+
+def project_files() -> list[Path]:
+    """The project's own Python files outside speed/ and the tests."""
+    skipped = {"speed", "tests", "data", "checkpoints", "results"}
+    folders = {p: p.relative_to(ROOT).parts[:-1] for p in sorted(ROOT.rglob("*.py"))}
+    return [
+        p for p, parts in folders.items() if not skipped & set(parts) and not any(f[0] == "." for f in parts)
+    ]
+
+
+def test_only_speeds_entry_points_are_used_outside_it():
+    """speed/__init__.py is the one entry point: the rest of the project imports what it exports
+    (accelerate, Acceleration, GraphedStep), never a module or class inside the package."""
+    assert set(speed.__all__) == {"accelerate", "Acceleration", "GraphedStep"}
+    reached = []
+    for path in project_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module.startswith("speed."):
+                    reached.append(f"{path.relative_to(ROOT)}: from {node.module} import ...")
+                elif node.module == "speed":
+                    inner = [a.name for a in node.names if a.name not in speed.__all__]
+                    reached += [f"{path.relative_to(ROOT)}: from speed import {name}" for name in inner]
+            elif isinstance(node, ast.Import):
+                inner = [a.name for a in node.names if a.name.startswith("speed.")]
+                reached += [f"{path.relative_to(ROOT)}: import {name}" for name in inner]
+    assert not reached, "use `from speed import ...` (speed.__all__): " + "; ".join(reached)
