@@ -1,4 +1,4 @@
-"""Paired images for Pix2Pix from two folder layouts (download.py fetches the pix2pix dataset family).
+"""Paired images for Pix2Pix from two folder layouts (files/download.py fetches the pix2pix dataset family).
 
 Layouts: "aligned" (A|B side by side in one file, the pix2pix format) and "paired_folders"
 (``<split>/A/`` and ``<split>/B/``, files matched by name without extension).
@@ -19,7 +19,7 @@ Preprocessing (``preprocess``), in training mode, then in evaluation mode (no ra
 - ``scale_width``: width to load_size keeping the aspect, random image_size crop / width image_size.
 - ``none``: the full image (its sides must be multiples of ``multiple``) / the full image.
 
-Reading the files (images.py): EXIF orientation, high bit depths, one DatasetError line per
+Reading the files (files/images.py): EXIF orientation, high bit depths, one DatasetError line per
 problem with a file or folder.
 """
 

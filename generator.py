@@ -10,8 +10,8 @@ to the output channels through Tanh, so images are in [-1, 1].
 
 The depth is a constructor argument (num_downs): 256 px takes 8 halvings down to 1x1, 128 px 7.
 The layer order and bias choices follow the authors' PyTorch code, so their recipe is reproduced.
-Nothing here is about speed or evaluation: speedups.accelerate() makes a built network fast, and
-evaluation.py generates with it (any image size, each image of a batch as if alone).
+Nothing here is about speed or evaluation: speed.accelerate() makes a built network fast, and
+evaluation/generate.py generates with it (any image size, each image of a batch as if alone).
 """
 
 from __future__ import annotations

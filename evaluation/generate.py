@@ -85,7 +85,7 @@ class OneImageDropout(nn.Dropout):
 
 
 def per_image_view(G: nn.Module) -> nn.Module:
-    """A copy of G's modules sharing G's parameters and buffers (and speedups' compute copies),
+    """A copy of G's modules sharing G's parameters and buffers (and the speed layer's compute copies),
     with PerImageBatchNorm and OneImageDropout in place of BatchNorm and Dropout (see above)."""
     shared = {id(t): t for t in itertools.chain(G.parameters(), G.buffers())}
     view = copy.deepcopy(G, shared)

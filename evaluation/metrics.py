@@ -31,7 +31,9 @@ import torch.nn.functional as F
 MIN_MSE = 1e-8  # -> at most 128.1 dB
 SSIM_SIGMA = 1.5
 SSIM_RADIUS = int(3.5 * SSIM_SIGMA + 0.5)  # scipy's Gaussian filter truncates at 3.5 sigma: 11x11
-SSIM_SIZE = 2 * SSIM_RADIUS + 1  # the window, so the smallest image SSIM can score (data.py checks it)
+SSIM_SIZE = (
+    2 * SSIM_RADIUS + 1
+)  # the window, so the smallest image SSIM can score (training/loader.py checks it)
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 INCEPTION_SIZE = 299
 FID_MIN_IMAGES = 2  # FID fits a covariance, KID compares pairs: both need two images on each side

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One prepared check of the CUDA path on a GPU machine (see DEVELOPERS.md): the benchmark, one
-# epoch of the default recipe in the default precision and in fp32, predict.py on the test split,
-# and the CUDA tests. Usage: bash tools/gpu_check.sh DATA_ROOT [OUT_DIR]
+# One prepared check of the CUDA path on a GPU machine (docs/performance.md has its figures): the
+# benchmark, one epoch of the default recipe in the default precision, in fp32 and with CUDA graphs,
+# predict.py on the test split, and the CUDA tests. Usage: bash tools/gpu_check.sh DATA_ROOT [OUT_DIR]
 set -u
 data=${1:?usage: tools/gpu_check.sh DATA_ROOT [OUT_DIR]}
 out=${2:-gpu_check}

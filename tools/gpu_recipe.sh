@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The whole recipe on a lent GPU machine, in one command (issue 20): the CUDA tests (they decide
-# whether --cuda_graphs auto may become the GPU default), then the paper's 200 epochs at the
-# defaults with --cuda_graphs auto, then predict.py on the test split. OUT_DIR gets 7 small files
-# (a device call returns at most 8, 16 MiB each), no checkpoint:
+# The whole recipe on a GPU machine, in one command: the CUDA tests (tests/speed/test_cuda_graphs.py
+# among them), then the paper's 200 epochs at the defaults with --cuda_graphs auto, then predict.py
+# on the test split. OUT_DIR gets 7 small files (none over 16 MiB, so that they travel back from a
+# remote machine easily), no checkpoint:
 #   summary.txt          the GPU, torch, and each step's exit status, time and last lines
 #   logs.tar.gz          the test, train and predict logs, history.csv, config.json, metrics.json
 #   figures.tar.gz       the loss and metric curves, the sample grids of epochs 1, 50, 100, 200

@@ -7,7 +7,7 @@ needs: run something in rank 0 alone while the others wait (`on_main`), or in tu
 (`in_turns`, for downloads), average a tensor over the processes, and wrap a network in DDP.
 It also holds what several processes change in the networks: BatchNorm whose statistics span
 every process's batch (`sync_batchnorm`). Work that rank 0 does alone generates through
-evaluation.py's per-image view of the generator, whose BatchNorm never synchronises.
+evaluation/generate.py's per-image view of the generator, whose BatchNorm never synchronises.
 A plain `python train.py` is a World of one process, for which every function here is a no-op.
 """
 

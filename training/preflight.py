@@ -1,12 +1,13 @@
-"""What a training run points at, checked before any work: the device, the data folder, the
-checkpoint to resume from, and the folders and files the run writes.
+"""What a training run points at, checked before any work: the device, the data folder, the checkpoint
+to resume from, and the folders and files the run writes.
 
-config.validate checks every setting by itself, without looking at the machine; this module looks
-at the machine, so that a run that could not finish its first epoch (a checkpoint folder that is
-a file, a GPU that is not there) stops before it downloads or reads its data and builds its
-networks, with one line naming the setting and the path. What only the data can tell (a broken
-file, an image too small for the discriminator or for SSIM) is checked where the data is read,
-in data.build_data, still before the first step. train.train calls check_run first.
+training/settings.py's validate checks every setting by itself, without looking at the machine; this
+module looks at the machine, so that a run that could not finish its first epoch (a checkpoint
+folder that is a file, a GPU that is not there) stops before it downloads or reads its data and
+builds its networks, with one line naming the setting and the path. What only the data can tell (a
+broken file, an image too small for the discriminator or for SSIM) is checked where the data is
+read, in training/loader.py's build_data, still before the first step. training/session.py calls
+check_run first.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from pathlib import Path
 
 import torch
 
-from config import Config, ConfigError
+from config import Config
 from files.images import DatasetError
 from training import distributed as ddp
 from training.checkpoint import CheckpointError
+from training.settings import ConfigError
 from utils import OutputError, resolve_device, resolve_precision
 
-# What a run writes in checkpoints/<name>/ and results/<name>/ (checkpoint.py, report.py,
-# figures.py): where such a name exists it must be a file, and these subfolders must be folders.
+# What a run writes in checkpoints/<name>/ and results/<name>/ (training/checkpoint.py,
+# reporting/reporter.py, reporting/figures.py): where such a name exists it must be a file, and
+# these subfolders must be folders.
 # A test runs a short training and checks that every file it wrote matches one of these.
 RUN_FILES = {
     "checkpoints": ("*.pt",),  # latest.pt, best.pt, epoch_NNN.pt
