@@ -257,6 +257,22 @@ def html_page(title: str, body: Sequence[str]) -> str:
     )
 
 
+WHOLE_SPLIT_NAMES = ("val_all_L1", "val_all_PSNR", "val_all_SSIM")  # after the last epoch
+
+
+def whole_split_paragraph(epochs: Sequence[dict]) -> list[str]:
+    """The latest whole-split scores (val_all_*), as a paragraph at the top of the page."""
+    rows = [row for row in epochs if "val_all_L1" in row]
+    if not rows:
+        return []
+    row = rows[-1]
+    return [
+        f"<p><b>The whole val split after epoch {row['epoch']}:</b> L1 {row['val_all_L1']:.4f}, "
+        f"PSNR {row['val_all_PSNR']:.2f} dB, SSIM {row['val_all_SSIM']:.4f} "
+        f"(the epochs' val_* score a fixed subset of it)</p>"
+    ]
+
+
 def write_gallery(
     epochs: Sequence[dict],
     loss_names: Sequence[str],
@@ -264,18 +280,21 @@ def write_gallery(
     folder: str | Path,
     title: str,
 ) -> None:
-    """folder/index.html: the loss and metric plots, then each epoch's sample grid, newest first,
-    under a table of that epoch's losses and validation metrics. Links are relative to folder.
+    """folder/index.html: the whole val split's scores once the last epoch has them (val_all_*),
+    the loss and metric plots, then each epoch's sample grid, newest first, under a table of that
+    epoch's losses and validation metrics (and its val_all_* where it has them). Links are
+    relative to folder.
 
     The grids load lazily (as they scroll into view), so a page of 200 epochs opens at once."""
     folder = Path(folder)
-    body = [
+    body = whole_split_paragraph(epochs) + [
         f'<p><img src="{name}" alt="{name}"></p>'
         for name in ("loss.png", "metrics.png")
         if (folder / name).is_file()
     ]
-    columns = ["epoch", *loss_names, *metric_names, "lr", "seconds"]
     for row in reversed(epochs):
+        whole = [name for name in WHOLE_SPLIT_NAMES if name in row]
+        columns = ["epoch", *loss_names, *metric_names, *whole, "lr", "seconds"]
         grid = f"samples/epoch_{row['epoch']:03d}.png"
         body.append(f"<h2>Epoch {row['epoch']}</h2>")
         body.append(

@@ -1,6 +1,6 @@
 """What a training run reports as it goes: the console (progress bar or plain lines, the estimated
 time of the run), TensorBoard event files, and each epoch's pictures and pages (drawn by
-figures.py). What it records of itself, train.log and config.json, is runlog.py's."""
+reporting/figures.py). What it records of itself, train.log and config.json, is reporting/runlog.py's."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ import torch
 
 from evaluation.generate import translate_pairs
 from evaluation.metrics import MissingPackageError
+from reporting.estimate import RunEstimate, announce, duration
 from reporting.figures import plot_curves, save_sample_grid, write_csv, write_gallery
 from reporting.runlog import RunLog, run_record
 from training.background import BackgroundWriter, cpu_copy
+from training.run_control import size_text
 from training.state import RunDirs
 from training.validation import sample_indices, subset
 from utils import write_text
@@ -87,18 +89,6 @@ class TensorBoardLog:
 VAL_NAMES = ("val_L1", "val_PSNR", "val_SSIM")  # history columns of the validation pass
 FID_NAMES = ("val_FID", "val_KID")
 PLAIN_PROGRESS_SECONDS = 30.0  # without a terminal: a progress line at most this often
-# The whole run's time is estimated once this process has trained this many iterations (the
-# first few, which set up kernels and caches, are left out of the speed).
-ESTIMATE_AFTER, WARM_UP_ITERATIONS = 30, 5
-
-
-def duration(seconds: float) -> str:
-    """A time span as a person reads it: 45 s, 12 min, 3.4 h, 2.1 days."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h" if seconds < 48 * 3600 else f"{seconds / 86400:.1f} days"
 
 
 class Reporter:
@@ -120,9 +110,15 @@ class Reporter:
         self.console = self.log.console_err if self.log.active else sys.stderr
         self.last_line = self.epoch_started = 0.0
         self.epoch_start_iteration = 0
-        self.iterations_here, self.warm_at = 0, 0.0  # iterations trained by this process; when warm
-        self.started_at: float | None = None  # when this process's first epoch began
-        self.first_epoch = 0  # the epoch it began with
+        self.estimate = RunEstimate()  # the time the run still takes, as this process measures it
+        # The background writer (known from the first epoch's end on), and its wait and busy
+        # seconds when the current epoch's steps ended and at the last epoch's report.
+        self.writer: BackgroundWriter | None = None
+        self.waited_mark: float | None = None
+        self.busy_mark: float | None = None
+        self.epochs_reported = 0  # epoch ends this process has reported
+        self.announced = False  # the line before the first step is said
+        self.sizes_said = False  # the line of the checkpoints' sizes is said
         self.tensorboard_asked = False  # once per process: a run without it does not ask each epoch
         if self.active:
             self._start(state, n_pairs, val_pairs)
@@ -166,6 +162,10 @@ class Reporter:
     def _open_tensorboard(self, state) -> None:
         """The event writer, once the steps per epoch are known (the first epoch's progress)."""
         if not check_tensorboard(state.cfg):
+            if state.cfg.tensorboard == "auto":
+                self.print(
+                    f"no TensorBoard logs: the tensorboard package is not installed ({TENSORBOARD_HINT})"
+                )
             return
         try:
             self.tensorboard = TensorBoardLog(
@@ -193,10 +193,14 @@ class Reporter:
         if self.active and not self.tensorboard_asked:
             self.tensorboard_asked = True
             self._open_tensorboard(state)
+        if self.active and not self.announced:
+            self.announced = True
+            self.print(
+                announce(state.cfg, n_batches, self.step(state), state.device, state.dtype, state.world.size)
+            )
         self.epoch_started = self.last_line = time.perf_counter()
         self.epoch_start_iteration = state.progress.iteration
-        if self.started_at is None:
-            self.started_at, self.first_epoch = self.epoch_started, state.epoch
+        self.estimate.epoch_started()
         # A bar only on a terminal: in a file, its redrawn frames would be one long line.
         if self.active and self.console.isatty():
             self.bar = tqdm(
@@ -209,33 +213,54 @@ class Reporter:
             )
         try:
             yield self
+            if self.estimate.steps_ended() and not state.stop:  # an epoch too short to settle in
+                self.say_estimate(state)
         finally:
+            self.waited_mark = self.writer.waited_s if self.writer is not None else None
             if self.bar is not None:
                 self.bar.close()
                 self.bar = None
 
     def update(self, state) -> None:
-        """After each iteration: the bar, and once, early on, what the whole run will take."""
+        """After each iteration: the bar, and once, when the speed has settled, what the whole run
+        will take."""
         if self.bar is not None:
             self.bar.update()
-        self.iterations_here += 1
-        if self.iterations_here == WARM_UP_ITERATIONS:
-            self.warm_at = time.perf_counter()
-        elif self.iterations_here == ESTIMATE_AFTER and self.active:
-            per_iteration = self.seconds_per_iteration()
-            total = state.cfg.epochs * self.n_batches
-            self.print(
-                f"at {per_iteration:.2f} s per iteration here, the run's {total} iterations take "
-                f"about {duration(per_iteration * total)} of training steps, "
-                f"{duration(per_iteration * self.iterations_left(state))} of them still to go "
-                f"(plus each epoch's validation and checkpoints)"
-            )
+        if self.estimate.step():
+            self.say_estimate(state)
 
-    def seconds_per_iteration(self) -> float:
-        return (time.perf_counter() - self.warm_at) / max(self.iterations_here - WARM_UP_ITERATIONS, 1)
+    def say_estimate(self, state) -> None:
+        """The line of what the whole run takes at the settled speed of this machine's steps."""
+        per_iteration = self.estimate.seconds_per_iteration
+        total = state.cfg.epochs * self.n_batches
+        steps = (
+            f"at {per_iteration:.2f} s per iteration here, the run's {total} iterations take about "
+            f"{duration(per_iteration * total)} of training steps"
+        )
+        basis = f"the steady speed, after {self.estimate.steps} steps"
+        if self.estimate.ends_known:
+            left = duration(self.time_left(state))
+            self.print(
+                f"{steps} ({basis}); with each epoch's validation and checkpoints as measured, {left} to go"
+            )
+        else:
+            to_go = duration(per_iteration * self.iterations_left(state))
+            self.print(
+                f"{steps}, {to_go} of them still to go ({basis}; the epoch lines add each epoch's "
+                f"validation and checkpoints as measured)"
+            )
 
     def iterations_left(self, state) -> int:
         return (state.cfg.epochs - state.epoch) * self.n_batches - state.progress.iteration
+
+    def time_left(self, state) -> float | None:
+        """Seconds to the end of the run: the steps and epoch ends to come, and the last epoch's
+        whole-split validation and final writes (RunEstimate.remaining)."""
+        cfg = state.cfg
+        extra = 0
+        if cfg.val_every and self.val_pairs:
+            extra = self.val_pairs - len(subset(cfg, self.val_pairs))
+        return self.estimate.remaining(self.iterations_left(state), cfg.epochs - state.epoch, extra)
 
     def losses(self, state, means: dict[str, float]) -> None:
         """The mean losses of the last log_every iterations."""
@@ -256,9 +281,9 @@ class Reporter:
     def progress_line(self, state, means: dict[str, float], now: float) -> str:
         """One line of progress for a log file: where, the losses, the speed and the time left."""
         done = state.progress.iteration - self.epoch_start_iteration
-        per_iteration = (now - self.epoch_started) / max(done, 1)
+        per_iteration = self.estimate.seconds_per_iteration or (now - self.epoch_started) / max(done, 1)
         left = per_iteration * (self.n_batches - state.progress.iteration)
-        run_left = per_iteration * self.iterations_left(state)
+        run_left = self.time_left(state) or per_iteration * self.iterations_left(state)
         losses = "  ".join(f"{name} {value:.3f}" for name, value in means.items())
         return (
             f"epoch {state.epoch + 1}/{state.cfg.epochs}  "
@@ -276,6 +301,7 @@ class Reporter:
         if not self.active:
             return
         cfg, row = state.cfg, state.history.epochs[-1]
+        self.measure_end(state, row, writer)
         copies = cpu_copy(samples or sample_rows(state, val_set)), cpu_copy(state.history.to_dict())
         write = functools.partial(self.write_epoch, cfg, state.epoch, *copies, self.step(state))
         write() if writer is None else writer.submit(write)
@@ -284,6 +310,25 @@ class Reporter:
         self.print(
             f"epoch {state.epoch}/{cfg.epochs}  {summary}  lr {row['lr']:.2e}  {row['seconds']:.1f}s{left}"
         )
+        if self.epochs_reported > 1:  # the files of this process's first epoch end are written
+            self.say_sizes(cfg)
+
+    def measure_end(self, state, row: dict, writer: BackgroundWriter | None) -> None:
+        """Give the estimate this epoch end's validation (its pairs, less the wait for the writer)
+        and the writer's time on the previous epoch's files (all written: train.py waited)."""
+        self.epochs_reported += 1
+        pairs = 0
+        if "val_L1" in row and self.val_pairs:
+            whole = state.epoch >= state.cfg.epochs  # the last epoch scores the whole split
+            pairs = self.val_pairs if whole else len(subset(state.cfg, self.val_pairs))
+        waited = 0.0
+        if writer is not None and self.waited_mark is not None:
+            waited = writer.waited_s - self.waited_mark
+        self.estimate.validated(pairs, waited)
+        if writer is not None:
+            if self.busy_mark is not None:
+                self.estimate.wrote(writer.busy_s - self.busy_mark)
+            self.busy_mark, self.writer = writer.busy_s, writer
 
     def write_epoch(self, cfg, epoch: int, rows: list, history: dict, step: int) -> None:
         """An epoch's files and TensorBoard values, from `history` (History.to_dict) at its end."""
@@ -307,13 +352,21 @@ class Reporter:
             self.tensorboard.flush()  # an epoch's curves are visible at once, not after flush_secs
 
     def run_left(self, state) -> str:
-        """', about 3.2 h left': the epochs to come at the pace of this process's epochs so far,
-        their ends (validation, report, checkpoints) included; '' after the last epoch."""
-        epochs_here = state.epoch - self.first_epoch
-        if self.started_at is None or epochs_here <= 0 or state.epoch >= state.cfg.epochs:
+        """', about 3.2 h left': the epochs to come (RunEstimate: their steps at the settled speed,
+        their ends as measured, the last one's whole-split validation); '' after the last epoch."""
+        left = self.time_left(state)
+        if left is None or state.epoch >= state.cfg.epochs:
             return ""
-        per_epoch = (time.perf_counter() - self.started_at) / epochs_here
-        return f", about {duration(per_epoch * (state.cfg.epochs - state.epoch))} left"
+        return f", about {duration(left)} left"
+
+    def say_sizes(self, cfg) -> None:
+        """Once: the sizes of the checkpoints this run writes, and what its folder grows to."""
+        if self.sizes_said or not self.active:
+            return
+        line = checkpoint_sizes(RunDirs.of(cfg).checkpoints, cfg.epochs, cfg.save_every)
+        if line:
+            self.sizes_said = True
+            self.print(line)
 
     def print(self, line: str, file: TextIO | None = None) -> None:
         """A line on stdout (or `file`), and so in train.log; on a terminal, above the bar."""
@@ -325,11 +378,32 @@ class Reporter:
             print(line, file=file or sys.stdout, flush=True)
 
     def finish(self, state, dirs: RunDirs) -> None:
+        if self.epochs_reported:  # every file is written by now
+            self.say_sizes(state.cfg)
         if state.stop:
             self.print(f"stopped; {dirs.latest} is saved: run the same command to resume")
         else:
             row = state.history.epochs[-1] if state.history.epochs else {}
             self.print(f"done: {dirs.results} and {dirs.checkpoints}{whole_split(row, self.val_pairs)}")
+
+
+def checkpoint_sizes(folder: Path, epochs: int, save_every: int) -> str | None:
+    """'checkpoints in checkpoints/facades: latest.pt 686 MB, best.pt 229 MB, epoch_010.pt 229 MB
+    (one every 10 epochs: about 5.5 GB by the end of the run)', measured from the files there;
+    None where none is written yet."""
+    snapshots = sorted(folder.glob("epoch_*.pt"))
+    files = [path for path in (folder / "latest.pt", folder / "best.pt") if path.is_file()]
+    files += snapshots[-1:]
+    if not files:
+        return None
+    sizes = {path.name: path.stat().st_size for path in files}
+    line = f"checkpoints in {folder}: " + ", ".join(f"{name} {size_text(n)}" for name, n in sizes.items())
+    snapshot = sizes.get(snapshots[-1].name) if snapshots else sizes.get("best.pt")  # one kind of file
+    if save_every and snapshot:
+        end = sizes.get("latest.pt", 0) + sizes.get("best.pt", 0) + snapshot * (epochs // save_every)
+        every = "every epoch" if save_every == 1 else f"every {save_every} epochs"
+        line += f" (epoch_NNN.pt {every}: about {size_text(end)} by the end of the run)"
+    return line
 
 
 def whole_split(row: dict[str, float], n_pairs: int | None) -> str:

@@ -15,7 +15,7 @@ from typing import TextIO
 
 import torch
 
-from utils import open_own_file
+from utils import keep_tracebacks_in, open_own_file
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
@@ -174,6 +174,7 @@ class RunLog:
             self.console_err.write(f"warning: cannot write {path} ({err}); the run goes on without it\n")
             self.failed, self.waiting = True, []
             return
+        keep_tracebacks_in(path)  # an unexpected error's traceback goes to the run's own log
         waiting, self.waiting = self.waiting, []
         for line in waiting:
             self._write(line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import http.server
 import importlib
@@ -21,6 +22,8 @@ import pytest
 import torch
 from PIL import Image
 
+from training.setup import setup
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project is a flat set of modules, as nanoGPT
 
@@ -30,7 +33,7 @@ FACADES_PLACES = [Path(p) for p in [os.environ.get("PIX2PIX_FACADES")] if p] + [
     ROOT / "data" / "facades",
     ROOT.parent / "shared" / "datasets" / "facades",
 ]
-SKIPPED_FOR_DATA: list[str] = []  # the real-data tests skipped in this session, for the summary line
+FACADES_SKIP = "real facades data not found in"  # how the skip of a real-data test begins
 
 
 def find_facades() -> Path | None:
@@ -48,19 +51,38 @@ def facades() -> Path:
         places = ", ".join(str(p) for p in FACADES_PLACES)
         if os.environ.get("CI"):
             pytest.fail(f"the real facades data is required in CI; looked in {places}")
-        SKIPPED_FOR_DATA.append(places)
-        pytest.skip(f"real facades data not found in {places}")
+        pytest.skip(f"{FACADES_SKIP} {places}")
     return found
 
 
+def skip_reason(report) -> str:
+    """Why a test was skipped, from its report (pytest's longrepr: path, line, 'Skipped: why')."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def skip_summary(reports) -> list[str]:
+    """One line per reason of the skipped tests' reports, with how many it skipped, most first;
+    the real-data reason also says how to get the data."""
+    counts = collections.Counter(skip_reason(report) for report in reports)
+    lines = []
+    for reason, count in counts.most_common():
+        line = f"note: {count} skipped: {reason}"
+        if reason.startswith(FACADES_SKIP):
+            line += (
+                "; put it in data/facades (`python train.py` downloads it there) "
+                "or set PIX2PIX_FACADES=<folder>"
+            )
+        lines.append(line)
+    return lines
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
-    """One visible line (also under -q) when tests were skipped for want of the real data."""
-    if SKIPPED_FOR_DATA:
-        terminalreporter.write_line(
-            f"note: {len(SKIPPED_FOR_DATA)} tests need the real facades data and were skipped: put it in "
-            f"data/facades (`python train.py` downloads it there) or set PIX2PIX_FACADES=<folder>",
-            yellow=True,
-        )
+    """The skipped tests counted by reason, one visible line each (also under -q): the real data,
+    CUDA, a browser, an optional package..."""
+    for line in skip_summary(terminalreporter.stats.get("skipped", [])):
+        terminalreporter.write_line(line, yellow=True)
 
 
 def write_pair(path: Path, a: np.ndarray, b: np.ndarray) -> None:
@@ -159,10 +181,9 @@ def write_tiny_checkpoint(path: Path, epoch: int = 1, **overrides) -> Path:
     what the predict, demo, export and error tests need is weights, not a trained model."""
     import dataclasses
 
-    import train
     from training.checkpoint import full_checkpoint, save_checkpoint
 
-    state = dataclasses.replace(train.setup(tiny_config(**overrides)), epoch=epoch)
+    state = dataclasses.replace(setup(tiny_config(**overrides)), epoch=epoch)
     save_checkpoint(full_checkpoint(state), path)
     return path
 

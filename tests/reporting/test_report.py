@@ -115,15 +115,21 @@ def test_tensorboard_false_writes_no_events(tiny):
     assert (results(tiny) / "history.csv").exists()
 
 
-def test_tensorboard_auto_without_the_package_trains_without_it(tiny, monkeypatch):
+def test_tensorboard_auto_without_the_package_trains_without_it_and_says_so_once(tiny, monkeypatch, capsys):
     real_find_spec = report.importlib.util.find_spec
 
     def find_spec(name, *args, **kwargs):
         return None if name == "tensorboard" else real_find_spec(name, *args, **kwargs)
 
     monkeypatch.setattr(report.importlib.util, "find_spec", find_spec)
-    train.train(dataclasses.replace(tiny, epochs=1))
+    train.train(tiny)  # two epochs: the line comes once
     assert not (results(tiny) / "tensorboard").exists()
+    said = [line for line in capsys.readouterr().out.splitlines() if "TensorBoard" in line]
+    assert said == [
+        "no TensorBoard logs: the tensorboard package is not installed "
+        "(pip install -r requirements-tensorboard.txt)"
+    ]
+    assert said[0] in (results(tiny) / "train.log").read_text()
 
 
 def test_tensorboard_true_without_the_package_is_one_error_line(tiny, monkeypatch, capsys):
@@ -338,3 +344,53 @@ def test_gallery_grids_load_lazily(tmp_path):
     page = (tmp_path / "index.html").read_text()
     grids = [line for line in page.splitlines() if "samples/epoch_" in line]
     assert len(grids) == 2 and all('loading="lazy"' in line for line in grids)
+
+
+def test_the_gallery_shows_the_whole_split_scores_of_the_last_epoch(tmp_path):
+    epochs = [
+        {"epoch": 1, "G_L1": 0.5, "val_L1": 0.2, "lr": 1e-4, "seconds": 3.0},
+        {"epoch": 2, "G_L1": 0.4, "val_L1": 0.19, "val_all_L1": 0.1768, "val_all_PSNR": 13.4,
+         "val_all_SSIM": 0.2346, "lr": 1e-4, "seconds": 3.0},
+    ]  # fmt: skip
+    figures.write_gallery(epochs, ["G_L1"], ["val_L1"], tmp_path, "run")
+    page = (tmp_path / "index.html").read_text()
+    assert "The whole val split after epoch 2:</b> L1 0.1768, PSNR 13.40 dB, SSIM 0.2346" in page
+    headers = [line for line in page.splitlines() if line.startswith("<table>")]
+    assert "<th>val_all_L1</th>" in headers[0] and "<td>0.1768</td>" in headers[0]  # epoch 2, first
+    assert "val_all" not in headers[1]
+    figures.write_gallery(epochs[:1], ["G_L1"], ["val_L1"], tmp_path, "run")
+    assert "whole val split" not in (tmp_path / "index.html").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint sizes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_checkpoint_sizes_are_measured_and_the_folder_at_the_end_forecast(tmp_path):
+    assert report.checkpoint_sizes(tmp_path, 200, 10) is None  # nothing written yet
+    for name, size in (("latest.pt", 686_000_000), ("best.pt", 229_000_000), ("epoch_010.pt", 229_000_000)):
+        with open(tmp_path / name, "wb") as f:
+            f.truncate(size)  # sparse: the size without the disk
+    assert report.checkpoint_sizes(tmp_path, 200, 10) == (
+        f"checkpoints in {tmp_path}: latest.pt 686 MB, best.pt 229 MB, epoch_010.pt 229 MB "
+        f"(epoch_NNN.pt every 10 epochs: about 5.5 GB by the end of the run)"
+    )
+    assert report.checkpoint_sizes(tmp_path, 200, 0).endswith("epoch_010.pt 229 MB")
+
+
+def test_a_run_says_its_checkpoint_sizes_once_when_written(tiny, capsys):
+    train.train(dataclasses.replace(tiny, epochs=3, tensorboard="false"))
+    lines = capsys.readouterr().out.splitlines()
+    said = [line for line in lines if line.startswith("checkpoints in ")]
+    folder = Path(tiny.checkpoint_dir) / "run"
+    assert len(said) == 1 and said[0].startswith(f"checkpoints in {folder}: latest.pt ")
+    assert "best.pt" in said[0] and "(epoch_NNN.pt every epoch: about " in said[0]
+    assert lines.index(said[0]) == next(i for i, line in enumerate(lines) if line.startswith("epoch 2/3")) + 1
+
+
+def test_a_one_epoch_run_says_its_checkpoint_sizes_before_its_last_line(tiny, capsys):
+    train.train(dataclasses.replace(tiny, epochs=1, tensorboard="false"))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("checkpoints in ") and "latest.pt" in lines[-2]
+    assert lines[-1].startswith("done:")
