@@ -45,6 +45,8 @@ from files.images import (
     warn_ignored,
 )
 
+Reader = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # pair i -> its (A, B) sides, uint8 (C, H, W)
+
 
 class PairedDataset(Dataset):
     """Pairs as (real_A, real_B) float tensors in [-1, 1], from a uint8 cache built once.
@@ -52,19 +54,25 @@ class PairedDataset(Dataset):
     ``real_A`` is always the generator's input and ``real_B`` its target: with direction "BtoA"
     the B side of each pair is the input. Training mode takes the same random crop (per
     `preprocess`) and the same random flip of both images; evaluation mode (``train=False``) is
-    deterministic and never flips. Subclasses read the files; this class preprocesses and serves.
+    deterministic and never flips. Subclasses find the pairs (find_pairs); this class reads,
+    preprocesses and serves them.
     In evaluation mode with crop, none or scale_width the items keep their own height and width.
     """
 
     def __init__(
         self,
+        folder: str | Path,
         direction: str,
         load_size: int,
         image_size: int,
         train: bool,
         flip: bool = True,
         seed: int = 0,
+        max_images: int = 0,
+        *,
         preprocess: str = "resize_and_crop",
+        input_nc: int = 3,
+        output_nc: int = 3,
         multiple: int = 1,
     ) -> None:
         if preprocess not in PREPROCESS_MODES:
@@ -76,8 +84,20 @@ class PairedDataset(Dataset):
         self.real_A: list[torch.Tensor] = []  # each uint8 (input_nc, H, W)
         self.real_B: list[torch.Tensor] = []  # each uint8 (output_nc, H, W), the same H, W
         self.names: list[str] = []
+        # self.files: one file per pair (the A file of a paired_folders pair), as the layout lists them
+        self.files, read = self.find_pairs(
+            Path(folder), max_images, side_channels(direction, input_nc, output_nc)
+        )
+        self._fill([str(p) for p in self.files], read)
 
-    def _fill(self, names: list[str], read: Callable[[int], tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def find_pairs(
+        self, folder: Path, max_images: int, channels: tuple[int, int]
+    ) -> tuple[list[Path], Reader]:
+        """The layout's pairs in `folder` (at most max_images; 0 = all) and a reader of pair i's
+        (A, B) sides with `channels`; each layout implements it."""
+        raise NotImplementedError
+
+    def _fill(self, names: list[str], read: Reader) -> None:
         """Decode and preprocess every pair once; read(i) returns the (A, B) sides of pair i."""
         for i, name in enumerate(names):
             side_A, side_B = (self._fit(side, name) for side in read(i))
@@ -161,10 +181,6 @@ class PairedDataset(Dataset):
         return real_A, real_B
 
 
-def _first(files: list[Path], max_images: int) -> list[Path]:
-    return files[:max_images] if max_images else files
-
-
 class AlignedDataset(PairedDataset):
     """Pairs from one split folder of aligned images: A|B side by side in each file.
 
@@ -174,30 +190,15 @@ class AlignedDataset(PairedDataset):
     and real_B.
     """
 
-    def __init__(
-        self,
-        folder: str | Path,
-        direction: str,
-        load_size: int,
-        image_size: int,
-        train: bool,
-        flip: bool = True,
-        seed: int = 0,
-        max_images: int = 0,
-        *,
-        preprocess: str = "resize_and_crop",
-        input_nc: int = 3,
-        output_nc: int = 3,
-        multiple: int = 1,
-    ) -> None:
-        super().__init__(direction, load_size, image_size, train, flip, seed, preprocess, multiple)
+    def find_pairs(
+        self, folder: Path, max_images: int, channels: tuple[int, int]
+    ) -> tuple[list[Path], Reader]:
         files, ignored = scan_folder(folder)
-        warn_ignored(Path(folder), ignored)
-        self.files = _first(files, max_images)
-        if not self.files:
+        warn_ignored(folder, ignored)
+        files = files[:max_images] if max_images else files
+        if not files:
             raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
-        channels = side_channels(direction, input_nc, output_nc)
-        self._fill([str(p) for p in self.files], lambda i: read_pair(self.files[i], channels))
+        return files, lambda i: read_pair(files[i], channels)
 
 
 def _by_stem(files: Iterable[Path]) -> dict[str, Path]:
@@ -233,30 +234,14 @@ class PairedFoldersDataset(PairedDataset):
     The same preprocessing, modes and arguments as AlignedDataset.
     """
 
-    def __init__(
-        self,
-        folder: str | Path,
-        direction: str,
-        load_size: int,
-        image_size: int,
-        train: bool,
-        flip: bool = True,
-        seed: int = 0,
-        max_images: int = 0,
-        *,
-        preprocess: str = "resize_and_crop",
-        input_nc: int = 3,
-        output_nc: int = 3,
-        multiple: int = 1,
-    ) -> None:
-        super().__init__(direction, load_size, image_size, train, flip, seed, preprocess, multiple)
+    def find_pairs(
+        self, folder: Path, max_images: int, channels: tuple[int, int]
+    ) -> tuple[list[Path], Reader]:
         pairs = match_pairs(folder)
-        self.files = _first([a for a, _ in pairs], max_images)  # the A file of each pair
-        pairs = pairs[: len(self.files)]
+        pairs = pairs[:max_images] if max_images else pairs
         if not pairs:
             raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in A/ and B/")
-        channels = side_channels(direction, input_nc, output_nc)
-        self._fill([str(a) for a, _ in pairs], lambda i: read_two(*pairs[i], channels))
+        return [a for a, _ in pairs], lambda i: read_two(*pairs[i], channels)
 
 
 def open_split(folder: str | Path, layout: str, **kwargs) -> PairedDataset:

@@ -233,34 +233,42 @@ def same_format(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else out
 
 
-class MatmulConv2d(nn.Conv2d):
-    """nn.Conv2d computed as one matrix product for small CPU maps at batch 1 (groups 1, dilation
-    1, zero padding): of patch rows in a channels_last network, of unfold's columns in an NCHW one.
-    For batches oneDNN is faster: the patches of a batch, and a batched product that repeats the
-    weight per image, cost more than they save (docs/performance.md). A layer with very few output
-    channels is the sum of its taps' products at any size and batch. route_of picks the route."""
+class StockTwin:
+    """What the matrix-product layers share: they are built from the stock layer they replace and
+    compute with its own weight and bias objects (the parameters, the state_dict keys and the
+    optimizers stay the same)."""
 
     compute_copy: ComputeCopy | None = None
     channels_last: bool = False  # the network's layout (what a 1x1 map, dense in both, is taken as)
 
     @classmethod
-    def replacing(cls, conv: nn.Conv2d, channels_last: bool) -> MatmulConv2d:
+    def replacing(cls, conv: nn.Conv2d | nn.ConvTranspose2d, channels_last: bool):
         """A layer computing what `conv` computes, with `conv`'s own weight and bias objects."""
+        transposed = {"output_padding": conv.output_padding} if isinstance(conv, nn.ConvTranspose2d) else {}
         layer = cls(
             conv.in_channels,
             conv.out_channels,
             conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.groups,
-            conv.bias is not None,
-            conv.padding_mode,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
             device="meta",
+            **transposed,
         )
         layer.weight, layer.bias = conv.weight, conv.bias
         layer.channels_last = channels_last
         return layer.train(conv.training)
+
+
+class MatmulConv2d(StockTwin, nn.Conv2d):
+    """nn.Conv2d computed as one matrix product for small CPU maps at batch 1 (groups 1, dilation
+    1, zero padding): of patch rows in a channels_last network, of unfold's columns in an NCHW one.
+    For batches oneDNN is faster: the patches of a batch, and a batched product that repeats the
+    weight per image, cost more than they save (docs/performance.md). A layer with very few output
+    channels is the sum of its taps' products at any size and batch. route_of picks the route."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = compute_weight(self, x)
@@ -288,31 +296,9 @@ class MatmulConv2d(nn.Conv2d):
         return same_format(with_bias(out, self.bias), x)
 
 
-class MatmulConvTranspose2d(nn.ConvTranspose2d):
+class MatmulConvTranspose2d(StockTwin, nn.ConvTranspose2d):
     """nn.ConvTranspose2d computed as one matrix product and a fold of its patches for small CPU
     maps (groups 1, dilation 1), in the network's layout as MatmulConv2d; route_of picks the route."""
-
-    compute_copy: ComputeCopy | None = None
-    channels_last: bool = False
-
-    @classmethod
-    def replacing(cls, conv: nn.ConvTranspose2d, channels_last: bool) -> MatmulConvTranspose2d:
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.output_padding,
-            conv.groups,
-            conv.bias is not None,
-            conv.dilation,
-            conv.padding_mode,
-            device="meta",
-        )
-        layer.weight, layer.bias = conv.weight, conv.bias
-        layer.channels_last = channels_last
-        return layer.train(conv.training)
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         weight = compute_weight(self, x)
