@@ -5,25 +5,41 @@
 
 It listens on 127.0.0.1 (this machine only) unless --host says otherwise, and makes no public
 Gradio share link unless --share is given. For a facades run, the canvas paints with the 12 CMP
-classes in the exact colours of the label maps (facades_palette.py); for a run on any other data
-it takes an uploaded image or an example from the run's data folder. Inputs of any size are
-translated exactly as predict.py translates a file (the same function, eval_mode and padding).
+classes in the exact colours of the label maps (demo_app/palette.py); for a run on any other data
+it takes an uploaded image or an example from the run's data folder. Inputs are translated exactly
+as predict.py translates a file (the same function, eval_mode and padding), up to 4.2 megapixels
+(e.g. 2048x2048), 4096 px a side and 32 MiB a file (demo_app/page.py). What Gradio stores
+(uploads, the images it serves) is kept in a temporary folder of its own, removed when the demo
+stops (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import os
+import shutil
+import signal
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from demo_app.model import Model
-from demo_app.page import LIVE_SECONDS, DemoError, build_app, class_css, import_gradio, to_rgb
+from demo_app.page import (
+    LIVE_SECONDS,
+    MAX_UPLOAD_BYTES,
+    DemoError,
+    build_app,
+    class_css,
+    import_gradio,
+    to_rgb,
+)
 from demo_app.palette import blank_facade
 
 MAX_EXAMPLES = 500  # a longer dropdown of starting points is no help (edges2shoes has 200 val images)
@@ -94,10 +110,21 @@ def example_inputs(config: dict[str, Any], data_root: Path) -> dict[str, Callabl
         except (DatasetError, OSError):
             continue  # an unreadable split just offers no examples; upload still works
         for path in files[: MAX_EXAMPLES - len(examples)]:
-            examples[f"{split}/{path.name}"] = lambda path=path, read=read: to_rgb(
-                read(path).permute(1, 2, 0).numpy()
-            )
+            examples[f"{split}/{path.name}"] = example_loader(read, path)
     return examples
+
+
+def example_loader(read: Callable, path: Path) -> Callable[[], np.ndarray]:
+    """A loader of one example; a file that cannot be read is a ValueError naming it (the page's message)."""
+    from files.images import DatasetError
+
+    def load() -> np.ndarray:
+        try:
+            return to_rgb(read(path).permute(1, 2, 0).numpy())
+        except DatasetError as err:
+            raise ValueError(str(err)) from None
+
+    return load
 
 
 def time_generation(model: Model, image: np.ndarray) -> float:
@@ -183,37 +210,77 @@ def prepare(args: argparse.Namespace):
     data_root = args.data_root or Path(model.config["data_root"])
     examples = example_inputs(model.config, data_root)
     starts = starting_points(model.config, examples)
-    first = next(iter(starts.values()))() if starts else np.full((256, 256, 3), 255, np.uint8)
+    try:
+        first = next(iter(starts.values()))() if starts else np.full((256, 256, 3), 255, np.uint8)
+    except ValueError as err:  # the first example cannot be read; the message names it
+        raise DemoError(str(err)) from None
     note = "" if examples else f"No example inputs in {data_root}: upload an image."
     seconds = time_generation(model, first)
     live = seconds < LIVE_SECONDS if args.live == "auto" else args.live == "on"
     return build_app(model, starts, first, seconds, live, note), seconds
 
 
+@contextlib.contextmanager
+def own_temp_folder() -> Iterator[Path]:
+    """Gradio's files (uploads, the images it serves) in a folder of this demo's own, removed
+    with everything in it when the demo stops."""
+    folder = Path(tempfile.mkdtemp(prefix="pix2pix-demo-"))
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)  # read when the app is built and launched
+    try:
+        yield folder
+    finally:
+        if previous is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = previous
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def stop_on_sigterm(signum: int) -> None:
+    """SIGTERM (kill, a service manager) stops the demo as Ctrl-C does, so its files are removed."""
+    raise KeyboardInterrupt
+
+
+def serve(app, args: argparse.Namespace, seconds: float) -> None:
+    """Launch the app on host:port and serve until Ctrl-C or SIGTERM; `seconds`: one generation's."""
+    from utils import on_signals
+
+    try:
+        app.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            quiet=True,
+            prevent_thread_lock=True,
+            css=class_css(),
+            max_file_size=MAX_UPLOAD_BYTES,  # a larger upload is refused before it is stored
+        )
+    except OSError as err:  # the port was taken between check_port and now
+        raise DemoError(f"--port {args.port}: cannot listen on {args.host}:{args.port} ({err})") from None
+    try:
+        with on_signals((signal.SIGTERM,), stop_on_sigterm, once=False):
+            print(
+                f"demo running at http://{args.host}:{args.port} (one generation: {seconds:.2f} s; "
+                "Ctrl-C stops it)",
+                flush=True,
+            )
+            if args.share:  # quiet=True keeps Gradio from printing it
+                print(f"public share link: {app.share_url or 'none (Gradio could not make one)'}", flush=True)
+            app.block_thread()  # returns on Ctrl-C (KeyboardInterrupt)
+    finally:
+        app.close(verbose=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     from utils import exit_on_errors
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    with exit_on_errors((), (DemoError,)):
+    # An unexpected error's traceback goes to a pix2pix-error-*.log in the temporary folder, named
+    # in its one line (exit_on_errors).
+    with exit_on_errors((), (DemoError,)), own_temp_folder():
         app, seconds = prepare(args)
-        try:
-            app.launch(
-                server_name=args.host,
-                server_port=args.port,
-                share=args.share,
-                quiet=True,
-                prevent_thread_lock=True,
-                css=class_css(),
-            )
-        except OSError as err:  # the port was taken between check_port and now
-            raise DemoError(f"--port {args.port}: cannot listen on {args.host}:{args.port} ({err})") from None
-    print(
-        f"demo running at http://{args.host}:{args.port} (one generation: {seconds:.2f} s; Ctrl-C stops it)",
-        flush=True,
-    )
-    if args.share:  # quiet=True keeps Gradio from printing it
-        print(f"public share link: {app.share_url or 'none (Gradio could not make one)'}", flush=True)
-    app.block_thread()
+        serve(app, args, seconds)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Small helpers the scripts share: seeding and RNG states, device and precision, atomic file
-writes, and the one-line error exit.
+writes, and the one-line error exit (with a console that output which cannot be shown never stops).
 
 Every output file is written to a temporary file in the same folder and then moved into place
 with ``os.replace``, so a crash or kill at any moment leaves either the previous complete file or
@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import errno
+import io
 import os
 import random
 import signal
 import stat
 import sys
 import tempfile
+import traceback
 from pathlib import Path
-from typing import IO, Callable, Iterator, NoReturn
+from typing import IO, Callable, Iterator, NoReturn, TextIO
 
 import numpy as np
 import torch
@@ -153,22 +156,52 @@ def _umask() -> int:
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call write(tmp_path) for a temporary file beside `path`, then move it onto `path`.
 
-    A failure leaves the previous `path` as it was and raises OutputError naming it.
+    A failure leaves the previous `path` as it was, removes the temporary file and raises
+    OutputError naming `path`. The temporary name (.<name's first 32 characters>.<pid>.<random>
+    .tmp<suffix>) stays short whatever the length of the name, so that any name the file system
+    allows can be written.
     """
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+        prefix = f".{path.name[:32]}.{os.getpid()}."
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=_temporary_suffix(path))
         os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the permissions open() would
         write(tmp)
         os.replace(tmp, path)
+        tmp = None
     except (OSError, RuntimeError) as err:
-        raise OutputError(f"cannot write {path}: {err}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
+        left = _remove_temporary(tmp)
+        raise OutputError(f"cannot write {path}: {first_line(err) or type(err).__name__}{left}") from None
+    except BaseException:  # Ctrl-C, or a bug in `write`: no temporary file stays behind either
+        _remove_temporary(tmp)
+        raise
+
+
+def _temporary_suffix(path: Path) -> str:
+    """.tmp plus `path`'s extension, which writers such as PIL and ONNX read the format from; a
+    long "extension" (a name with a dot near its start) is left out to keep the name short."""
+    return f".tmp{path.suffix}" if len(path.suffix) <= 16 else ".tmp"
+
+
+def _remove_temporary(tmp: str | None) -> str:
+    """Remove a failed write's temporary file; '' when it is gone, else the words saying it is left.
+
+    In a folder that became read-only it cannot be removed: it is emptied instead, so that it holds
+    no disk space, and named (a run removes such files when it starts)."""
+    if tmp is None:
+        return ""
+    try:
+        os.remove(tmp)
+        return ""
+    except FileNotFoundError:
+        return ""
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.truncate(tmp, 0)
+        return f" (and its temporary file {tmp} could not be removed: {err.strerror or err}; remove it)"
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -218,13 +251,33 @@ def on_signals(signals: tuple[int, ...], handle: Callable[[int], None], once: bo
             signal.signal(s, action)
 
 
+# Where exit_on_errors writes the traceback of an unexpected error: set by its caller, or by the
+# run's log once it is open (keep_tracebacks_in); None: a new file in the temporary folder.
+_traceback_file: list[Path | None] = [None]
+
+
+def keep_tracebacks_in(path: str | Path) -> None:
+    """Name the file (a run's train.log) the enclosing exit_on_errors appends the full traceback
+    of an unexpected error to; until then, or where it cannot be written, it goes to a new file."""
+    _traceback_file[0] = Path(path)
+
+
 @contextlib.contextmanager
 def exit_on_errors(
-    usage: tuple[type[BaseException], ...], failures: tuple[type[BaseException], ...]
+    usage: tuple[type[BaseException], ...],
+    failures: tuple[type[BaseException], ...],
+    traceback_file: str | Path | None = None,
 ) -> Iterator[None]:
     """For a script's main(): an expected error becomes one line ``error: ...`` on stderr and exit
     status 2 (a bad setting, `usage`) or 1 (the work failed, `failures`, or memory ran out), and
-    a Ctrl-C before the script handles signals itself exits 130; never a traceback."""
+    a Ctrl-C before the script handles signals itself exits 130; never a traceback.
+
+    Any other exception is a bug: one line names it and where it happened, exit status 1, and its
+    full traceback is appended to `traceback_file` (or the file keep_tracebacks_in named), else
+    written to a new pix2pix-error-*.log in the temporary folder; the line names the file.
+    From here on, console output can never stop the script (never_failing_console)."""
+    never_failing_console()
+    previous, _traceback_file[0] = _traceback_file[0], Path(traceback_file) if traceback_file else None
     try:
         yield
     except usage as err:
@@ -233,11 +286,112 @@ def exit_on_errors(
         fail(str(err), 1)
     except KeyboardInterrupt:
         fail("interrupted (Ctrl-C) before any file was written for this step; run the command again", 130)
-    except (MemoryError, RuntimeError) as err:  # torch's allocators raise RuntimeError subclasses
-        text = first_line(err) or type(err).__name__
-        if not (isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text):
-            raise
-        fail(f"out of memory ({text}); try a smaller --image_size, --batch_size or --ngf/--ndf", 1)
+    except Exception as err:
+        if is_out_of_memory(err):
+            text = first_line(err) or type(err).__name__
+            fail(f"out of memory ({text}); try a smaller --image_size, --batch_size or --ngf/--ndf", 1)
+        fail(unexpected_error_line(err, save_traceback(err, _traceback_file[0])), 1)
+    finally:
+        _traceback_file[0] = previous
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether `err` says memory ran out: MemoryError, or torch's allocators' RuntimeErrors."""
+    text = first_line(err)
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text
+
+
+def unexpected_error_line(err: BaseException, saved: str) -> str:
+    """``unexpected <Type> in <file>:<line> (<function>): <message>; <saved>``: the deepest frame
+    of the project's own code names what failed."""
+    frames = traceback.extract_tb(err.__traceback__)
+    project = Path(__file__).resolve().parent
+    own = [
+        f
+        for f in frames
+        if Path(f.filename).resolve().is_relative_to(project) and "site-packages" not in f.filename
+    ] or frames
+    where = ""
+    if own:
+        frame = own[-1]
+        name = Path(frame.filename).resolve()
+        shown = name.relative_to(project) if name.is_relative_to(project) else name.name
+        where = f" in {shown}:{frame.lineno} ({frame.name})"
+    return f"unexpected {type(err).__name__}{where}: {first_line(err) or '(no message)'}; {saved}"
+
+
+def save_traceback(err: BaseException, path: Path | None) -> str:
+    """Append err's full traceback to `path` (a run's log) or else to a new file in the
+    temporary folder; returns the words that say where it is."""
+    text = "".join(traceback.format_exception(err))
+    stamp = datetime.datetime.now()
+    if path is not None:
+        try:
+            with open_own_file(path, "a", encoding="utf-8") as log:
+                log.write(f"{stamp:%Y-%m-%d %H:%M:%S}  the full traceback of the error above:\n{text}")
+            return f"the full traceback is in {path}"
+        except (OSError, OutputError):
+            pass  # a new file, below
+    try:
+        fd, name = tempfile.mkstemp(prefix=f"pix2pix-error-{stamp:%Y%m%d-%H%M%S}-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(f"{stamp:%Y-%m-%d %H:%M:%S}  {' '.join(sys.argv)}\n{text}")
+        return f"the full traceback is in {name}"
+    except OSError as write_err:
+        return f"its traceback could not be saved ({write_err})"
+
+
+class _Console:
+    """sys.stdout or sys.stderr that never raises: text the encoding cannot show is escaped
+    (\\xe9), and once the stream cannot be written (a closed pipe: `| head`, a full disk:
+    `> /dev/full`), it is pointed at os.devnull and the rest is dropped. Everything else (isatty,
+    fileno, encoding) is the stream's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream, self._dropped = stream, False
+
+    def write(self, text: str) -> int:
+        if not self._dropped:
+            try:
+                try:
+                    self._stream.write(text)
+                except UnicodeEncodeError:
+                    encoding = getattr(self._stream, "encoding", None) or "ascii"
+                    self._stream.write(text.encode(encoding, "backslashreplace").decode(encoding, "replace"))
+            except (OSError, ValueError):  # ValueError: the stream was closed
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._dropped:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._drop()
+
+    def _drop(self) -> None:
+        """Point the stream's file descriptor at os.devnull: what is still buffered, and what the
+        interpreter flushes when it exits, then goes nowhere instead of raising again."""
+        self._dropped = True
+        with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self._stream.fileno())
+            finally:
+                os.close(devnull)
+            self._stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def never_failing_console() -> None:
+    """Make printing safe for the rest of the process: sys.stdout and sys.stderr become _Console
+    wrappers (once), so output that cannot be shown never stops the work."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _Console):
+            setattr(sys, name, _Console(stream))
 
 
 def map_tensors(tree, fn: Callable[[torch.Tensor], torch.Tensor]):
@@ -260,15 +414,17 @@ def first_line(err: BaseException) -> str:
 
 def fail(message: str, status: int) -> None:
     """Print ``error: message`` on stderr and exit with `status`."""
+    never_failing_console()
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(status) from None
 
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse for the scripts: a bad argument is one ``error: ...`` line and exit status 2, as
-    every other bad setting is (train.py's fields go through config.parse_args, which says the same)."""
+    every other bad setting is (train.py's fields go through training.cli.parse_args, which says the same)."""
 
     def __init__(self, description: str | None = None, **kwargs) -> None:
+        never_failing_console()  # --help into a closed pipe (| head) is no error either
         super().__init__(
             description=description, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs
         )

@@ -4,22 +4,34 @@ and numpy images, no project types."""
 
 from __future__ import annotations
 
+import functools
+import html
 import json
 import math
 import os
 import random
+import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from demo_app.palette import FACADES_CLASSES, hex_colour
+from utils import first_line, is_out_of_memory, save_traceback, unexpected_error_line
 
 if TYPE_CHECKING:
     from demo_app.model import Model
 
 LIVE_SECONDS = 1.0  # generate after every stroke only when one generation takes less than this
 SEED_LIMIT = 2**32  # the seed box takes what train.py's --seed takes: 0 <= seed < 2^32
+# What an input may be. Generating takes memory and time in proportion to the pixels (a 6000x6000
+# image would take minutes and gigabytes on a CPU); a side is bounded too, as the generator pads
+# each side to a multiple of its own size. Uploads are refused by their size in bytes before they
+# are stored, and by the size their header states before they are decoded.
+MAX_UPLOAD_BYTES = 32 << 20
+MAX_SIDE = 4096
+MAX_PIXELS = 2048 * 2048
 
 
 class DemoError(RuntimeError):
@@ -49,6 +61,66 @@ def dropout_seed(value: float | None) -> int:
     if not (math.isfinite(value) and value == int(value) and 0 <= value < SEED_LIMIT):
         raise ValueError(f"seed {value}: must be a whole number from 0 to {SEED_LIMIT - 1}")
     return int(value)
+
+
+def size_problem(width: int, height: int) -> str | None:
+    """Why an image of width x height is too large to translate here, or None when it is not."""
+    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+        return (
+            f"{width}x{height} pixels is larger than the demo translates (at most {MAX_SIDE} px a side "
+            f"and {MAX_PIXELS / 1e6:.1f} megapixels, e.g. 2048x2048); make it smaller first"
+        )
+    return None
+
+
+def check_upload(path: Path) -> None:
+    """ValueError naming the file and the limit when an upload is too large: its bytes, then the
+    size its header states (PIL reads it without decoding the pixels). A file PIL cannot open is
+    left to the reader, whose message says what is wrong with it."""
+    from PIL import Image, UnidentifiedImageError
+
+    size = path.stat().st_size
+    if size > MAX_UPLOAD_BYTES:
+        raise ValueError(
+            f"{path.name}: {size:,} bytes is larger than the demo takes (at most {MAX_UPLOAD_BYTES:,} bytes)"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # said below, in one line
+            with Image.open(path) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        raise ValueError(f"{path.name}: {size_problem(MAX_SIDE + 1, MAX_SIDE + 1)}") from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        return
+    problem = size_problem(width, height)
+    if problem:
+        raise ValueError(f"{path.name}: {problem}")
+
+
+def on_page(gr, handler: Callable) -> Callable:
+    """`handler` for an event whose every error is one message on the page, never a console
+    traceback: a ValueError's message as it is, running out of memory in words, and anything
+    else (a bug) as the one line demo.py would print, whose traceback goes to a file it names."""
+
+    @functools.wraps(handler)  # Gradio reads the parameters and the endpoint's name from it
+    def shown(*args):
+        try:
+            return handler(*args)
+        except gr.Error as err:
+            err.print_exception = False
+            raise
+        except ValueError as err:
+            raise gr.Error(html.escape(str(err)), print_exception=False) from None
+        except Exception as err:
+            if is_out_of_memory(err):
+                message = f"out of memory ({first_line(err) or type(err).__name__}): try a smaller image"
+                raise gr.Error(html.escape(message), print_exception=False) from None
+            line = unexpected_error_line(err, save_traceback(err, None))
+            print(f"error: {line}", file=sys.stderr, flush=True)
+            raise gr.Error(html.escape(line), print_exception=False) from None
+
+    return shown
 
 
 def import_gradio():
@@ -215,11 +287,13 @@ def connect(gr, app, model: Model, starts: dict[str, Callable[[], np.ndarray]], 
 
     def generate(value: Any, seed: float | None, resize: bool) -> np.ndarray | None:
         image = editor_image(value)
-        try:
-            seed = dropout_seed(seed)
-        except ValueError as err:  # the box's limits stop most on the page; the message, not torch's
-            raise gr.Error(str(err)) from None
-        return None if image is None else to_rgb(model.translate(image, seed, resize))
+        seed = dropout_seed(seed)  # the box's limits stop most on the page; the message, not torch's
+        if image is None:
+            return None
+        problem = size_problem(image.shape[1], image.shape[0])  # a canvas sent by other means than the page
+        if problem:
+            raise ValueError(f"the input: {problem}")
+        return to_rgb(model.translate(image, seed, resize))
 
     def generate_if_live(value: Any, seed: float | None, resize: bool, follow: bool):
         return generate(value, seed, resize) if follow else gr.skip()
@@ -229,12 +303,13 @@ def connect(gr, app, model: Model, starts: dict[str, Callable[[], np.ndarray]], 
         return (image, image) if image is not None else (gr.skip(), gr.skip())
 
     def load_upload(path: str):
-        try:
-            image = to_rgb(model.read(Path(path)))
-        except ValueError as err:
-            raise gr.Error(str(err)) from None
+        check_upload(Path(path))  # before decoding it
+        image = to_rgb(model.read(Path(path)))
         return image, image
 
+    generate, generate_if_live, load_start, load_upload = (
+        on_page(gr, handler) for handler in (generate, generate_if_live, load_start, load_upload)
+    )
     inputs = [ui["editor"], ui["seed"], ui["resize"]]
     ui["generate"].click(generate, inputs, ui["output"])
     # Gradio 6's ImageEditor reports strokes and images loaded into it as `input` (its `change`

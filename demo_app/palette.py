@@ -1,6 +1,6 @@
 """The 12 classes of the CMP facade label maps and the colours the facades set paints them in.
 
-    python facades_palette.py [--data_root data/facades]
+    python -m demo_app.palette [--data_root data/facades]
 
 prints the palette derived from the training label maps; FACADES_CLASSES holds its result.
 

@@ -43,6 +43,20 @@ MIN_UNPACKED_BYTES = 64 << 20
 # per KiB of archive is ample margin; small archives may hold MIN_MEMBERS whatever their size.
 BYTES_PER_MEMBER = 1024
 MIN_MEMBERS = 10_000
+# The sizes of the official archives (efrosgans.eecs.berkeley.edu/pix2pix/datasets/), rounded up.
+# A download of one of them stops at twice its size: /dev/zero or an endless reply never fills the
+# disk, and a mirror that repacks the same images still fits.
+ARCHIVE_BYTES = {
+    "facades": 30_200_000,
+    "cityscapes": 104_000_000,
+    "maps": 251_000_000,
+    "night2day": 2_000_000_000,
+    "edges2shoes": 2_170_000_000,
+    "edges2handbags": 8_600_000_000,
+}
+ARCHIVE_MARGIN = 2
+# Any other archive (--download_url of your own set) stops at this size.
+MAX_DOWNLOAD_BYTES = 2 << 30
 
 
 class _FetchError(Exception):
@@ -82,17 +96,35 @@ def _promised_length(response: IO[bytes]) -> int | None:
     return length if length >= 0 else None
 
 
-def _fetch(url: str, target: Path, timeout: float = TIMEOUT_S) -> None:
+def download_limit(name: str) -> tuple[int, str]:
+    """The most bytes a download of the set `name` may take, and the rule in words: twice the
+    official archive's size for a set of the pix2pix family, MAX_DOWNLOAD_BYTES for any other."""
+    known = ARCHIVE_BYTES.get(name)
+    if known is None:
+        return MAX_DOWNLOAD_BYTES, f"the most any downloaded archive may be ({MAX_DOWNLOAD_BYTES >> 20} MiB)"
+    limit = ARCHIVE_MARGIN * known
+    return limit, f"{ARCHIVE_MARGIN}x the {known:,} bytes of the official {name}.tar.gz"
+
+
+def _fetch(url: str, target: Path, timeout: float = TIMEOUT_S, limit: tuple[int, str] | None = None) -> None:
     """Download `url` to `target` with a progress bar, through a .part file renamed when complete.
 
-    Raises _FetchError with the reason on any failure. http.client ends a body that is cut short
-    quietly, as if complete, so the received length is checked against Content-Length here.
+    Raises _FetchError with the reason on any failure, and as soon as the body is larger than
+    `limit` (bytes, the rule in words): a promised length beyond it is refused before reading.
+    http.client ends a body that is cut short quietly, as if complete, so the received length is
+    checked against Content-Length here.
     """
     part = target.with_name(target.name + ".part")
+    max_bytes, rule = limit or (MAX_DOWNLOAD_BYTES, "the most any downloaded archive may be")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             promised = _promised_length(response)
-            received = _copy(response, out, promised, target.name)
+            if promised is not None and promised > max_bytes:
+                raise _FetchError(f"refused: the server announces {promised} bytes, more than {rule}")
+            with open(part, "wb") as out:
+                received = _copy(response, out, promised, target.name, max_bytes)
+            if received > max_bytes:
+                raise _FetchError(f"stopped: it is larger than {max_bytes} bytes, {rule}")
     # URLError/HTTPError and socket errors are OSErrors; a reply that is not HTTP raises
     # http.client.HTTPException; a malformed URL ("htp:/x", "http://[::1") raises ValueError.
     except (OSError, http.client.HTTPException, ValueError) as err:
@@ -102,13 +134,16 @@ def _fetch(url: str, target: Path, timeout: float = TIMEOUT_S) -> None:
     part.rename(target)
 
 
-def _copy(response: IO[bytes], out: IO[bytes], total: int | None, name: str) -> int:
-    """Copy the body to `out` in 1 MiB chunks; returns the number of bytes received."""
+def _copy(response: IO[bytes], out: IO[bytes], total: int | None, name: str, max_bytes: int) -> int:
+    """Copy the body to `out` in 1 MiB chunks; returns the number of bytes received, stopping
+    (without writing them) at the first chunk that would take it past `max_bytes`."""
     received = 0
-    with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {name}") as bar:
-        while chunk := response.read(1 << 20):
-            out.write(chunk)
+    with tqdm(total=total or None, unit="B", unit_scale=True, desc=f"downloading {name}") as bar:
+        while chunk := response.read(min(1 << 20, max_bytes + 1 - received)):
             received += len(chunk)
+            if received > max_bytes:
+                break
+            out.write(chunk)
             bar.update(len(chunk))
     return received
 
@@ -237,7 +272,7 @@ def ensure_dataset(
     with _work_folder(root, name) as tmp:
         archive = Path(tmp) / f"{name}.tar.gz"
         try:
-            _fetch(url, archive, timeout)
+            _fetch(url, archive, timeout, download_limit(name))
         except _FetchError as err:
             raise DatasetError(
                 f"{root}: data missing and the download from {url} failed ({err}); download and "

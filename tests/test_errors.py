@@ -5,7 +5,7 @@ test_dataset.py and test_download.py; damaged checkpoints and signals: test_resu
 import dataclasses
 import re
 import shutil
-import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
@@ -15,7 +15,9 @@ from conftest import error_lines, require, run_main, run_script, tiny_config, wr
 
 import predict
 import train
+from training import session
 from training.checkpoint import full_checkpoint, save_checkpoint
+from training.setup import setup
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +30,8 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     [
         (["--threads", "99999999999"], "--threads: must be at most 2147483647"),
         (["--image_size", str(2**40)], "--image_size: must be at most"),
+        (["--load_size", "2147483647"], "--load_size: must be at most 4096 (pixels a side"),
+        (["--load_size", "60000"], "--load_size: must be at most 4096 (pixels a side"),
         (["--seed", "-1"], "--seed: must be in [0, 2^32)"),
         (["--device", "cuda:x"], "--device: must be auto, cpu, mps, cuda or cuda:N"),
         (["--device", "gpu"], "--device: must be auto, cpu, mps, cuda or cuda:N"),
@@ -57,7 +61,7 @@ def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys, tmp_path, synth
     def interrupted(cfg):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "build_data", interrupted)
+    monkeypatch.setattr(session, "build_data", interrupted)
     code, _, errors = run_main(train.main, ["--data_root", root], tmp_path, monkeypatch, capsys)
     assert code == 130 and len(errors) == 1 and "interrupted" in errors[0]
 
@@ -70,7 +74,7 @@ def test_running_out_of_memory_is_one_line(monkeypatch, capsys, tmp_path, synthe
             "DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 bytes."
         )
 
-    monkeypatch.setattr(train, "setup", too_big)
+    monkeypatch.setattr(session, "setup", too_big)
     code, _, errors = run_main(
         train.main,
         ["--data_root", root, "--image_size", "4096", "--load_size", "4096"],
@@ -81,18 +85,26 @@ def test_running_out_of_memory_is_one_line(monkeypatch, capsys, tmp_path, synthe
     assert code == 1 and len(errors) == 1 and "out of memory" in errors[0] and "--image_size" in errors[0]
 
 
-def test_other_runtime_errors_are_not_hidden(monkeypatch, capsys, tmp_path, synthetic_split):
-    """Only the known classes become one line: a bug still shows its traceback."""
+def test_a_bug_is_one_line_that_names_the_file_holding_its_traceback(
+    monkeypatch, capsys, tmp_path, synthetic_split
+):
+    """An unexpected exception (a bug) is not hidden either: one line names it and where it
+    happened, exit status 1, and its full traceback is in a file the line names (before the
+    run's train.log is open: a new file in the temporary folder)."""
     root = synthetic_split(n=2).parent
-    monkeypatch.setattr(train, "setup", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["train.py", "--data_root", str(root)])
-    with pytest.raises(RuntimeError, match="a bug"):
-        train.main()
+    monkeypatch.setattr(session, "setup", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    code, _, (line,) = run_main(train.main, ["--data_root", root], tmp_path, monkeypatch, capsys)
+    assert code == 1 and line.startswith("error: unexpected RuntimeError in tests/test_errors.py:")
+    assert ": a bug; the full traceback is in " in line
+    saved = Path(line.split("the full traceback is in ")[1])
+    assert saved.parent == tmp_path and saved.name.startswith("pix2pix-error-")
+    text = saved.read_text()
+    assert "Traceback (most recent call last)" in text and "RuntimeError: a bug" in text
 
 
 def test_predict_refuses_a_checkpoint_name_that_leaves_the_results_folder(tmp_path, facades):
-    state = train.setup(tiny_config(name="tiny"))
+    state = setup(tiny_config(name="tiny"))
     saved = full_checkpoint(state)
     saved["config"]["name"] = "../../escaped/x/.."
     save_checkpoint(saved, tmp_path / "crafted.pt")
@@ -162,11 +174,10 @@ def test_an_export_path_that_cannot_be_written_is_one_line(tiny_checkpoint, tmp_
     ],
 )
 def test_a_config_file_that_is_not_a_config_is_one_line(tmp_path, text, message):
-    import config
-    from training import cli
+    from training import cli, settings
 
     (tmp_path / "c.json").write_text(text)
-    with pytest.raises(config.ConfigError, match=re.escape(message)):
+    with pytest.raises(settings.ConfigError, match=re.escape(message)):
         cli.parse_args(["--config", str(tmp_path / "c.json")])
     if text == "[1, 2]":  # and through the script: exit status 2, one line
         result = run_script("train.py", "--config", tmp_path / "c.json", cwd=tmp_path)

@@ -1,5 +1,6 @@
 """The command line of a run: a Config from the defaults, then ``--config FILE.json``'s fields, then
-``--field value`` pairs (``parse_args``); ``python cli.py --lr 1e-4`` prints the resolved config.
+``--field value`` pairs (``parse_args``); ``python -m training.cli --lr 1e-4`` prints the resolved
+config, ``python -m training.cli --markdown`` the page of every field, docs/config.md.
 
 An unknown field says which one was probably meant; a value not of its field's type is one line.
 ``--config FILE.json`` is read safely: a bounded read, a bounded depth, and every value of
@@ -11,7 +12,7 @@ are a few levels deep), so anything much larger or deeper is not one: reading st
 recurses into it. Values are never coerced: a list, an object or null is not a string, 1 is not
 true, true is not 1; only an integer stands for a float, as in the JSON the project writes.
 
-Standard library and config.py only: ``--help`` and a bad setting stay fast.
+Standard library, config.py and settings.py only: ``--help`` and a bad setting stay fast.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import json
 import math
 import os
 import re
+import stat
 import sys
-from dataclasses import Field, fields
+from dataclasses import fields
 from typing import Sequence
 
-from config import SWITCH_MODES, Config, ConfigError, validate
+from config import SWITCH_MODES, Config
+from training.settings import ConfigError, validate
 
 MAX_BYTES = 1 << 20  # 1 MiB: a config.json of a run is about 3 KB
 MAX_DEPTH = 8  # a run's config.json nests 3 levels
@@ -37,9 +40,16 @@ _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
 def read_json(path: str) -> object:
-    """The JSON value in `path`; ValueError (a message without the path) when it is not one within
-    the bounds, or when an object names a key twice."""
-    with open(path, "rb") as file:
+    """The JSON value in `path`; ValueError (a message without the path) when it is not a regular
+    file, not JSON within the bounds, or when an object names a key twice."""
+    # O_NONBLOCK: a FIFO opens at once instead of waiting for a writer, and is refused below.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device"
+        raise ValueError(f"it is {kind}, not a regular file")
+    with os.fdopen(fd, "rb") as file:
         raw = file.read(MAX_BYTES + 1)
     if len(raw) > MAX_BYTES:
         raise ValueError(f"larger than {MAX_BYTES >> 20} MiB, so not a config file")
@@ -168,17 +178,20 @@ def _from_file(path: str) -> dict[str, object]:
     if unknown:
         raise ConfigError(f"--config {path}: unknown field {unknown[0]!r}{did_you_mean(unknown[0])}")
     try:  # exactly the field's JSON type: no list, object or null as text, no 1 as true
-        return {k: typed_value(k, by_name[k].type, _upgraded(by_name[k], v)) for k, v in data.items()}
+        return {k: typed_value(k, by_name[k].type, v) for k, v in upgraded_fields(data).items()}
     except ValueError as err:
         raise ConfigError(f"--config {path}: {err}") from None
 
 
-def _upgraded(f: Field, value: object) -> object:
-    """A value of an older config.json in today's type: cuda_graphs was a bool before it became
-    an auto/true/false switch, so JSON true and false name the same choice."""
-    if f.metadata.get("choices") == SWITCH_MODES and isinstance(value, bool):
-        return "true" if value else "false"
-    return value
+def upgraded_fields(config: dict) -> dict:
+    """Config fields of an older config.json or checkpoint (format 1) in today's types, the rest
+    as they are: cuda_graphs was a bool before it became an auto/true/false switch, so true and
+    false name the same choice."""
+    switches = {f.name for f in fields(Config) if f.metadata.get("choices") == SWITCH_MODES}
+    return {
+        name: ("true" if value else "false") if name in switches and isinstance(value, bool) else value
+        for name, value in config.items()
+    }
 
 
 def parse_args(argv: Sequence[str] | None = None, description: str | None = None) -> Config:
@@ -238,7 +251,50 @@ def parse_or_exit(argv: Sequence[str] | None = None, description: str | None = N
         raise SystemExit(2) from None
 
 
+def markdown_table() -> str:
+    """Every field as a row of a Markdown table, from the same field metadata as --help."""
+    rows = ["| field | default | allowed | meaning |", "|---|---|---|---|"]
+    for f in fields(Config):
+        choices = ", ".join(f"`{c}`" for c in f.metadata["choices"] if c) if f.metadata.get("choices") else ""
+        meaning = f.metadata["help"].replace("|", "\\|")
+        rows.append(f"| `{f.name}` | `{f.default!r}` | {choices} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+CONFIG_PAGE = """\
+# Configuration
+
+All hyperparameters are one typed dataclass, `Config` in `config.py`; its defaults are the paper's
+facades recipe. Edit the file, or override any field as `--field value` (booleans `true`/`false`),
+or start from a JSON file of fields: `python train.py --config configs/maps.json --lr 1e-4`
+(the options given after it still win). An unknown field, a wrong type or a value that cannot work
+stops at once with one line naming the field (exit status 2). `python train.py --help` shows the
+same descriptions and allowed values.
+
+Ready config files, in `configs/`:
+
+- `smoke.json`: a first run of a few minutes on the CPU, 40 facades pairs for 2 epochs, named `smoke`.
+- `facades.json`: the paper's facades recipe, every setting written out (the defaults).
+- `maps.json`: the paper's maps recipe, aerial photo -> map (AtoB), 200 epochs at batch 1, lambda_l1 100.
+
+A run's own `results/<name>/config.json` is a config file too: `--config results/<name>/config.json`
+takes that run's settings, its name included.
+
+This page is generated from the fields' metadata: `python -m training.cli --markdown > docs/config.md`.
+
+"""
+
+
+def config_page() -> str:
+    """docs/config.md: how a run is configured, and the table of every field."""
+    return CONFIG_PAGE + markdown_table()
+
+
 def main() -> None:
+    """Print the resolved config of the given options, or with ``--markdown`` docs/config.md."""
+    if sys.argv[1:] == ["--markdown"]:
+        print(config_page(), end="")
+        return
     cfg = parse_or_exit(description=__doc__)
     for f in fields(cfg):
         print(f"{f.name:16s} {getattr(cfg, f.name)!r}")

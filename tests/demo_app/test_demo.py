@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -310,6 +311,121 @@ def test_seeds_out_of_range_get_a_message_not_a_console_error(checkpoint, tmp_pa
         with pytest.raises(ValueError, match="whole number from 0 to 4294967295"):
             demo_app.dropout_seed(seed)
     assert demo_app.dropout_seed(None) == 0 and demo_app.dropout_seed(7.0) == 7
+
+
+def event_handler(app, name: str):
+    """The function behind one of the app's events (stateful events cannot be called as app(...))."""
+    return next(fn.fn for fn in app.fns.values() if fn.name == name)
+
+
+def demo_app_of(checkpoint):
+    model = demo.load_model(checkpoint, "cpu")
+    starts = demo.starting_points(model.config, {})
+    return model, demo.build_app(model, starts, next(iter(starts.values()))(), 0.1, False)
+
+
+def test_a_huge_upload_is_refused_from_its_header(checkpoint, tmp_path, monkeypatch):
+    """A 6000x6000 PNG (35 KB of zeros) would take minutes and gigabytes: refused before decoding,
+    one message on the page that names the file and the limit, no console traceback."""
+    gr = require("gradio")
+    _, app = demo_app_of(checkpoint)
+    load_upload = event_handler(app, "load_upload")
+    Image.fromarray(np.zeros((6000, 6000), np.uint8)).save(tmp_path / "huge.png")
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self))
+    with pytest.raises(gr.Error) as err:
+        load_upload(str(tmp_path / "huge.png"))
+    assert not decoded, "refused from the header, before the pixels are decoded"
+    assert err.value.print_exception is False
+    assert err.value.message == (
+        "huge.png: 6000x6000 pixels is larger than the demo translates (at most 4096 px a side and "
+        "4.2 megapixels, e.g. 2048x2048); make it smaller first"
+    )
+    Image.fromarray(np.zeros((10, 5000), np.uint8)).save(tmp_path / "long.png")  # few pixels, a long side
+    with pytest.raises(gr.Error, match="10 pixels is larger"):
+        load_upload(str(tmp_path / "long.png"))
+    monkeypatch.undo()
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "fine.png")
+    image, origin = load_upload(str(tmp_path / "fine.png"))
+    assert image.shape == origin.shape == (30, 40, 3)
+    size = (tmp_path / "fine.png").stat().st_size
+    monkeypatch.setattr(demo_app, "MAX_UPLOAD_BYTES", size - 1)  # and by its bytes, before anything
+    with pytest.raises(
+        gr.Error, match=f"fine.png: {size:,} bytes is larger than the demo takes .at most {size - 1:,} bytes"
+    ):
+        load_upload(str(tmp_path / "fine.png"))
+
+
+def test_errors_on_the_page_print_no_console_traceback(checkpoint, tmp_path, capsys, monkeypatch):
+    """Every error the page shows is a gr.Error that Gradio does not print; a bug is one line on
+    the page and in the console, its traceback in a file it names."""
+    gr = require("gradio")
+    model, app = demo_app_of(checkpoint)
+    generate = event_handler(app, "generate")
+    canvas = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(gr.Error) as err:
+        generate(canvas, -1, False)
+    assert err.value.print_exception is False and "seed -1" in err.value.message
+
+    def bug(image, seed, resize):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(model, "translate", bug)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(gr.Error) as err:
+        generate(canvas, 0, False)
+    assert err.value.print_exception is False
+    assert err.value.message.startswith("unexpected RuntimeError in tests/demo_app/test_demo.py:")
+    (line,) = capsys.readouterr().err.splitlines()
+    saved = Path(line.split("the full traceback is in ")[1])
+    assert line == f"error: {err.value.message}" and "RuntimeError: a bug" in saved.read_text()
+    with pytest.raises(gr.Error, match="the input: 5000x10 pixels is larger"):
+        generate(np.zeros((10, 5000, 3), np.uint8), 0, False)
+
+
+def test_a_bug_before_the_demo_starts_is_one_line(checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "prepare", lambda args: {}["app"])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    code, err = run_main(["--checkpoint", checkpoint], capsys)
+    assert code == 1
+    assert_one_error_line(
+        err, "unexpected KeyError in tests/demo_app/test_demo.py:", "'app'; the full traceback"
+    )
+    assert [p.name.startswith("pix2pix-error-") for p in tmp_path.iterdir()] == [True], (
+        "the demo's folder is gone"
+    )
+
+
+def test_the_demo_serves_errors_quietly_and_removes_its_files(checkpoint, tmp_path):
+    """Through the running server: an upload too large is the page's message with no traceback in
+    the console, and everything Gradio stored (uploads included) is removed when the demo stops
+    (SIGTERM, as a service manager stops it)."""
+    require("gradio")
+    client_module = require("gradio_client")
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "demo.py", "--checkpoint", str(checkpoint), "--port", str(port), "--live", "off"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout.readline().startswith("demo running at "), process.communicate(timeout=30)[0]
+        (folder,) = (tmp_path / "tmp").iterdir()
+        Image.fromarray(np.zeros((6000, 6000), np.uint8)).save(tmp_path / "huge.png")
+        client = client_module.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        with pytest.raises(Exception, match="huge.png: 6000x6000 pixels is larger than the demo translates"):
+            client.predict(client_module.handle_file(str(tmp_path / "huge.png")), api_name="/load_upload")
+        assert any(p.name == "huge.png" for p in folder.rglob("*")), "the upload is in the demo's folder"
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert process.returncode == 0 and "Traceback" not in output, output
+    assert not folder.exists() and list((tmp_path / "tmp").iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------

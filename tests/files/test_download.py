@@ -360,3 +360,51 @@ def test_ctrl_c_during_the_download_leaves_nothing_behind(server, tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         ensure_facades(tmp_path / "data" / "facades", f"{url}/facades.tar.gz")
     assert list((tmp_path / "data").iterdir()) == []
+
+
+# --- Bounded downloads: a reply that never ends (file:///dev/zero) stops at a size limit ---
+
+
+def test_an_endless_download_stops_at_the_limit_and_leaves_nothing(tmp_path, monkeypatch):
+    """A set outside the pix2pix family may be at most MAX_DOWNLOAD_BYTES (here 3 MiB)."""
+    monkeypatch.setattr(download, "MAX_DOWNLOAD_BYTES", 3 << 20)
+    with pytest.raises(DatasetError) as err:
+        ensure_dataset(tmp_path / "data" / "mine", "mine", "file:///dev/zero", {"train": 0})
+    message = str(err.value)
+    assert "file:///dev/zero failed (stopped: it is larger than 3145728 bytes" in message
+    assert "the most any downloaded archive may be (3 MiB)" in message and "\n" not in message
+    assert list((tmp_path / "data").iterdir()) == [], "no partial download left behind"
+
+
+def test_a_known_set_may_be_twice_its_official_archive(server, tmp_path, monkeypatch):
+    """facades.tar.gz may be 2x the size of the official one, from any URL; an announced length
+    beyond that is refused before anything is read."""
+    www, url = server
+    build_archive(www / "facades.tar.gz", FACADES_COUNTS)
+    size = (www / "facades.tar.gz").stat().st_size
+    monkeypatch.setitem(download.ARCHIVE_BYTES, "facades", (size - 1) // 2)  # the limit: below it
+    with pytest.raises(DatasetError, match=r"refused: the server announces \d+ bytes, more than 2x the"):
+        ensure_facades(tmp_path / "data" / "facades", f"{url}/facades.tar.gz")
+    assert list((tmp_path / "data").iterdir()) == []
+    monkeypatch.setitem(download.ARCHIVE_BYTES, "facades", (size + 1) // 2)  # at the limit: fine
+    assert ensure_facades(tmp_path / "data" / "facades", f"{url}/facades.tar.gz").is_dir()
+
+
+def test_the_limits_are_the_known_sizes_twice_else_the_cap():
+    assert download.download_limit("facades")[0] == 2 * download.ARCHIVE_BYTES["facades"] > 60_000_000
+    assert download.download_limit("edges2handbags")[0] > download.MAX_DOWNLOAD_BYTES  # 8.6 GB twice
+    assert download.download_limit("custom")[0] == download.MAX_DOWNLOAD_BYTES == 2 << 30
+
+
+def test_train_py_stops_an_endless_download_with_one_line(tmp_path, monkeypatch, capsys):
+    """`train.py --download_url file:///dev/zero` with a data_root that is missing, so that a
+    download happens: one line, exit 1, nothing written."""
+    from conftest import run_main
+
+    import train
+
+    monkeypatch.setitem(download.ARCHIVE_BYTES, "facades", 1 << 20)
+    argv = ["--data_root", tmp_path / "data" / "facades", "--download_url", "file:///dev/zero"]
+    code, _, (line,) = run_main(train.main, argv, tmp_path, monkeypatch, capsys)
+    assert code == 1 and "file:///dev/zero failed (stopped: it is larger than 2097152 bytes" in line
+    assert list((tmp_path / "data").iterdir()) == []
