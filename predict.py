@@ -18,20 +18,23 @@ index.html, a page of input | generated | target with each image's numbers.
 
 With --export model.onnx (or --export model), the generator is written as ONNX, model.onnx
 (dynamic batch, height and width: multiples of 2^depth), and as a torch.export program,
-model.pt2 beside it, for deployment
-without this code. The exported graph is deterministic: dropout off, and BatchNorm as the run's
-eval_mode says (false: the statistics of the input batch, as in training). Each file written is
-printed; the ONNX model's metadata_props say how to feed it (input range [-1, 1], size multiple,
-direction, input/output channels, eval_mode): onnx.load(path).metadata_props.
+model.pt2 beside it, for deployment without this code. The .pt2 program needs nothing beyond
+PyTorch; the ONNX file needs the packages of requirements-export.txt, and without them only the
+.pt2 is written, with a line saying so. The exported graph is deterministic: dropout off, and
+BatchNorm as the run's eval_mode says (false: the statistics of the input batch, as in
+training). Each file written is printed; the ONNX model's metadata_props say how to feed it (input
+range [-1, 1], size multiple, direction, input/output channels, eval_mode):
+onnx.load(path).metadata_props.
 
 The generator is rebuilt from the checkpoint alone. Batch-norm mode and dropout follow the run's
 `eval_mode` (false, the paper's choice: batch statistics and dropout at test time too) unless
 --eval_mode says otherwise. --checkpoint also takes a U-Net generator of the authors'
-pytorch-CycleGAN-and-pix2pix (latest_net_G.pth, see official_weights.py), run with their
+pytorch-CycleGAN-and-pix2pix (latest_net_G.pth, see training/official_weights.py), run with their
 defaults: eval_mode false, dropout 0.5; its direction is BtoA unless --direction says otherwise.
 
-Nothing it writes replaces an input: an output folder that would overwrite an input image, or
-that lies in the run's data root (--data_root or the checkpoint's), is refused before any work.
+Nothing it writes replaces an input (an image, the checkpoint, the data root) or, unless --force,
+a file it did not write (its files carry its mark; files/paths.py has the rule). --split is a plain
+folder name; the default output folder stays inside <results_dir>/<name> and holds only its files.
 """
 
 from __future__ import annotations
@@ -43,14 +46,15 @@ import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterable
 from urllib.parse import quote
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
-from config import ConfigError
 from dataset import PairedDataset, open_split
-from evaluation.export import export_generator
+from evaluation.export import export_generator, export_paths
 from evaluation.generate import translate_image, translate_pairs
 from evaluation.metrics import (
     FID_MIN_IMAGES,
@@ -60,8 +64,20 @@ from evaluation.metrics import (
     inception_weights_path,
 )
 from files.images import DatasetError, list_images, read_image
-from reporting.figures import html_page, save_image
+from files.paths import (
+    PathError,
+    check_own_folder,
+    check_targets,
+    describe,
+    html_mark,
+    made_by,
+    output_path,
+    plain_name,
+    save_png,
+)
+from reporting.figures import PNG_COMPRESS_LEVEL, html_page, to_pixels
 from training.checkpoint import CheckpointError
+from training.settings import ConfigError
 from training.trained_generator import inference_precision, load_run
 from utils import (
     ArgumentParser,
@@ -71,6 +87,14 @@ from utils import (
     write_text,
 )
 
+WRITER = "pix2pix predict.py"  # the mark in the files it writes: the only files it replaces
+SUBFOLDERS = ("real_A", "real_B")  # of a split's output folder
+
+
+def is_own(path: Path) -> bool:
+    """Whether `path` is a file predict wrote (it carries predict's mark)."""
+    return made_by(path, WRITER)
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(__doc__)
@@ -78,7 +102,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint written by train.py")
     parser.add_argument(
         "--output",
-        type=Path,
         help="output folder (default: <results_dir>/<name>/predict or <results_dir>/<name>/<split>)",
     )
     parser.add_argument(
@@ -101,10 +124,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--export",
-        type=Path,
         metavar="MODEL.onnx",
-        help="write the generator as MODEL.onnx and MODEL.pt2, a torch.export program (the path "
-        "ends in .onnx or has no suffix; needs pip install -r requirements-export.txt)",
+        help="write the generator as MODEL.pt2, a torch.export program, and MODEL.onnx (the path "
+        "ends in .onnx or has no suffix; the ONNX file needs pip install -r requirements-export.txt)",
     )
     parser.add_argument("--eval_mode", choices=("true", "false"), help="override the run's eval_mode")
     parser.add_argument(
@@ -118,8 +140,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="translate an input twice as wide as high whole, not as the input half of an A|B pair",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, mps, cuda or cuda:N")
+    parser.add_argument(
+        "--force", action="store_true", help="replace files predict did not write (not inputs)"
+    )
     args = parser.parse_args(argv)
-    if sum((bool(args.inputs), bool(args.split), bool(args.export))) != 1:
+    if sum((bool(args.inputs), args.split is not None, args.export is not None)) != 1:
         parser.error("give input images or folders, or --split, or --export: one of them")
     if args.fid and not args.split:
         parser.error("--fid needs --split (it compares with the real targets of a split)")
@@ -137,6 +162,8 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
             files += found
         elif path.is_file():
             files.append(path)
+        elif path.exists():
+            raise DatasetError(f"{path}: is {describe(path.stat().st_mode)}; give an image file or a folder")
         else:
             raise DatasetError(f"{path}: no such file or folder")
     clash = first_stem_clash(files)
@@ -157,9 +184,23 @@ def first_stem_clash(files: list[Path]) -> tuple[Path, Path] | None:
     return None
 
 
+def output_folder(args: argparse.Namespace, settings: SimpleNamespace) -> Path:
+    """--output, or the default <results_dir>/<name>/<split or predict>, checked by the one rule of
+    output paths (files/paths.py): the default stays strictly inside <results_dir>/<name> and, but
+    with --force, holds nothing that predict did not write (the run's own pages, say)."""
+    if args.output is not None:
+        return output_path(args.output, "--output", kind="folder")
+    rule = {"plain": True, "kind": "folder", "hint": "give --output"}
+    run = output_path(settings.name, f"{args.checkpoint}: its run name", root=args.results_dir, **rule)
+    setting = "--split" if args.split else "the default output folder"
+    output = output_path(args.split or "predict", setting, root=run, **rule)
+    if not args.force:
+        check_own_folder(output, is_own, SUBFOLDERS, "predict.py")
+    return output
+
+
 def check_output_folder(output: Path, inputs: list[Path], data_roots: list[Path]) -> None:
-    """Refuse an output folder that is a named input folder, whose <stem>.png would replace an
-    input image, or that lies in a data root: predict writes only over what it made. Compared
+    """Refuse an output folder that is a named input folder or lies in a data root. Compared
     resolved (links followed), as the files would really be written."""
     where = output.resolve()
     for root in data_roots:
@@ -168,13 +209,22 @@ def check_output_folder(output: Path, inputs: list[Path], data_roots: list[Path]
                 f"output folder {output}: is inside the data root {root}; give another --output"
             )
     for path in inputs:
-        # A link named as an input is replaced itself (os.replace), its target through the link.
-        named = {path.parent.resolve() / path.name, path.resolve()}
-        written = where / f"{path.stem}.png"
-        if where in named or written in named or (written.exists() and os.path.samefile(written, path)):
+        if where in (path.parent.resolve() / path.name, path.resolve()):
             raise ConfigError(
                 f"output folder {output}: would overwrite the input {path}; give another --output"
             )
+
+
+def check_outputs(targets: list[Path], inputs: list[Path], data_roots: list[Path], force: bool) -> None:
+    """Before any work: no file predict is to write is an input or lies in a data root, and (but
+    with --force) none replaces a file predict did not write."""
+    own = {"made_here": is_own, "force": force, "writer": "predict.py"}
+    check_targets(targets, "--output", inputs=inputs, roots=data_roots, **own)
+
+
+def save_image(image: torch.Tensor, path: Path) -> None:
+    """reporting.figures.save_image's PNG with predict's mark, by which a later run knows it."""
+    save_png(Image.fromarray(to_pixels(image.expand(3, -1, -1))), path, WRITER, PNG_COMPRESS_LEVEL)
 
 
 def read_input(path: Path, settings: SimpleNamespace, whole: bool = False) -> torch.Tensor:
@@ -203,11 +253,30 @@ def predict_files(
     resize: bool,
     whole: bool = False,
 ) -> None:
-    for path in tqdm(files, desc="translating", dynamic_ncols=True):
+    for path in progress(files, desc="translating"):
         real_A = read_input(path, settings, whole)  # (C, H, W) uint8
         resize_to = settings.image_size if resize else None
         fake_B = translate_image(G, real_A, settings.eval_mode, settings.seed, device, amp, resize_to)
         save_image(fake_B, output / f"{path.stem}.png")
+
+
+def progress(items: Iterable, total: int | None = None, desc: str = "") -> Iterable:
+    """A progress bar over `items` on a terminal; without one (output to a file or a pipe) the
+    items alone: a bar's redrawn frames would fill a log with one long line."""
+    return tqdm(items, total=total, desc=desc, dynamic_ncols=True, disable=None)  # None: off without a TTY
+
+
+def metrics_line(report: dict) -> str:
+    """The console's line of a split's scores: the mean L1, PSNR and SSIM over its images, and FID
+    and KID with the number of images they compare."""
+    mean, images = report["mean"], report["images"]
+    line = (
+        f"L1 {mean['L1']:.4f}  PSNR {mean['PSNR']:.2f} dB  SSIM {mean['SSIM']:.4f} (means of {images} images)"
+    )
+    if "FID" in mean:
+        line += f"  FID {mean['FID']:.4g} over {mean.get('FID_images', images)} images"
+        line += f"  KID {mean['KID']:.4g}" + (f" ± {mean['KID_std']:.2g}" if "KID_std" in mean else "")
+    return line
 
 
 def check_scorable(data: PairedDataset, folder: Path, with_fid: bool) -> None:
@@ -223,11 +292,9 @@ def check_scorable(data: PairedDataset, folder: Path, with_fid: bool) -> None:
         raise DatasetError(f"{folder}: {len(data)} image, but --fid needs at least {FID_MIN_IMAGES}")
 
 
-def evaluate_split(
-    G, settings: SimpleNamespace, folder: Path, output: Path, device, amp, with_fid: bool
-) -> dict:
-    """Translate a paired split as validation does, write the images, and return metrics.json's content."""
-    data = open_split(
+def open_paired(G, settings: SimpleNamespace, folder: Path) -> PairedDataset:
+    """The split as validation reads it."""
+    return open_split(
         folder,
         settings.data_layout,
         direction=settings.direction,
@@ -239,15 +306,17 @@ def evaluate_split(
         output_nc=settings.output_nc,
         multiple=G.size_multiple,
     )
+
+
+def evaluate_split(
+    G, settings: SimpleNamespace, data: PairedDataset, folder: Path, output: Path, device, amp, with_fid: bool
+) -> dict:
+    """Translate a paired split as validation does, write the images, and return metrics.json's content."""
     names = [path.stem for path in data.files]
-    check_scorable(data, folder, with_fid)
 
     def pairs():
-        items = tqdm(
-            (data[i] for i in range(len(data))),
-            total=len(data),
-            desc=f"translating {folder.name}",
-            dynamic_ncols=True,
+        items = progress(
+            (data[i] for i in range(len(data))), total=len(data), desc=f"translating {folder.name}"
         )
         for index, (real_A, fake_B, real_B) in enumerate(
             translate_pairs(G, items, settings.eval_mode, settings.seed, amp, device)
@@ -258,6 +327,7 @@ def evaluate_split(
 
     per_image, means = evaluate_pairs(pairs(), with_fid, device)
     return {
+        "written_by": WRITER,
         "split": str(folder),
         "images": len(names),
         "eval_mode": settings.eval_mode,
@@ -288,20 +358,21 @@ def gallery_page(report: dict, title: str) -> str:
             f"<tr><td>{html.escape(shown)}</td>{images}<td>{item['L1']:.4f}</td><td>{item['PSNR']:.2f}</td>"
             f"<td>{item['SSIM']:.4f}</td></tr>"
         )
-    return html_page(
-        title, [f"<p>{report['images']} images; means: {means}</p>", "<table>", *rows, "</table>"]
-    )
+    body = [html_mark(WRITER), f"<p>{report['images']} images; means: {means}</p>", "<table>", *rows]
+    return html_page(title, [*body, "</table>"])
 
 
-def export_paths(path: Path) -> tuple[Path, Path]:
-    """The ONNX and .pt2 files of --export: MODEL.onnx or MODEL gives MODEL.onnx and MODEL.pt2;
-    any other suffix is refused, so that the two never fall on one file."""
-    if path.suffix not in ("", ".onnx"):
-        raise ConfigError(
-            f"--export {path}: give a path ending in .onnx, or without a suffix "
-            f"(MODEL.onnx and MODEL.pt2 are both written)"
-        )
-    return path.with_suffix(".onnx"), path.with_suffix(".pt2")
+def check_names(args: argparse.Namespace) -> None:
+    """The names given for paths, before the checkpoint is read: --split a plain folder name, the
+    --export and --output names not empty or special, the checkpoint a regular file."""
+    if args.split is not None:
+        plain_name(args.split, "--split", "the data root")
+    if args.export is not None:
+        export_paths(args.export)
+    if args.output is not None:
+        output_path(args.output, "--output", kind="folder")
+    if args.checkpoint.exists() and not args.checkpoint.is_file():
+        raise CheckpointError(f"{args.checkpoint}: is {describe(args.checkpoint.stat().st_mode)}")
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -312,44 +383,62 @@ def run(args: argparse.Namespace) -> Path:
         raise ConfigError(f"--device {args.device}: {err}") from None
     if args.fid:
         inception_weights_path()  # a missing optional package fails now, not after translating
-    if args.export:
-        export_paths(args.export)  # a bad name fails before the checkpoint is read
+    check_names(args)  # a bad name fails before the checkpoint is read
     G, settings, epoch = load_run(args.checkpoint, device)
     if args.eval_mode:
         settings.eval_mode = args.eval_mode == "true"
     settings.direction = args.direction or settings.direction
-    if args.export:
-        export_generator(G, settings, args.export, epoch)
-        return args.export.parent
-    amp = inference_precision(G, device)
-    where = args.split or "predict"
-    output = args.output or args.results_dir / settings.name / where
     data_roots = [
         Path(root) for root in (args.data_root, settings.data_root) if isinstance(root, str) and root
     ]
+    if args.export:
+        inputs = [args.checkpoint]
+        export_generator(G, settings, args.export, epoch, inputs=inputs, roots=data_roots, force=args.force)
+        return Path(args.export).parent
+    amp = inference_precision(G, device)
+    output = output_folder(args, settings)
     if not args.split:
         files = collect_inputs(args.inputs)
         check_output_folder(output, [*args.inputs, *files], data_roots)
+        targets = [output / f"{path.stem}.png" for path in files]
+        check_outputs(targets, [*args.inputs, *files, args.checkpoint], data_roots, args.force)
         predict_files(G, settings, files, output, device, amp, args.resize, args.whole)
-        return output
+    else:
+        predict_split(args, G, settings, epoch, output, data_roots, device, amp)
+    return output
+
+
+def predict_split(args, G, settings, epoch: int, output: Path, data_roots: list[Path], device, amp) -> None:
+    """--split: check every file it is to write, then translate and score the split."""
     folder = Path(args.data_root or settings.data_root) / args.split
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such split folder (set --data_root)")
     check_output_folder(output, [], [*data_roots, folder])
+    data = open_paired(G, settings, folder)
+    check_scorable(data, folder, args.fid)
+    # real_A/ and real_B/ stay in the output folder: a link there leading elsewhere is refused.
+    folders = [
+        output,
+        *(output_path(n, "--output", root=output, plain=True, kind="folder") for n in SUBFOLDERS),
+    ]
+    targets = [where / f"{path.stem}.png" for where in folders for path in data.files]
+    targets += [output / "metrics.json", output / "index.html"]
+    check_outputs(targets, [*data.files, args.checkpoint], [*data_roots, folder], args.force)
     report = {
         "checkpoint": str(args.checkpoint),
         "epoch": epoch,
-        **evaluate_split(G, settings, folder, output, device, amp, args.fid),
+        **evaluate_split(G, settings, data, folder, output, device, amp, args.fid),
     }
     write_text(output / "metrics.json", json.dumps(report, indent=2) + "\n")
     write_text(output / "index.html", gallery_page(report, f"{settings.name}, epoch {epoch}: {args.split}"))
-    print("  ".join(f"{k} {v:.4g}" for k, v in report["mean"].items() if isinstance(v, float)))
-    return output
+    print(metrics_line(report))
 
 
 def main() -> None:
     args = parse_args(sys.argv[1:])
-    with exit_on_errors((ConfigError,), (CheckpointError, DatasetError, OutputError, MissingPackageError)):
+    with exit_on_errors(
+        (ConfigError, PathError), (CheckpointError, DatasetError, OutputError, MissingPackageError)
+    ):
         output = run(args)
     if not args.export:  # the export has named each file it wrote
         print(f"wrote {output}")

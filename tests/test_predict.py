@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -83,7 +84,7 @@ def test_folder_of_inputs(checkpoint, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
 
 
-def test_split_writes_images_metrics_and_gallery(checkpoint, test_split, tmp_path):
+def test_split_writes_images_metrics_and_gallery(checkpoint, test_split, tmp_path, capsys):
     skimage_metrics = require("skimage.metrics")
     require_fid()
     out = run(
@@ -101,6 +102,8 @@ def test_split_writes_images_metrics_and_gallery(checkpoint, test_split, tmp_pat
     assert report["images"] == 3 and report["epoch"] == 1 and report["eval_mode"] is False
     assert [item["name"] for item in report["per_image"]] == ["1", "2", "a b&c"]
     assert report["mean"]["FID_images"] == 3 and report["mean"]["FID"] > 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "FID" in line]
+    assert f"FID {report['mean']['FID']:.4g} over 3 images" in line and "(means of 3 images)" in line
     # The numbers describe the PNG files as written.
     for item in report["per_image"]:
         fake = np.array(Image.open(out / f"{item['name']}.png").convert("RGB"))
@@ -180,3 +183,28 @@ def test_errors_are_one_line(case, checkpoint, tmp_path, monkeypatch, capsys):
 def test_inputs_and_split_together_are_refused(checkpoint, tmp_path):
     result = predict_cli("--checkpoint", checkpoint, "--split", "test", tmp_path, cwd=tmp_path)
     assert result.returncode == 2 and "one of them" in result.stderr.splitlines()[-1]
+
+
+def test_the_console_line_of_a_split_says_over_how_many_images():
+    report = {"images": 106, "mean": {"L1": 0.17684, "PSNR": 13.402, "SSIM": 0.23461}}
+    line = "L1 0.1768  PSNR 13.40 dB  SSIM 0.2346 (means of 106 images)"
+    assert predict.metrics_line(report) == line
+    report["mean"].update(FID=123.456, KID=0.01234, KID_std=0.00211, FID_images=106)
+    assert predict.metrics_line(report) == line + "  FID 123.5 over 106 images  KID 0.01234 ± 0.0021"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_only_on_a_terminal(checkpoint, tmp_path, monkeypatch, capsys):
+    """Output to a file or a pipe gets no bar (its frames would fill the log); a terminal does."""
+    for i in range(3):
+        save_png(tmp_path / f"{i}.png", 32, 32)
+    run("--checkpoint", checkpoint, *(tmp_path / f"{i}.png" for i in range(3)), "--output", tmp_path / "out")
+    err = capsys.readouterr().err
+    assert "translating" not in err and "\r" not in err
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert list(predict.progress(range(3), desc="translating")) == [0, 1, 2]
+    assert "translating" in sys.stderr.getvalue()

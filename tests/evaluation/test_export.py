@@ -10,14 +10,15 @@ import torch
 from conftest import require, tiny_config, write_tiny_checkpoint
 
 import predict
-import train
 from config import Config
 from dataset import AlignedDataset
 from evaluation import export as export_module
 from evaluation.export import export_generator
 from evaluation.generate import export_copy, translate
+from files.paths import PathError
 from generator import UNetGenerator
 from training import trained_generator
+from training.setup import generator_kwargs
 
 
 def export(tmp_path: Path, **overrides) -> tuple[Path, Config]:
@@ -78,13 +79,29 @@ def test_exported_graph_is_the_papers_test_time_generator_without_dropout(facade
     assert (export_copy(G, eval_mode=False)(real_A) - paper).abs().max() < 1e-5
 
 
-def test_missing_export_packages_give_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(export_module.importlib.util, "find_spec", lambda name: None)
+def test_without_the_onnx_packages_the_pt2_is_written_and_the_onnx_file_skipped(
+    tmp_path, monkeypatch, capsys
+):
+    """torch.export needs nothing beyond PyTorch: the .pt2 is written, and one line names the
+    skipped ONNX file, the missing packages and their install command."""
+    real_find_spec = export_module.importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        return None if name in ("onnx", "onnxscript") else real_find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(export_module.importlib.util, "find_spec", find_spec)
     cfg = Config(image_size=32, load_size=32, ngf=8, ndf=8)
-    G = UNetGenerator(**train.generator_kwargs(cfg))
-    with pytest.raises(export_module.MissingPackageError, match="pip install -r requirements-export.txt"):
-        export_generator(G, cfg, tmp_path / "model.onnx")
-    assert not list(tmp_path.iterdir())
+    G = UNetGenerator(**generator_kwargs(cfg))
+    assert export_generator(G, cfg, tmp_path / "model.onnx") == [tmp_path / "model.pt2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt2"]
+    skipped = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipped")]
+    assert skipped == [
+        f"skipped {tmp_path / 'model.onnx'}: the ONNX export needs the optional packages onnx and "
+        f"onnxscript: pip install -r requirements-export.txt"
+    ]
+    x = torch.rand(1, 3, 64, 32) * 2 - 1
+    expected = export_copy(G, cfg.eval_mode)(x).detach()
+    assert (torch.export.load(str(tmp_path / "model.pt2")).module()(x) - expected).abs().max() < 1e-4
 
 
 def test_onnx_carries_metadata_and_each_written_file_is_named(tmp_path, capsys):
@@ -99,3 +116,30 @@ def test_onnx_carries_metadata_and_each_written_file_is_named(tmp_path, capsys):
     assert props["input_range"] == props["output_range"] == "[-1, 1]"
     assert props["size_multiple"] == "32" and props["direction"] == "AtoB" and props["eval_mode"] == "false"
     assert (props["input_channels"], props["output_channels"]) == ("1", "3") and props["epoch"] == "1"
+    assert props["written_by"] == export_module.WRITER
+
+
+def test_an_export_replaces_only_its_own_files_unless_forced(tmp_path, capsys):
+    """Both files carry the export's mark; a file without it at either name (a checkpoint saved as
+    model.pt2, say) is replaced only with --force."""
+    for name in ("onnx", "onnxscript"):
+        require(name)
+    checkpoint = write_tiny_checkpoint(tmp_path / "latest.pt", load_size=32)
+    argv = ["--checkpoint", str(checkpoint), "--export", str(tmp_path / "model")]
+    predict.run(predict.parse_args(argv))
+    predict.run(predict.parse_args(argv))  # its own files, known by their mark: replaced
+    assert export_module.is_own_pt2(tmp_path / "model.pt2")
+    assert export_module.is_own_onnx(tmp_path / "model.onnx")
+    theirs = {"model.onnx": b"someone's model", "model.pt2": checkpoint.read_bytes()}
+    for name in ("model.onnx", "model.pt2"):  # the .pt2 is checked first
+        (tmp_path / name).write_bytes(theirs[name])
+        with pytest.raises(PathError) as err:
+            predict.run(predict.parse_args(argv))
+        assert str(err.value) == (
+            f"--export {tmp_path / 'model'}: {tmp_path / name} exists and was not written by "
+            f"predict.py --export; give --force to replace it, or a new name"
+        )
+    assert all((tmp_path / name).read_bytes() == data for name, data in theirs.items())
+    predict.run(predict.parse_args([*argv, "--force"]))
+    assert export_module.is_own_pt2(tmp_path / "model.pt2")
+    assert export_module.is_own_onnx(tmp_path / "model.onnx")
