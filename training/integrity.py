@@ -1,6 +1,7 @@
 """What proves a checkpoint is the one that was written, and fit to use: the checksum of its
-contents that checkpoint.save_checkpoint puts in it and load_checkpoint verifies, and the check
-that its networks hold only finite numbers.
+contents that checkpoint_format.save_checkpoint puts in it and load_checkpoint verifies (a file
+edited on purpose gets a new one from tools/reseal_checkpoint.py), and the check that its
+networks hold only finite numbers.
 
 The checksum is of the contents as torch.load gives them back (not of the file's bytes): a
 SHA-256 of their outline (keys, plain values, each tensor's dtype and shape) and of a CRC-32 of
@@ -17,11 +18,15 @@ import hashlib
 import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 CHECKSUM_KEY = "checksum"
+# A checkpoint nests its values a few levels deep (an optimizer's state: 4) and holds some
+# thousands of plain values (the loss points of the history: 5 per logged iteration).
+MAX_DEPTH = 32
+MAX_VALUES = 20_000_000
 
 
 def seal(checkpoint: dict) -> dict:
@@ -32,9 +37,13 @@ def seal(checkpoint: dict) -> dict:
 
 def unseal(checkpoint: dict) -> bool | None:
     """Take the checksum out of a loaded checkpoint: True if the rest matches it, False if not,
-    None for a checkpoint written before checkpoints carried one (nothing to check)."""
+    None for a checkpoint without one (some of format 1: nothing to check). ValueError for
+    contents nested deeper or larger than a checkpoint's (_walk), checked before anything else."""
     written = checkpoint.pop(CHECKSUM_KEY, None)
-    return None if written is None else written == content_checksum(checkpoint)
+    if written is None:
+        check_bounds(checkpoint)  # what the checksum's walk checks, for the files without one
+        return None
+    return written == content_checksum(checkpoint)
 
 
 def content_checksum(contents: dict) -> str:
@@ -48,23 +57,44 @@ def content_checksum(contents: dict) -> str:
     return f"sha256+crc32:{outline.hexdigest()}"
 
 
-def _outline(value: Any, digest: Any, tensors: list[torch.Tensor]) -> None:
-    """Feed value's structure to digest as self-delimiting tokens; collect its tensors in order."""
-    if isinstance(value, torch.Tensor):
-        digest.update(f"T{value.dtype}{tuple(value.shape)};".encode())
-        tensors.append(value)
-    elif isinstance(value, dict):
-        digest.update(f"d{len(value)};".encode())
-        for key, item in value.items():
-            _outline(key, digest, tensors)
-            _outline(item, digest, tensors)
-    elif isinstance(value, (list, tuple)):
-        digest.update(f"{'l' if isinstance(value, list) else 't'}{len(value)};".encode())
-        for item in value:
-            _outline(item, digest, tensors)
-    else:  # str, int, float, bool, None: repr is exact, and the same after torch.load
-        text = f"{type(value).__name__}:{value!r}"
-        digest.update(f"{len(text)}:{text}".encode("utf-8", "surrogatepass"))
+def _walk(contents: Any) -> Iterator[Any]:
+    """Every value in `contents`, containers before what they hold, dict keys before their values,
+    in order: without recursion, and bounded (ValueError) to MAX_DEPTH levels and MAX_VALUES values,
+    so that a crafted file of deeply nested or endless lists is refused instead of exhausting the
+    interpreter's stack or the time of a load."""
+    stack, seen = [(contents, 0)], 1
+    while stack:
+        value, depth = stack.pop()
+        yield value
+        if isinstance(value, (dict, list, tuple)) and value:
+            if depth == MAX_DEPTH:
+                raise ValueError(f"nests values more than {MAX_DEPTH} levels deep; a checkpoint nests a few")
+            seen += len(value) * (2 if isinstance(value, dict) else 1)  # counted before they are stacked
+            if seen > MAX_VALUES:
+                raise ValueError(f"holds more than {MAX_VALUES} values, more than any checkpoint of a run")
+            items = [part for pair in value.items() for part in pair] if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in reversed(items))
+
+
+def check_bounds(contents: Any) -> None:
+    """ValueError if `contents` nests deeper or holds more values than a checkpoint does (_walk)."""
+    for _ in _walk(contents):
+        pass
+
+
+def _outline(contents: Any, digest: Any, tensors: list[torch.Tensor]) -> None:
+    """Feed the structure of contents to digest as self-delimiting tokens; collect its tensors in order."""
+    for value in _walk(contents):
+        if isinstance(value, torch.Tensor):
+            digest.update(f"T{value.dtype}{tuple(value.shape)};".encode())
+            tensors.append(value)
+        elif isinstance(value, dict):
+            digest.update(f"d{len(value)};".encode())
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"{'l' if isinstance(value, list) else 't'}{len(value)};".encode())
+        else:  # str, int, float, bool, None: repr is exact, and the same after torch.load
+            text = f"{type(value).__name__}:{value!r}"
+            digest.update(f"{len(text)}:{text}".encode("utf-8", "surrogatepass"))
 
 
 def _tensor_crc32(tensor: torch.Tensor) -> int:

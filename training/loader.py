@@ -51,10 +51,16 @@ def build_data(cfg: Config) -> tuple[PairedDataset, PairedDataset]:
         raise DatasetError(f"{root / 'train'}: no such folder (data_root must hold train/ and val/)")
     train_set = make_dataset(cfg, root / "train", train=True, max_images=cfg.max_images)
     train_set.check_batchable(cfg.batch_size)
-    val_split = next(root / s for s in ("val", "test", "train") if (root / s).is_dir())
+    val_split = validation_folder(root)
     val_set = make_dataset(cfg, val_split, train=False, max_images=cfg.max_images)
     check_usable(cfg, train_set, val_set, val_split)
     return train_set, val_set
+
+
+def validation_folder(root: Path) -> Path:
+    """The split validation scores: val/, else test/, else train/ (build_data has checked train/).
+    A run keeps the one it started with (checkpoint.resume_or_start)."""
+    return next(root / split for split in ("val", "test", "train") if (root / split).is_dir())
 
 
 def discriminator_size(n_layers: int) -> int:

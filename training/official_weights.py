@@ -59,12 +59,25 @@ def generator_kwargs(weights: dict) -> dict:
     unet_256, 7: unet_128), channels, ngf, and the norm (BatchNorm has a learned scale; their
     instance norm has none, at most the running statistics of files before PyTorch 0.4)."""
     levels = block_prefixes(weights)
-    first, last = weights[OUTERMOST + "0.weight"], weights.get(OUTERMOST + "3.weight")
-    if len(levels) < 5 or last is None or levels[-1] + "3.weight" not in weights:
+    if len(levels) < 5:
         raise ValueError(
-            f"an official generator file, but not a U-Net of 5 or more levels ({len(levels)} found): "
-            f"only their unet_128 and unet_256 generators map onto this project's"
+            f"an official generator file, but a U-Net of {len(levels)} level{'s' * (len(levels) > 1)}, "
+            f"not 5 or more: only their unet_128 and unet_256 generators map onto this project's"
         )
+    # The outermost block's transposed convolution, and the innermost's (item 3 of each).
+    for key in (OUTERMOST + "3.weight", levels[-1] + "3.weight"):
+        if not isinstance(weights.get(key), torch.Tensor) or weights[key].dim() != 4:
+            raise ValueError(f"an official generator file, but without the tensor {key}")
+    first, last = weights[OUTERMOST + "0.weight"], weights[OUTERMOST + "3.weight"]
+    for tensor, layer, what in ((first, "first convolution", "takes"), (last, "last convolution", "gives")):
+        channels = (
+            tensor.shape[1] if tensor.dim() == 4 else None
+        )  # conv: (out, in, ...); transposed: (in, out, ...)
+        if channels not in (1, 3):
+            raise ValueError(
+                f"an official generator file, but its {layer} {what} {channels} channels (shape "
+                f"{tuple(tensor.shape)}); this project's U-Net {what} 1 (grayscale) or 3 (RGB)"
+            )
     return {
         "in_channels": first.shape[1],  # conv weight: (out, in, 4, 4)
         "out_channels": last.shape[1],  # transposed conv weight: (in, out, 4, 4)
@@ -119,10 +132,10 @@ def to_project(weights: dict) -> tuple[dict, dict]:
 
 def as_project(loaded: object, name: str) -> object:
     """A loaded file as this project reads it: an official generator becomes a snapshot of this
-    project's format (see checkpoint.py) with the run settings of the official defaults: generate
-    as their test.py does (eval_mode false), at the size the U-Net was built for (their unet_256:
-    256 px). Anything else is returned as it is. Raises ValueError for an official file that does
-    not map."""
+    project's format (checkpoint_format.py, which adds the format number) with the run settings
+    of the official defaults: generate as their test.py does (eval_mode false), at the size the
+    U-Net was built for (their unet_256: 256 px). Anything else is returned as it is. Raises
+    ValueError for an official file that does not map."""
     if not is_official(loaded):
         return loaded
     kwargs, generator = to_project(loaded)
@@ -137,9 +150,11 @@ def as_project(loaded: object, name: str) -> object:
         "eval_mode": False,
     }
     return {
+        "kind": "snapshot",
         "generator": generator,
         "generator_kwargs": kwargs,
         "config": config,
         "epoch": 0,
+        "history": {},
         "official": True,
     }

@@ -16,7 +16,7 @@ from utils import autocast
 
 if TYPE_CHECKING:
     from config import Config
-    from speed.accelerate import Acceleration
+    from speed import Acceleration
 
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")  # the four losses of an iteration, in this order
 
@@ -49,17 +49,26 @@ class History:
     )
 
     # settings changed when the run was continued: {"epoch": first epoch trained with it, "field",
-    # "from", "to"} (docs/recovery.md says which fields may change)
+    # "from", "to"}; checkpoint.ON_RESUME says which fields are recorded, which refused
     changes: list[dict] = dataclasses.field(default_factory=list)
+    # the split folder validation scores, fixed when the run starts ("val", "test" or "train";
+    # "" in files from before it was recorded): the val_* columns measure that one split
+    val_split: str = ""
 
     def to_dict(self) -> dict:
-        return {"epochs": self.epochs, "steps": self.steps, "changes": self.changes}
+        return {
+            "epochs": self.epochs,
+            "steps": self.steps,
+            "changes": self.changes,
+            "val_split": self.val_split,
+        }
 
     @classmethod
     def from_dict(cls, saved: dict) -> History:
         epochs = [dict(row) for row in saved["epochs"]]
         steps = {k: list(v) for k, v in saved["steps"].items()}
-        return cls(epochs, steps, [dict(c) for c in saved.get("changes", [])])
+        changes = [dict(c) for c in saved.get("changes", [])]
+        return cls(epochs, steps, changes, saved.get("val_split", ""))
 
     @property
     def loss_names(self) -> tuple[str, ...]:
@@ -124,8 +133,10 @@ class RunState:
     epoch: int = 0  # epochs completed
     stop: bool = False  # a signal asked to stop after the current iteration
     rng_ranks: list | None = None  # every process's RNG state, gathered for the next checkpoint
-    acceleration: Acceleration | None = None  # what speedups.accelerate applied
-    graphed_step: Any = None  # with --cuda_graphs: the training step as a replayed CUDA graph (speedups.py)
+    acceleration: Acceleration | None = None  # what speed.accelerate applied
+    graphed_step: Any = (
+        None  # with --cuda_graphs: the training step as a replayed CUDA graph (speed/cuda_graphs.py)
+    )
 
     def restart_epoch(self) -> None:
         """The current epoch starts again from its first iteration (a checkpoint saved within it

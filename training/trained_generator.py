@@ -11,10 +11,11 @@ from types import SimpleNamespace
 
 import torch
 
-from config import DATASETS, Config, name_problem
+from config import DATASETS, Config
 from generator import UNetGenerator
-from speed.accelerate import accelerate
+from speed import accelerate
 from training.checkpoint import CheckpointError, load_generator
+from training.settings import name_problem
 from utils import autocast, resolve_precision
 
 # The run's fields generation uses; a checkpoint older than a field gets config.py's default.
@@ -52,7 +53,7 @@ def load_run(path: Path, device: torch.device) -> tuple[UNetGenerator, SimpleNam
 
 
 def inference_precision(G: UNetGenerator, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast to the automatic precision, with G made fast for it (speedups.accelerate: on a CPU
+    """Autocast to the automatic precision, with G made fast for it (speed.accelerate: on a CPU
     with native bf16, bf16 copies of its weights made once instead of cast at every call)."""
     dtype = resolve_precision("auto", device)
     accelerate([(G, None)], device, dtype)

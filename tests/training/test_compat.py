@@ -20,7 +20,7 @@ import predict
 import train
 from evaluation.generate import translate, translate_pairs
 from reporting.figures import to_pixels
-from speed.accelerate import accelerate
+from speed import accelerate
 from training.checkpoint import load_generator
 from utils import resolve_precision
 

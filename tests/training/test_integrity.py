@@ -17,6 +17,7 @@ import demo
 import predict
 import train
 from training import checkpoint, trained_generator
+from training.setup import setup
 
 V1_CHECKPOINT = ROOT / "tests" / "fixtures" / "v1_tiny" / "latest.pt"
 
@@ -53,7 +54,8 @@ def test_a_flipped_byte_stops_resume_naming_the_snapshot_that_verifies(
         train.main, [*cli_args(trained), "--epochs", "3"], tmp_path, monkeypatch, capsys
     )
     assert code == 1 and str(latest) in line and "checksum" in line, line
-    assert f"--resume_from {latest.parent / 'epoch_002.pt'}" in line
+    assert f"--resume false --resume_from {latest.parent / 'epoch_002.pt'}" in line  # a command that works:
+    # test_resume_rules.py::test_an_unloadable_latest_advises_a_command_that_works runs it
     assert latest.read_bytes() == damaged, "the damaged file is left for the user to look at"
 
 
@@ -81,7 +83,7 @@ def test_a_flipped_byte_is_refused_before_any_use(program, trained, tmp_path, mo
 
 
 def test_the_checksum_is_of_the_contents_and_travels_with_them(tmp_path):
-    state = dataclasses.replace(train.setup(tiny_config(name="tiny")), epoch=1)
+    state = dataclasses.replace(setup(tiny_config(name="tiny")), epoch=1)
     saved = checkpoint.full_checkpoint(state)
     checkpoint.save_checkpoint(saved, tmp_path / "a.pt")
     raw = torch.load(tmp_path / "a.pt", weights_only=True)
@@ -107,7 +109,7 @@ def test_checkpoints_from_before_checksums_still_load_silently(capsys):
 
 def with_generator_tensor(path: Path, key_end: str, value: float) -> tuple[Path, str]:
     """A tiny checkpoint whose first generator tensor ending in key_end holds `value` once."""
-    saved = checkpoint.full_checkpoint(train.setup(tiny_config(name="tiny")))
+    saved = checkpoint.full_checkpoint(setup(tiny_config(name="tiny")))
     key = next(k for k in saved["generator"] if k.endswith(key_end))
     saved["generator"][key].view(-1)[3] = value
     checkpoint.save_checkpoint(saved, path)

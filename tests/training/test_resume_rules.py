@@ -1,22 +1,37 @@
 """Resume means one thing, and numbers that cannot be right stop the run (docs/recovery.md): the
 run's own latest.pt wins over --resume_from, --resume false always moves the old run aside, a new
-run never takes over another run's folders, a finished run says so, changed settings apply and are
-recorded, a mid-epoch checkpoint that no longer fits restarts its epoch, and diverging losses,
-non-finite weights or NaN metrics stop before anything is saved."""
+run never takes over another run's folders, a finished run says so, every changed setting is
+refused or applied and recorded (or does not touch what is trained), an unloadable latest.pt
+names a command that works, a mid-epoch checkpoint that no longer fits restarts its epoch, and
+diverging losses, non-finite weights or NaN metrics stop before anything is saved."""
 
 import dataclasses
 import json
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_run, write_pair
+from conftest import cli_args, run_main, tiny_config, tiny_run, write_pair
 
 import train
+from config import ARCHITECTURE_FIELDS, Config, architecture_defaults
 from training import validation
+from training.checkpoint import (
+    NOT_RECORDED,
+    ON_RESUME,
+    RECORDED,
+    REFUSED,
+    CheckpointError,
+    full_checkpoint,
+    load_generator,
+    restore,
+)
 from training.guards import TrainingError
+from training.setup import setup
+from training.state import LOSS_NAMES
 
 
 @pytest.fixture
@@ -101,7 +116,7 @@ def test_a_mid_epoch_checkpoint_that_no_longer_fits_restarts_its_epoch(tiny, cap
     (its means are not 3 iterations' sums over 2), without a scheduler warning."""
     from training.checkpoint import full_checkpoint, save_checkpoint
 
-    state = train.setup(tiny)
+    state = setup(tiny)
     state.progress.iteration, state.progress.batches = 3, 4
     (Path(tiny.checkpoint_dir) / "run").mkdir(parents=True)
     save_checkpoint(full_checkpoint(state), Path(tiny.checkpoint_dir) / "run" / "latest.pt")
@@ -110,7 +125,7 @@ def test_a_mid_epoch_checkpoint_that_no_longer_fits_restarts_its_epoch(tiny, cap
         train.train(dataclasses.replace(tiny, max_images=2))
     assert "an epoch has 2: epoch 1 starts again from its first iteration" in capsys.readouterr().out
     (row,) = latest(tiny)["history"]["epochs"]
-    assert row["seconds"] > 0 and all(abs(row[name]) < 10 for name in train.LOSS_NAMES)
+    assert row["seconds"] > 0 and all(abs(row[name]) < 10 for name in LOSS_NAMES)
 
 
 def test_diverging_losses_stop_before_anything_is_saved(tiny):
@@ -190,3 +205,136 @@ def test_the_loop_ends_only_on_the_agreed_stop(tiny, monkeypatch):
     train.train(dataclasses.replace(tiny, epochs=3))
     saved = latest(tiny)
     assert (saved["epoch"], saved["progress"]["iteration"]) == (1, 1)
+
+
+# --- Every setting recorded or refused on resume ----------------------------------------------
+
+
+def other_value(field: str, value):
+    """A value of the field's type other than `value` (another choice where the values are a set)."""
+    choices = next(f.metadata["choices"] for f in dataclasses.fields(Config) if f.name == field)
+    if choices:
+        return next(choice for choice in choices if choice and choice != value)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1 if isinstance(value, int) else value / 2
+    return value + "2"
+
+
+def test_every_config_field_is_classified():
+    assert list(ON_RESUME) != [] and set(ON_RESUME) == {f.name for f in dataclasses.fields(Config)}
+    assert set(ON_RESUME.values()) == {REFUSED, RECORDED, NOT_RECORDED}
+    assert all(ON_RESUME[f] == REFUSED for f in ARCHITECTURE_FIELDS)
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(Config)])
+def test_each_changed_field_is_refused_recorded_or_neither(field, tmp_path, capsys):
+    """Continued with one field changed: refused naming it and the value that continues, or
+    applied with a line and a history entry, or (where and how the run works) neither."""
+    base = tiny_config(name="run", checkpoint_dir=str(tmp_path))  # lr_decay_epochs > 0: --epochs counts
+    saved = full_checkpoint(dataclasses.replace(setup(base), epoch=1))
+    state = setup(base)
+    state.cfg = dataclasses.replace(base, **{field: other_value(field, getattr(base, field))})
+    path = tmp_path / "elsewhere.pt"
+    if ON_RESUME[field] == REFUSED:
+        with pytest.raises(CheckpointError) as err:
+            restore(state, saved, path, architecture_defaults())
+        message = str(err.value)
+        assert f"{field}={getattr(base, field)!r} there" in message
+        assert f"--{field} {getattr(base, field)} continues it" in message
+        return
+    restore(state, saved, path, architecture_defaults())
+    recorded = state.history.changes
+    if ON_RESUME[field] == NOT_RECORDED:
+        assert recorded == [] and "changed settings" not in capsys.readouterr().out
+        return
+    change = {"epoch": 2, "field": field, "from": getattr(base, field), "to": getattr(state.cfg, field)}
+    assert recorded == [change]
+    assert f"changed settings apply from epoch 2 on: {field} " in capsys.readouterr().out
+
+
+def test_changed_data_dropout_and_generation_apply_and_are_recorded(synthetic_split, tmp_path, capsys):
+    """--dropout 0 --eval_mode true --load_size 96 --flip false --seed 5 on resume: applied from
+    epoch 2, said in one line, recorded in the history and config.json; the snapshot of epoch 1
+    still says what epoch 1 trained with, latest.pt what the run trains with now."""
+    cfg = tiny_run(
+        synthetic_split,
+        tmp_path,
+        image_size=64,
+        load_size=72,
+        lr_decay_epochs=0,
+        tensorboard="false",
+        epochs=1,
+    )
+    train.train(cfg)
+    changed = dataclasses.replace(
+        cfg, epochs=2, dropout=0.0, eval_mode=True, load_size=96, flip=False, seed=5
+    )
+    train.train(changed)
+    said = (
+        "changed settings apply from epoch 2 on: load_size 72 -> 96, flip True -> False, dropout 0.5 -> 0.0, "
+    )
+    assert said + "eval_mode False -> True, seed 0 -> 5" in capsys.readouterr().out
+    expected = [
+        {"epoch": 2, "field": field, "from": getattr(cfg, field), "to": getattr(changed, field)}
+        for field in ("load_size", "flip", "dropout", "eval_mode", "seed")
+    ]
+    saved = latest(cfg)
+    assert saved["history"]["changes"] == expected
+    assert json.loads((Path(cfg.results_dir) / "run" / "config.json").read_text())["changes"] == expected
+    assert saved["generator_kwargs"]["dropout"] == saved["config"]["dropout"] == 0.0
+    first = torch.load(Path(cfg.checkpoint_dir) / "run" / "epoch_001.pt", weights_only=True)
+    assert first["generator_kwargs"]["dropout"] == first["config"]["dropout"] == 0.5
+    assert first["history"]["changes"] == []
+    G, _ = load_generator(Path(cfg.checkpoint_dir) / "run" / "latest.pt", torch.device("cpu"))
+    assert not any(isinstance(m, torch.nn.Dropout) for m in G.modules())  # what epoch 2 trained
+
+
+def test_a_refused_change_names_commands_that_work(synthetic_split, tmp_path, monkeypatch, capsys):
+    """--resume false does not help a run started from --resume_from (it is read again): the
+    line names the value that continues and the run without --resume_from; both work."""
+    cfg = tiny_run(synthetic_split, tmp_path, epochs=1, lr_decay_epochs=0, tensorboard="false")
+    train.train(dataclasses.replace(cfg, name="source"))
+    snapshot = Path(cfg.checkpoint_dir) / "source" / "epoch_001.pt"
+    started = dataclasses.replace(cfg, epochs=2, resume_from=str(snapshot))
+    code, _, (line,) = run_main(
+        train.main, [*cli_args(started), "--ngf", "16"], tmp_path, monkeypatch, capsys
+    )
+    assert code == 1 and "ngf=8 there, 16 now" in line and "--resume false" not in line
+    assert "--ngf 8 continues it; without --resume_from the run trains new networks" in line
+    train.train(dataclasses.replace(started, ngf=8))
+    assert latest(cfg)["epoch"] == 2
+    train.train(dataclasses.replace(started, ngf=16, resume_from="", resume=False, name="new"))
+    assert latest(dataclasses.replace(cfg, name="new"))["config"]["ngf"] == 16
+    # The run's own latest.pt: --resume false starts it over.
+    with pytest.raises(CheckpointError, match="--ngf 8 continues it; --resume false starts the run over"):
+        train.train(dataclasses.replace(started, epochs=3, ngf=16))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "flipped_byte"])
+def test_an_unloadable_latest_advises_a_command_that_works(damage, tiny, tmp_path, monkeypatch, capsys):
+    """The advice is run as it stands: the run starts over from the snapshot (read before the
+    run's folders are moved aside, the damaged file with them) and trains on from its epoch."""
+    from test_integrity import flip_a_byte_of_tensor_data
+
+    cfg = dataclasses.replace(tiny, epochs=2)
+    train.train(cfg)
+    folder = Path(cfg.checkpoint_dir) / "run"
+    if damage == "garbage":
+        (folder / "latest.pt").write_bytes(b"garbage")
+    else:
+        flip_a_byte_of_tensor_data(folder / "latest.pt")
+    damaged = (folder / "latest.pt").read_bytes()
+    argv = [*cli_args(cfg), "--epochs", "3"]
+    code, _, (line,) = run_main(train.main, argv, tmp_path, monkeypatch, capsys)
+    assert code == 1 and str(folder / "latest.pt") in line
+    advice = line.split("continue from the newest loadable snapshot with ", 1)[1].split(" (")[0].split()
+    assert advice == ["--resume", "false", "--resume_from", str(folder / "epoch_002.pt")]
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv, *advice])
+    train.main()
+    assert "resuming" in capsys.readouterr().out
+    saved = latest(cfg)
+    assert saved["epoch"] == 3 and [row["epoch"] for row in saved["history"]["epochs"]] == [1, 2, 3]
+    (moved,) = Path(cfg.checkpoint_dir).glob("run.old-*")
+    assert (moved / "latest.pt").read_bytes() == damaged and (moved / "epoch_002.pt").is_file()

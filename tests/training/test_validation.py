@@ -1,16 +1,19 @@
 """Validation during training: a fixed, evenly spaced subset every epoch, the whole split after
-the last epoch, and the sample grid drawn from the scored pairs (validation.py)."""
+the last epoch, the sample grid drawn from the scored pairs (validation.py), and the same split
+for the whole run."""
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_run
+from conftest import cli_args, run_main, tiny_run
 
 import train
 from training import validation
 from training.loader import build_data
+from training.setup import setup
 
 
 def test_evenly_spaced_takes_the_same_spread_indices():
@@ -43,7 +46,7 @@ def test_the_subset_every_epoch_and_the_whole_split_after_the_last(run, capsys):
     first, last = latest(run)["history"]["epochs"]
     assert "val_L1" in first and not any(k.startswith("val_all_") for k in first)
     # The same generator scored again: the last row's figures are the subset's and the split's.
-    state = train.setup(run)
+    state = setup(run)
     state.G.load_state_dict(latest(run)["generator"])
     _, val_set = build_data(run)
     per_image, whole, _ = validation.validate(state, val_set, list(range(6)))
@@ -64,7 +67,7 @@ def test_the_last_epoch_validates_even_off_the_val_every_beat(run):
 
 
 def test_the_sample_grid_shows_the_first_scored_pairs(run):
-    state = train.setup(run)
+    state = setup(run)
     _, val_set = build_data(run)
     for indices in ([0, 3], list(range(6))):  # an epoch's subset, and the last epoch's whole split
         _, _, samples = validation.validate(state, val_set, indices)
@@ -82,8 +85,28 @@ def test_a_split_no_larger_than_val_images_is_scored_whole_every_epoch(synthetic
 
 
 def test_a_changed_val_images_is_said_and_recorded_on_resume(run, capsys):
+    run = dataclasses.replace(run, lr_decay_epochs=0)  # a constant lr: --epochs changes nothing else
     train.train(dataclasses.replace(run, epochs=1, val_images=0))
     train.train(run)
     assert "changed settings apply from epoch 2 on: val_images 0 -> 2" in capsys.readouterr().out
     changes = latest(run)["history"]["changes"]
     assert changes == [{"epoch": 2, "field": "val_images", "from": 0, "to": 2}]
+
+
+def test_validation_keeps_the_split_it_started_with(synthetic_split, tmp_path, monkeypatch, capsys):
+    """val/ removed after epoch 1: the continued run would score test/ under the same val_*
+    columns; it stops with one line instead, and without validation it trains on."""
+    cfg = tiny_run(synthetic_split, tmp_path, epochs=1, lr_decay_epochs=0, tensorboard="false")
+    synthetic_split(n=3, size=40, name="test")
+    train.train(cfg)
+    assert latest(cfg)["history"]["val_split"] == "val"
+    shutil.rmtree(tmp_path / "val")
+    argv = [*cli_args(cfg), "--epochs", "2"]
+    code, _, (line,) = run_main(train.main, argv, tmp_path, monkeypatch, capsys)
+    assert code == 1 and "validation would score test/, but this run has scored val/ since it started" in line
+    assert f"put {tmp_path / 'val'} back, or --val_every 0" in line
+    assert latest(cfg)["epoch"] == 1
+    train.train(dataclasses.replace(cfg, epochs=2, val_every=0))
+    rows = latest(cfg)["history"]["epochs"]
+    assert [row["epoch"] for row in rows] == [1, 2] and "val_L1" in rows[0] and "val_L1" not in rows[1]
+    assert latest(cfg)["history"]["val_split"] == "val"
