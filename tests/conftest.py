@@ -8,11 +8,13 @@ import http.server
 import importlib
 import io
 import os
+import struct
 import subprocess
 import sys
 import tarfile
 import threading
 import time
+import zipfile
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -155,12 +157,16 @@ def html_links(page: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
+# The networks of tiny_config, as settings: what a command line of a tiny run passes too.
+TINY_NETWORKS = dict(image_size=32, load_size=36, ngf=8, ndf=8)
+
+
 def tiny_config(**overrides):
     """A config of small networks that trains in seconds: 32 px (a U-Net without dropout) unless
     overridden; tests about dropout or the default recipe's randomness use 64 px or more."""
     from config import Config
 
-    settings = dict(image_size=32, load_size=36, ngf=8, ndf=8, precision="fp32", num_samples=1)
+    settings = dict(**TINY_NETWORKS, precision="fp32", num_samples=1)
     return Config(**{**settings, **overrides})
 
 
@@ -195,6 +201,11 @@ def cli_args(cfg) -> list[str]:
     return [f"--{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)]
 
 
+def cli_flags(**settings) -> list[str]:
+    """Only the settings named, as a user types them: cli_flags(epochs=2) is ["--epochs", "2"]."""
+    return [word for name, value in settings.items() for word in (f"--{name}", str(value))]
+
+
 def run_main(main, argv: list, cwd: Path, monkeypatch, capsys) -> tuple[int, str, list[str]]:
     """A script's main() with argv, called in this process in cwd: (exit status, stderr, its
     `error:` lines). For error paths that stop before any work; run_script's interpreter and
@@ -208,36 +219,36 @@ def run_main(main, argv: list, cwd: Path, monkeypatch, capsys) -> tuple[int, str
     return stop.value.code, err, [line for line in err.splitlines() if line.startswith("error:")]
 
 
+def python_command(script: str, *args) -> list[str]:
+    """`python <script> args`: `script` is a file of the checkout (train.py, tools/fid_of_pngs.py),
+    or an option of the interpreter passed as it is: "-m" (args: the module and its arguments) or
+    "-c" (args: the code)."""
+    first = script if script.startswith("-") else str(ROOT / script)
+    return [sys.executable, first, *map(str, args)]
+
+
 def run_script(script: str, *args, cwd, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
-    """python <script> args, as a user runs it; the timeout turns a hang into a failure."""
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        **kwargs,
-    )
+    """python <script> args (see python_command), as a user runs it, its output captured as text
+    unless `stdout` or `stderr` say where it goes; the timeout turns a hang into a failure."""
+    captured = {} if {"stdout", "stderr"} & kwargs.keys() else {"capture_output": True}
+    options = {"text": True, **captured, **kwargs}
+    return subprocess.run(python_command(script, *args), cwd=cwd, timeout=timeout, **options)
 
 
 def start_script(script: str, *args, cwd, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / script), *map(str, args)],
-        cwd=cwd,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        **kwargs,
-    )
+    """python <script> args started (see python_command), its stdout and stderr pipes of text
+    unless `kwargs` say otherwise (stderr=subprocess.STDOUT, say)."""
+    options = {"text": True, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs}
+    return subprocess.Popen(python_command(script, *args), cwd=cwd, **options)
 
 
 def wait_for(path: Path, process: subprocess.Popen | None = None, timeout: float = 120) -> None:
     """Wait until `path` exists; fail at once if `process` ends first, or after `timeout` s."""
-    deadline = time.time() + timeout
+    deadline = time.monotonic() + timeout
     while not Path(path).exists():
         if process is not None and process.poll() is not None:
             pytest.fail(f"the process ended before {path} appeared: {process.communicate()[1][-3000:]}")
-        assert time.time() < deadline, f"{path} never appeared"
+        assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.05)
 
 
@@ -308,3 +319,17 @@ def train_killed_at(cfg, cwd, at: int, match: str = "", when: str = "before"):
     """train.py ended as by kill -9 at the at-th write whose path contains `match`."""
     env = {**os.environ, "FAULT_AT": str(at), "FAULT_MATCH": match, "FAULT_WHEN": when}
     return run_script("tests/fault_injection.py", *cli_args(cfg), cwd=cwd, env=env)
+
+
+def flip_a_byte_of_tensor_data(path: Path) -> None:
+    """Invert one byte in the middle of the largest tensor record of a torch.save zip file."""
+    with zipfile.ZipFile(path) as archive:
+        record = max((r for r in archive.infolist() if "/data/" in r.filename), key=lambda r: r.file_size)
+    with open(path, "r+b") as f:
+        f.seek(record.header_offset + 26)  # a local file header: 30 bytes, the name, the extra field
+        name_length, extra_length = struct.unpack("<HH", f.read(4))
+        at = record.header_offset + 30 + name_length + extra_length + record.file_size // 2
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ 0xFF]))

@@ -3,12 +3,10 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import ROOT, html_links
+from conftest import ROOT, TINY_NETWORKS, cli_flags, html_links, run_script
 from PIL import Image
 
 from reporting.figures import HEADER_HEIGHT
@@ -16,39 +14,11 @@ from reporting.figures import HEADER_HEIGHT
 
 @pytest.mark.slow
 def test_train_py_writes_every_per_epoch_file(facades, tmp_path):
-    args = [
-        "--data_root",
-        str(facades),
-        "--epochs",
-        "2",
-        "--max_images",
-        "4",
-        "--image_size",
-        "32",
-        "--load_size",
-        "36",
-        "--ngf",
-        "8",
-        "--ndf",
-        "8",
-        "--num_samples",
-        "3",
-        "--save_every",
-        "2",
-        "--name",
-        "e2e",
-        "--checkpoint_dir",
-        str(tmp_path / "checkpoints"),
-        "--results_dir",
-        str(tmp_path / "results"),
-    ]
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = cli_flags(
+        data_root=facades, epochs=2, max_images=4, **TINY_NETWORKS, num_samples=3, save_every=2,
+        name="e2e", checkpoint_dir=tmp_path / "checkpoints", results_dir=tmp_path / "results",
+    )  # fmt: skip
+    result = run_script("train.py", *args, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "epoch 2/2" in result.stdout + result.stderr
 
@@ -102,8 +72,7 @@ def test_a_run_without_the_real_data_says_so_in_one_visible_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     env["PIX2PIX_FACADES"] = str(tmp_path / "nowhere")
     test = "tests/files/test_dataset.py::test_real_facades_pair"
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = run_script("-m", "pytest", "-q", "-p", "no:cacheprovider", test, cwd=ROOT, env=env, timeout=300)
     assert result.returncode == 0 and "1 skipped" in result.stdout, result.stdout[-2000:]
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("note:")]
     assert line.startswith("note: 1 skipped: real facades data not found in ") and line.endswith(

@@ -8,13 +8,12 @@ from __future__ import annotations
 import errno
 import io
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_main, run_script, write_tiny_checkpoint
+from conftest import run_main, run_script, start_script, write_tiny_checkpoint
 
 import predict
 import train
@@ -33,10 +32,6 @@ def tiny_args(synthetic_split, tmp_path: Path, name: str = "run") -> list[str]:
     ]  # fmt: skip
 
 
-def train_command(args: list) -> list[str]:
-    return [sys.executable, str(ROOT / "train.py"), *map(str, args)]
-
-
 # ---------------------------------------------------------------------------------------------
 # Output that cannot be printed never stops a run
 # ---------------------------------------------------------------------------------------------
@@ -44,13 +39,7 @@ def train_command(args: list) -> list[str]:
 
 def test_a_run_piped_into_head_goes_on_to_its_checkpoint(synthetic_split, tmp_path):
     """`train.py ... | head -1`: the pipe closes after the first line; the run goes on to its end."""
-    process = subprocess.Popen(
-        train_command(tiny_args(synthetic_split, tmp_path)),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_script("train.py", *tiny_args(synthetic_split, tmp_path), cwd=tmp_path)
     first = process.stdout.readline()
     process.stdout.close()  # as head -1 does once it has its line
     _, err = process.communicate(timeout=240)
@@ -63,12 +52,8 @@ def test_a_run_piped_into_head_goes_on_to_its_checkpoint(synthetic_split, tmp_pa
 def test_a_run_printing_to_a_full_disk_goes_on_to_its_checkpoint(synthetic_split, tmp_path):
     """`train.py ... > /dev/full` (every write fails with ENOSPC), and stderr too."""
     with open("/dev/full", "w") as full:
-        result = subprocess.run(
-            train_command(tiny_args(synthetic_split, tmp_path)),
-            cwd=tmp_path,
-            stdout=full,
-            stderr=full,
-            timeout=240,
+        result = run_script(
+            "train.py", *tiny_args(synthetic_split, tmp_path), cwd=tmp_path, stdout=full, stderr=full
         )
     assert result.returncode == 0
     assert (tmp_path / "ck" / "run" / "latest.pt").is_file()
@@ -78,13 +63,9 @@ def test_a_run_printing_to_a_full_disk_goes_on_to_its_checkpoint(synthetic_split
 def test_a_terminal_that_cannot_show_a_name_gets_it_escaped(synthetic_split, tmp_path):
     """PYTHONIOENCODING=ascii and --name café: printed as caf\\xe9, the run written as café."""
     env = {**os.environ, "PYTHONIOENCODING": "ascii"}
-    result = subprocess.run(
-        train_command(tiny_args(synthetic_split, tmp_path, name="café")),
-        cwd=tmp_path,
-        capture_output=True,
-        env=env,
-        timeout=240,
-    )
+    # As bytes: what the terminal gets, undecoded.
+    args = tiny_args(synthetic_split, tmp_path, name="café")
+    result = run_script("train.py", *args, cwd=tmp_path, env=env, text=False)
     assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr[-3000:]
     assert b"caf\\xe9" in result.stdout
     assert (tmp_path / "ck" / "café" / "latest.pt").is_file()

@@ -5,14 +5,13 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, html_links, require, require_fid, run_main, run_script, write_tiny_checkpoint
+from conftest import html_links, require, require_fid, run_main, run_script, write_tiny_checkpoint
 from PIL import Image
 
 import predict
@@ -38,6 +37,12 @@ def test_split(facades, tmp_path) -> Path:
 
 def run(*argv) -> Path:
     return predict.run(predict.parse_args([str(a) for a in argv]))
+
+
+def run_on_split(checkpoint: Path, split: Path, output: Path, *options) -> Path:
+    """predict.py on the paired `split` folder (its name under its parent as --data_root)."""
+    split_args = ["--split", split.name, "--data_root", split.parent]
+    return run("--checkpoint", checkpoint, *split_args, *options, "--output", output)
 
 
 def save_png(path: Path, height: int, width: int, mode: str = "RGB") -> None:
@@ -87,17 +92,7 @@ def test_folder_of_inputs(checkpoint, tmp_path):
 def test_split_writes_images_metrics_and_gallery(checkpoint, test_split, tmp_path, capsys):
     skimage_metrics = require("skimage.metrics")
     require_fid()
-    out = run(
-        "--checkpoint",
-        checkpoint,
-        "--split",
-        "test",
-        "--data_root",
-        test_split.parent,
-        "--fid",
-        "--output",
-        tmp_path / "out",
-    )
+    out = run_on_split(checkpoint, test_split, tmp_path / "out", "--fid")
     report = json.loads((out / "metrics.json").read_text())
     assert report["images"] == 3 and report["epoch"] == 1 and report["eval_mode"] is False
     assert [item["name"] for item in report["per_image"]] == ["1", "2", "a b&c"]
@@ -128,29 +123,8 @@ def test_split_writes_images_metrics_and_gallery(checkpoint, test_split, tmp_pat
 
 
 def test_eval_mode_is_the_runs_unless_overridden(checkpoint, test_split, tmp_path):
-    out = run(
-        "--checkpoint",
-        checkpoint,
-        "--split",
-        "test",
-        "--data_root",
-        test_split.parent,
-        "--eval_mode",
-        "true",
-        "--output",
-        tmp_path / "out",
-    )
+    out = run_on_split(checkpoint, test_split, tmp_path / "out", "--eval_mode", "true")
     assert json.loads((out / "metrics.json").read_text())["eval_mode"] is True
-
-
-def predict_cli(*argv, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "predict.py"), *map(str, argv)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.mark.parametrize(
@@ -181,7 +155,7 @@ def test_errors_are_one_line(case, checkpoint, tmp_path, monkeypatch, capsys):
 
 
 def test_inputs_and_split_together_are_refused(checkpoint, tmp_path):
-    result = predict_cli("--checkpoint", checkpoint, "--split", "test", tmp_path, cwd=tmp_path)
+    result = run_script("predict.py", "--checkpoint", checkpoint, "--split", "test", tmp_path, cwd=tmp_path)
     assert result.returncode == 2 and "one of them" in result.stderr.splitlines()[-1]
 
 

@@ -3,13 +3,11 @@ arithmetic, and emulating a CPU without bf16 (precision auto then picks fp32).""
 
 import json
 import os
-import subprocess
-import sys
 import types
 
 import pytest
 import torch
-from conftest import ROOT, run_main
+from conftest import ROOT, run_main, run_script
 from torch import nn
 
 import benchmark
@@ -162,9 +160,7 @@ def test_machine_peaks_measure_arithmetic_and_bandwidth():
 def emulated(kind: str, code: str) -> dict:
     """Run `code` (which prints one JSON line) in a fresh interpreter with `kind`'s limits."""
     env = {**os.environ, **step_floor.EMULATIONS[kind]}
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    done = run_script("-c", code, cwd=ROOT, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, require, write_tiny_checkpoint
+from conftest import ROOT, require, start_script, write_tiny_checkpoint
 from PIL import Image
 
 import demo
@@ -405,14 +405,8 @@ def test_the_demo_serves_errors_quietly_and_removes_its_files(checkpoint, tmp_pa
     (tmp_path / "tmp").mkdir()
     env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "GRADIO_ANALYTICS_ENABLED": "False"}
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "demo.py", "--checkpoint", str(checkpoint), "--port", str(port), "--live", "off"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    args = ["--checkpoint", checkpoint, "--port", port, "--live", "off"]
+    process = start_script("demo.py", *args, cwd=ROOT, env=env, stderr=subprocess.STDOUT)
     try:
         assert process.stdout.readline().startswith("demo running at "), process.communicate(timeout=30)[0]
         (folder,) = (tmp_path / "tmp").iterdir()
@@ -467,10 +461,8 @@ class Server:
         self.port = free_port()
         env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
         # --live on: the photo follows each stroke however busy the machine is while it times a generation.
-        command = [sys.executable, "demo.py", *map(str, args), "--port", str(self.port), "--live", "on"]
-        self.process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        args = [*args, "--port", self.port, "--live", "on"]
+        self.process = start_script("demo.py", *args, cwd=ROOT, env=env, stderr=subprocess.STDOUT)
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(
             target=lambda: [self.lines.put(line) for line in self.process.stdout], daemon=True

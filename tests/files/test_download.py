@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from conftest import build_archive
+from conftest import build_archive, cli_flags, error_lines, run_script
 
 from config import DATASETS
 from files import download
@@ -58,32 +58,11 @@ def test_other_missing_folder_is_not_downloaded(tmp_path):
 
 
 def test_train_py_without_data_exits_with_one_line(server, tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
     _, url = server
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            "--data_root",
-            str(tmp_path / "facades"),
-            "--download_url",
-            f"{url}/missing.tar.gz",
-            "--ngf",
-            "8",
-            "--ndf",
-            "8",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    args = cli_flags(data_root=tmp_path / "facades", download_url=f"{url}/missing.tar.gz", ngf=8, ndf=8)
+    result = run_script("train.py", *args, cwd=tmp_path, timeout=120)
     assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    errors = error_lines(result)
     assert len(errors) == 1 and "facades: data missing" in errors[0], result.stderr
 
 
@@ -208,10 +187,10 @@ def test_a_bad_reply_is_named(raw_server, tmp_path, reply, reason):
     ids=["before-the-reply", "in-the-body"],
 )
 def test_a_server_that_stalls_times_out(raw_server, tmp_path, reply):
-    started = time.monotonic()
+    """The server holds the connection 8 s and then closes it: a message of a timeout, not of a
+    closed connection or a body cut short, says that the 0.5 s timeout ended the download."""
     message = failure(tmp_path, raw_server(reply, hold=8) + "/facades.tar.gz", timeout=0.5)
     assert "(timed out: the server stopped answering)" in message, message
-    assert time.monotonic() - started < 5
 
 
 def test_a_refused_connection_is_named(tmp_path):

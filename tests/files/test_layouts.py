@@ -4,13 +4,11 @@ The layouts are built on the fly in tmp_path from a few real facades pairs.
 """
 
 import dataclasses
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, build_archive, tiny_config
+from conftest import TINY_NETWORKS, build_archive, cli_flags, run_script, tiny_config
 from PIL import Image
 
 import train
@@ -190,30 +188,8 @@ def test_pair_of_two_sizes_is_named(tmp_path, halves):
 def test_train_py_reports_unmatched_files_in_one_line(tmp_path, halves):
     root = make_paired(tmp_path / "pairs", halves[:2])
     (root / "train" / "B" / "2.png").rename(root / "train" / "B" / "7.png")
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            "--dataset",
-            "custom",
-            "--data_root",
-            str(root),
-            "--data_layout",
-            "paired_folders",
-            "--image_size",
-            "32",
-            "--load_size",
-            "36",
-            "--ngf",
-            "8",
-            "--ndf",
-            "8",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    args = cli_flags(dataset="custom", data_root=root, data_layout="paired_folders", **TINY_NETWORKS)
+    result = run_script("train.py", *args, cwd=tmp_path, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: {root / 'train'}: 2 files have no partner of the same name in the other folder: "
@@ -573,22 +549,9 @@ def test_validation_and_predict_take_a_split_of_mixed_sizes(tmp_path, halves):
     train.train(cfg)
     row = torch.load(tmp_path / "ck" / "custom" / "latest.pt", weights_only=True)["history"]["epochs"][-1]
     assert 0 < row["val_L1"] < 1
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "predict.py"),
-            "--checkpoint",
-            str(tmp_path / "ck" / "custom" / "latest.pt"),
-            "--split",
-            "val",
-            "--output",
-            str(tmp_path / "out"),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    checkpoint = tmp_path / "ck" / "custom" / "latest.pt"
+    args = ["--checkpoint", checkpoint, "--split", "val", "--output", tmp_path / "out"]
+    result = run_script("predict.py", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     with Image.open(tmp_path / "out" / "2.png") as image:
         assert image.size == (96, 64)

@@ -4,11 +4,9 @@ reason (tests/conftest.py), as a person running the tests sees them."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
-from conftest import FACADES_SKIP, ROOT, skip_summary
+from conftest import FACADES_SKIP, ROOT, run_script, skip_summary
 
 SKIPPING_TESTS = """
 import pytest
@@ -41,9 +39,10 @@ def test_every_skipped_test_is_counted_under_its_reason(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "CI"}  # CI fails where others skip
     env["PIX2PIX_FACADES"] = str(tmp_path / "nowhere")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT)])
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "conftest"]
-    command += ["--rootdir", str(tmp_path), str(tmp_path / "test_skips.py")]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    pytest_args = ["-q", "-p", "no:cacheprovider", "-p", "conftest", "--rootdir", tmp_path]
+    result = run_script(
+        "-m", "pytest", *pytest_args, tmp_path / "test_skips.py", cwd=ROOT, env=env, timeout=300
+    )
     assert result.returncode == 0 and "1 passed, 6 skipped" in result.stdout, result.stdout[-3000:]
     notes = [line for line in result.stdout.splitlines() if line.startswith("note:")]
     assert len(notes) == 3, notes

@@ -203,7 +203,7 @@ def test_too_many_values_are_refused(monkeypatch):
 
 
 def official(num_downs: int = 7) -> dict:
-    from test_official_weights import random_official
+    from authors_unet import random_official
 
     return random_official(num_downs, "batch").state_dict()
 
@@ -224,7 +224,7 @@ def test_an_authors_file_of_no_input_channels_is_one_line(tmp_path, monkeypatch,
 
 
 def test_an_authors_file_of_4_levels_says_4(tmp_path):
-    from test_official_weights import Level
+    from authors_unet import Level
 
     level = Level(32, 64, "batch")  # the innermost of 4 levels: 3 below the outermost
     for outer in (16, 8):

@@ -1,11 +1,9 @@
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_script
 
 import config
 from config import Config
@@ -78,13 +76,7 @@ def test_bad_settings_name_the_field(argv, message):
 
 @pytest.mark.parametrize("argv", [["--batchsize", "4"], ["--lr", "-1"], ["--image_size", "250"]])
 def test_train_py_exits_2_with_one_line(argv, tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *argv],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_script("train.py", *argv, cwd=tmp_path, timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --"), result.stderr
@@ -98,13 +90,7 @@ def test_help_and_docs_config_md_come_from_the_field_metadata(tmp_path):
     )
     for field in dataclasses.fields(config.Config):
         assert f"| `{field.name}` | `{field.default!r}` |" in page, field.name
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "--help"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "400"},
-    )
+    result = run_script("train.py", "--help", cwd=tmp_path, env={**os.environ, "COLUMNS": "400"})
     assert result.returncode == 0
     for field in dataclasses.fields(config.Config):
         assert field.metadata["help"] and field.metadata["help"] in result.stdout, field.name
@@ -115,8 +101,6 @@ def test_help_and_docs_config_md_come_from_the_field_metadata(tmp_path):
 def test_config_imports_nothing_of_the_project():
     """config.py is the one file to edit for hyperparameters: readable alone, no project import."""
     import ast
-
-    from conftest import ROOT
 
     tree = ast.parse((ROOT / "config.py").read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
@@ -129,8 +113,6 @@ def test_config_imports_nothing_of_the_project():
 
 def test_every_docs_page_is_linked_from_the_readme():
     import re
-
-    from conftest import ROOT
 
     linked = set(re.findall(r"\(docs/([\w-]+\.md)[)#]", (ROOT / "README.md").read_text()))
     assert {p.name for p in (ROOT / "docs").glob("*.md")} <= linked
@@ -222,9 +204,7 @@ def test_speedups_is_a_switch_of_the_command_line(value, on):
 
 
 def test_the_markdown_page_is_printed_by_the_cli():
-    result = subprocess.run(
-        [sys.executable, "-m", "training.cli", "--markdown"], cwd=ROOT, capture_output=True, text=True
-    )
+    result = run_script("-m", "training.cli", "--markdown", cwd=ROOT)
     assert result.returncode == 0 and result.stdout == cli.config_page(), result.stderr
 
 
@@ -254,13 +234,7 @@ def test_a_config_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
         with pytest.raises(ConfigError, match=f"--config {path}: cannot read a JSON object \\(it is {kind}"):
             parse_args(["--config", str(path)])
     # and through the script: one line, exit status 2, within the timeout instead of forever
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "--config", str(tmp_path / "fifo")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_script("train.py", "--config", tmp_path / "fifo", cwd=tmp_path, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [
         f"error: --config {tmp_path / 'fifo'}: cannot read a JSON object (it is a FIFO, not a regular file)"

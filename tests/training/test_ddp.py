@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, wait_for
+from conftest import ROOT, run_script, start_script, wait_for
 from PIL import Image
 
 import train
@@ -63,25 +63,17 @@ def clean_env(**extra: str) -> dict:
     return {**{k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}, **extra}
 
 
-def torchrun(processes: int, *options: str) -> list[str]:
-    """The torchrun command with --standalone (a free port) and `processes` processes."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(processes),
-        *options,
-    ]
+def torchrun(processes: int, *options: str) -> list:
+    """`python -m torch.distributed.run` with --standalone (a free port), `processes` processes and
+    `options`, launching train.py: the command line up to train.py's own arguments."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", processes, *options]
+    return [*launcher, ROOT / "train.py"]
 
 
-def signal_rank_1(cwd, command: list[str], when: Path, signum: int) -> subprocess.CompletedProcess:
-    """Start `command` (torchrun of train.py), send `signum` to rank 1 alone once the file `when`
-    exists, and wait for the launcher to end."""
-    launcher = subprocess.Popen(
-        command, cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+def signal_rank_1(cwd, command: list, when: Path, signum: int) -> subprocess.CompletedProcess:
+    """Start python `command` (torchrun of train.py), send `signum` to rank 1 alone once the file
+    `when` exists, and wait for the launcher to end."""
+    launcher = start_script(*command, cwd=cwd, env=clean_env())
     try:
         wait_for(when, launcher)
         os.kill(rank_pid(launcher.pid, 1), signum)
@@ -93,16 +85,9 @@ def signal_rank_1(cwd, command: list[str], when: Path, signum: int) -> subproces
 
 def run_train(cwd, *args, processes: int = 1, env: dict | None = None) -> subprocess.CompletedProcess:
     """train.py as a user starts it: plain python, or torchrun with --standalone (a free port)."""
-    launcher = [sys.executable] if processes == 1 else torchrun(processes)
+    launcher = ["train.py"] if processes == 1 else torchrun(processes)
     # The timeout turns a hang (a collective that one process never joins) into a failure.
-    return subprocess.run(
-        [*launcher, str(ROOT / "train.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env or clean_env(),
-    )
+    return run_script(*launcher, *args, cwd=cwd, timeout=240, env=env or clean_env())
 
 
 def files_under(folder) -> list[str]:
@@ -233,7 +218,6 @@ def resumed(runs, facades):
     assert single.returncode == 0, single.stderr[-3000:]
     command = [
         *torchrun(2),
-        str(ROOT / "train.py"),
         *common,
         *("--epochs", "500", "--name", "one_then_two", "--batch_size", "1"),
         *("--resume_from", str(cwd / "one_epoch1_full.pt")),
@@ -320,7 +304,6 @@ def test_a_lost_process_is_one_error_line_per_rank(facades, tmp_path):
     process, not a traceback of gloo (each rank's stderr as torchrun --redirects keeps it)."""
     command = [
         *torchrun(2, "--log-dir", str(tmp_path / "logs"), "--redirects", "3"),
-        str(ROOT / "train.py"),
         *("--data_root", str(facades), *TINY, "--epochs", "500", "--name", "lost"),
     ]
     lost = signal_rank_1(

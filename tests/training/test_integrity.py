@@ -5,13 +5,11 @@ refused; checkpoints from before checksums still load."""
 from __future__ import annotations
 
 import dataclasses
-import struct
-import zipfile
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, cli_args, run_main, tiny_config, tiny_run
+from conftest import ROOT, cli_args, flip_a_byte_of_tensor_data, run_main, tiny_config, tiny_run
 
 import demo
 import predict
@@ -28,20 +26,6 @@ def trained(synthetic_split, tmp_path):
     cfg = tiny_run(synthetic_split, tmp_path, image_size=64, load_size=72, lr_decay_epochs=0)
     train.train(cfg)
     return cfg
-
-
-def flip_a_byte_of_tensor_data(path: Path) -> None:
-    """Invert one byte in the middle of the largest tensor record of a torch.save zip file."""
-    with zipfile.ZipFile(path) as archive:
-        record = max((r for r in archive.infolist() if "/data/" in r.filename), key=lambda r: r.file_size)
-    with open(path, "r+b") as f:
-        f.seek(record.header_offset + 26)  # a local file header: 30 bytes, the name, the extra field
-        name_length, extra_length = struct.unpack("<HH", f.read(4))
-        at = record.header_offset + 30 + name_length + extra_length + record.file_size // 2
-        f.seek(at)
-        byte = f.read(1)[0]
-        f.seek(at)
-        f.write(bytes([byte ^ 0xFF]))
 
 
 def test_a_flipped_byte_stops_resume_naming_the_snapshot_that_verifies(

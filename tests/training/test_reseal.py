@@ -135,7 +135,7 @@ def test_a_link_names_the_file_to_reseal(written, tmp_path, monkeypatch, capsys)
 
 
 def test_the_authors_file_needs_no_reseal(tmp_path, monkeypatch, capsys):
-    from test_official_weights import random_official, save_official
+    from authors_unet import random_official, save_official
 
     path = save_official(random_official(7, "batch"), tmp_path / "latest_net_G.pth")
     code, _, (line,) = run_main(reseal_checkpoint.main, [path], tmp_path, monkeypatch, capsys)

@@ -316,7 +316,7 @@ def test_a_refused_change_names_commands_that_work(synthetic_split, tmp_path, mo
 def test_an_unloadable_latest_advises_a_command_that_works(damage, tiny, tmp_path, monkeypatch, capsys):
     """The advice is run as it stands: the run starts over from the snapshot (read before the
     run's folders are moved aside, the damaged file with them) and trains on from its epoch."""
-    from test_integrity import flip_a_byte_of_tensor_data
+    from conftest import flip_a_byte_of_tensor_data
 
     cfg = dataclasses.replace(tiny, epochs=2)
     train.train(cfg)
