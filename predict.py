@@ -75,17 +75,12 @@ from files.paths import (
     plain_name,
     save_png,
 )
+from files.writing import write_text
 from reporting.figures import PNG_COMPRESS_LEVEL, html_page, to_pixels
 from training.checkpoint import CheckpointError
 from training.settings import ConfigError
 from training.trained_generator import inference_precision, load_run
-from utils import (
-    ArgumentParser,
-    OutputError,
-    exit_on_errors,
-    resolve_device,
-    write_text,
-)
+from utils import ArgumentParser, OutputError, exit_on_errors, resolve_device
 
 WRITER = "pix2pix predict.py"  # the mark in the files it writes: the only files it replaces
 SUBFOLDERS = ("real_A", "real_B")  # of a split's output folder

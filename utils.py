@@ -1,9 +1,7 @@
-"""Small helpers the scripts share: seeding and RNG states, device and precision, atomic file
-writes, and the one-line error exit (with a console that output which cannot be shown never stops).
-
-Every output file is written to a temporary file in the same folder and then moved into place
-with ``os.replace``, so a crash or kill at any moment leaves either the previous complete file or
-the new complete file, never half of one.
+"""Small helpers the project shares: seeding and RNG states, device and precision, opening a file
+the run keeps open without following a link (open_own_file), signals, and the one-line error exit
+(with a console that output which cannot be shown never stops). Writing whole files atomically
+is files/writing.py's.
 """
 
 from __future__ import annotations
@@ -147,68 +145,6 @@ class OutputError(RuntimeError):
     """An output file could not be written (disk full, no permission); the message names it."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call write(tmp_path) for a temporary file beside `path`, then move it onto `path`.
-
-    A failure leaves the previous `path` as it was, removes the temporary file and raises
-    OutputError naming `path`. The temporary name (.<name's first 32 characters>.<pid>.<random>
-    .tmp<suffix>) stays short whatever the length of the name, so that any name the file system
-    allows can be written.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        prefix = f".{path.name[:32]}.{os.getpid()}."
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=_temporary_suffix(path))
-        os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the permissions open() would
-        write(tmp)
-        os.replace(tmp, path)
-        tmp = None
-    except (OSError, RuntimeError) as err:
-        left = _remove_temporary(tmp)
-        raise OutputError(f"cannot write {path}: {first_line(err) or type(err).__name__}{left}") from None
-    except BaseException:  # Ctrl-C, or a bug in `write`: no temporary file stays behind either
-        _remove_temporary(tmp)
-        raise
-
-
-def _temporary_suffix(path: Path) -> str:
-    """.tmp plus `path`'s extension, which writers such as PIL and ONNX read the format from; a
-    long "extension" (a name with a dot near its start) is left out to keep the name short."""
-    return f".tmp{path.suffix}" if len(path.suffix) <= 16 else ".tmp"
-
-
-def _remove_temporary(tmp: str | None) -> str:
-    """Remove a failed write's temporary file; '' when it is gone, else the words saying it is left.
-
-    In a folder that became read-only it cannot be removed: it is emptied instead, so that it holds
-    no disk space, and named (a run removes such files when it starts)."""
-    if tmp is None:
-        return ""
-    try:
-        os.remove(tmp)
-        return ""
-    except FileNotFoundError:
-        return ""
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            os.truncate(tmp, 0)
-        return f" (and its temporary file {tmp} could not be removed: {err.strerror or err}; remove it)"
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write a UTF-8 text file (JSON, HTML) atomically."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
 def open_own_file(path: str | Path, mode: str, **kwargs) -> IO:
     """open(path, mode) for a file kept open and written in place (the run's lock, train.log), with
     mode "a" or "r+" (both create a missing file). A symbolic link at `path` (O_NOFOLLOW), a hard
@@ -285,7 +221,7 @@ def exit_on_errors(
     except failures as err:
         fail(str(err), 1)
     except KeyboardInterrupt:
-        fail("interrupted (Ctrl-C) before any file was written for this step; run the command again", 130)
+        fail("interrupted (Ctrl-C): every file written so far is whole (none is left half-written)", 130)
     except Exception as err:
         if is_out_of_memory(err):
             text = first_line(err) or type(err).__name__

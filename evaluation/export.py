@@ -25,8 +25,8 @@ import torch
 
 from evaluation.generate import export_copy
 from files.paths import PathError, check_targets, output_path
+from files.writing import atomic_write
 from generator import UNetGenerator
-from utils import atomic_write
 
 EXPORT_HINT = "pip install -r requirements-export.txt"
 WRITER = "pix2pix predict.py --export"  # the mark of the files it writes, which it may replace

@@ -27,7 +27,7 @@ from typing import Callable, Iterable
 
 from PIL import Image, PngImagePlugin
 
-from utils import atomic_write
+from files.writing import atomic_write
 
 MARK_KEY = "written_by"  # the JSON key of a writer's mark
 PNG_MARK_KEY = "Software"  # the PNG text chunk of a writer's mark (a standard keyword)

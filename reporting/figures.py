@@ -1,6 +1,6 @@
 """The files of a run that a person looks at: the history CSV, sample grids with captions and
 single images, loss and metric plots, and the HTML gallery. Every file is written atomically
-(utils.atomic_write), so a kill at any moment leaves the previous complete file."""
+(files.writing.atomic_write), so a kill at any moment leaves the previous complete file."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.metrics import to_levels
-from utils import atomic_write, write_text
+from files.writing import atomic_write, write_text
 
 
 def write_csv(rows: Sequence[dict], path: str | Path) -> None:

@@ -18,6 +18,7 @@ import torch
 
 from evaluation.generate import translate_pairs
 from evaluation.metrics import MissingPackageError
+from files.writing import write_text
 from reporting.estimate import RunEstimate, announce, duration
 from reporting.figures import plot_curves, save_sample_grid, write_csv, write_gallery
 from reporting.runlog import RunLog, run_record
@@ -25,7 +26,6 @@ from training.background import BackgroundWriter, cpu_copy
 from training.run_control import size_text
 from training.state import RunDirs
 from training.validation import sample_indices, subset
-from utils import write_text
 
 # ---------------------------------------------------------------------------------------------
 # TensorBoard

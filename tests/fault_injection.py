@@ -12,13 +12,12 @@ whatever the training thread is doing. A test-only hook: train.py itself has no 
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402  (imports every module that writes files)
-import utils  # noqa: E402
+from files import writing  # noqa: E402
 
 
 def main() -> None:
@@ -27,23 +26,24 @@ def main() -> None:
         os.environ.get("FAULT_MATCH", ""),
         os.environ.get("FAULT_WHEN", "before"),
     )
-    real_write, seen = utils.atomic_write, []
+    real_write, seen = writing.atomic_write, []
 
     def atomic_write(path, write) -> None:
         path = Path(path)
         if match in str(path):
             seen.append(path)
         if len(seen) == at and seen[-1] == path and when == "before":
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
-            os.close(fd)
-            write(tmp)
-            os._exit(137)
+
+            def write_and_die(tmp: str) -> None:
+                write(tmp)  # the complete temporary file, under the name atomic_write gives it
+                os._exit(137)
+
+            real_write(path, write_and_die)
         real_write(path, write)
         if len(seen) == at and seen[-1] == path:
             os._exit(137)
 
-    # Every module that took atomic_write by name (report, figures, checkpoint, utils itself).
+    # Every module that took atomic_write by name (figures, checkpoint_format, paths, files.writing itself).
     for module in list(sys.modules.values()):
         if getattr(module, "atomic_write", None) is real_write:
             module.atomic_write = atomic_write

@@ -12,6 +12,7 @@ from urllib.parse import unquote_to_bytes
 import pytest
 import torch
 from conftest import error_lines, require, run_main, run_script, tiny_config, write_tiny_checkpoint
+from PIL import Image
 
 import predict
 import train
@@ -64,6 +65,30 @@ def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys, tmp_path, synth
     monkeypatch.setattr(session, "build_data", interrupted)
     code, _, errors = run_main(train.main, ["--data_root", root], tmp_path, monkeypatch, capsys)
     assert code == 130 and len(errors) == 1 and "interrupted" in errors[0]
+
+
+def test_ctrl_c_after_outputs_were_written_says_they_are_whole(
+    tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    """Ctrl-C in predict after some outputs: the line says what is true of the files written."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for i in range(3):
+        Image.new("RGB", (64, 64), (10 * i, 0, 0)).save(inputs / f"{i}.png")
+    real_translate, done = predict.translate_image, []
+
+    def translate_then_interrupt(*args, **kwargs):
+        if len(done) == 2:
+            raise KeyboardInterrupt
+        done.append(1)
+        return real_translate(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "translate_image", translate_then_interrupt)
+    argv = ["--checkpoint", tiny_checkpoint, inputs, "--output", tmp_path / "out"]
+    code, _, errors = run_main(predict.main, argv, tmp_path, monkeypatch, capsys)
+    assert code == 130 and len(errors) == 1, errors
+    assert "every file written so far is whole" in errors[0] and "before any file" not in errors[0]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["0.png", "1.png"]
 
 
 def test_running_out_of_memory_is_one_line(monkeypatch, capsys, tmp_path, synthetic_split):

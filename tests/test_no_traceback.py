@@ -18,7 +18,8 @@ from conftest import run_main, run_script, start_script, write_tiny_checkpoint
 import predict
 import train
 import utils
-from utils import OutputError, atomic_write
+from files.writing import atomic_write
+from utils import OutputError
 
 
 def tiny_args(synthetic_split, tmp_path: Path, name: str = "run") -> list[str]:

@@ -32,7 +32,7 @@ from training.checkpoint_format import (
 from training.checkpoint_format import load_generator as load_generator  # where scripts look for it
 from training.distributed import gather_objects, mean_over_ranks, on_main
 from training.loader import validation_folder
-from training.run_control import aside_line, move_aside
+from training.run_control import aside_line, move_aside, where_now
 from training.state import History, Progress, RunDirs, RunState
 from utils import rng_state, set_rng_state
 
@@ -316,9 +316,11 @@ def _start_over(
     never writes into another run's files), then the run starts, from the weights of --resume_from
     if given: read before the move, since it may be a snapshot of the run moved."""
     start = load_checkpoint(given, state.device) if given else None
-    on_main(state.world, state.device, lambda: _say_moved(move_aside(dirs.checkpoints, dirs.results), why))
+    moved: list[Path] = []  # rank 0's
+    on_main(state.world, state.device, lambda: moved.extend(move_aside(dirs.checkpoints, dirs.results)))
+    _say_moved(moved, why)
     if start is not None:
-        _continue_from(state, given, start, architecture)
+        _continue_from(state, where_now(given, moved), start, architecture)
 
 
 def _continue_from(state: RunState, path: Path, checkpoint: dict, architecture: dict[str, object]) -> None:

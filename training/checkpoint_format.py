@@ -38,12 +38,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from files.writing import atomic_write
 from generator import UNetGenerator
 from training import official_weights
 from training.checkpoint_values import check_values, generator_kwargs_of_weights
 from training.cli import upgraded_fields
 from training.integrity import first_non_finite, seal, unseal
-from utils import atomic_write, first_line, map_tensors
+from utils import first_line, map_tensors
 
 FORMAT = 2
 SNAPSHOT_KEYS = ("format", "kind", "generator", "generator_kwargs", "config", "epoch", "history")

@@ -28,7 +28,7 @@ def check_losses(names: Iterable[str], sums: torch.Tensor, count: int, where: st
             value = total / max(count, 1) if math.isfinite(total) else total
             raise TrainingError(
                 f"loss {name} became {value:.4g} {where} (training diverged: try a smaller --lr); "
-                f"stopped before saving it, latest.pt holds the last good state"
+                f"stopped before saving it"
             )
 
 
@@ -38,8 +38,7 @@ def check_networks(networks: dict[str, nn.Module], where: str) -> None:
         for name, tensor in [*net.named_parameters(), *net.named_buffers()]:
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise TrainingError(
-                    f"{net_name} {name} is no longer finite {where}; stopped before saving it, "
-                    f"latest.pt holds the last good state"
+                    f"{net_name} {name} is no longer finite {where}; stopped before saving it"
                 )
 
 
@@ -49,5 +48,5 @@ def check_metrics(row: dict[str, float], epoch: int) -> None:
         if name.startswith("val_") and not math.isfinite(value):
             raise TrainingError(
                 f"validation {name} is {value} after epoch {epoch}: the generator no longer gives "
-                f"numbers; stopped before saving the epoch, latest.pt holds the last good state"
+                f"numbers; stopped before saving the epoch"
             )

@@ -62,6 +62,7 @@ def _check(cfg: Config, writes: bool, device: torch.device | None) -> None:
     check_inputs(cfg)
     if writes:
         check_outputs(cfg)
+        check_own_folders(cfg)
 
 
 def check_device(cfg: Config, device: torch.device | None) -> None:
@@ -103,6 +104,61 @@ def check_outputs(cfg: Config) -> None:
                 found = path_kind(path)
                 if found != "a file":
                     raise OutputError(f"{path}: {found}, not a file, but the run writes this file {where}")
+
+
+# The split folders a run reads in its data root (training/loader.py's build_data).
+DATA_SPLITS = ("train", "val", "test")
+PROJECT = Path(__file__).resolve().parents[1]  # the code the run imports
+
+
+def check_own_folders(cfg: Config) -> None:
+    """A run owns exactly its two folders: neither of them is, or holds, something the run reads
+    (the data root and its splits, the project's code), since a new start moves them aside with
+    everything in them; and neither holds the other (they may be one folder). Paths are compared
+    where they lead (links followed, `..` applied) and where they are named (a link itself).
+
+    --resume_from may lie in the run's own folders: it is read before they are moved aside, and
+    moving them keeps it."""
+    folders = run_folders(cfg)
+    root = Path(cfg.data_root)
+    inputs = [(f"--data_root {root}", root)]
+    inputs += [(f"--data_root's {split}/ ({root / split})", root / split) for split in DATA_SPLITS]
+    inputs.append((f"the project's code ({PROJECT})", PROJECT))
+    for kind, folder in folders.items():
+        for what, path in inputs:
+            relation = _relation(folder, path)
+            if relation:
+                raise OutputError(
+                    f"{_named(cfg, kind)} {relation} {what}: a run owns its folders (a new start moves "
+                    f"them aside, with everything in them); give another {OUTPUT_SETTINGS[kind]} or --name"
+                )
+    for outer, inner in (("checkpoints", "results"), ("results", "checkpoints")):
+        if _relation(folders[outer], folders[inner]) == "holds":
+            raise OutputError(
+                f"{_named(cfg, outer)} holds the other folder of the run, {_named(cfg, inner)}: a new "
+                f"start moves each aside; give --checkpoint_dir and --results_dir that do not nest"
+            )
+
+
+OUTPUT_SETTINGS = {"checkpoints": "--checkpoint_dir", "results": "--results_dir"}
+
+
+def _named(cfg: Config, kind: str) -> str:
+    """A run folder with the settings that name it: "ck/run (--checkpoint_dir ck, --name run)"."""
+    setting = OUTPUT_SETTINGS[kind]
+    return f"{run_folders(cfg)[kind]} ({setting} {getattr(cfg, setting[2:])}, --name {cfg.name})"
+
+
+def _relation(folder: Path, path: Path) -> str | None:
+    """ "is" when `folder` is `path`, "holds" when `path` lies in it, else None: each compared
+    where it leads and where it is named."""
+    folder_places = {folder.resolve(), folder.parent.resolve() / folder.name}
+    path_places = {path.resolve(), path.parent.resolve() / path.name}
+    if folder_places & path_places:
+        return "is"
+    if any(p.is_relative_to(f) for p in path_places for f in folder_places):
+        return "holds"
+    return None
 
 
 def check_folder(folder: Path, where: str) -> None:

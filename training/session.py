@@ -1,9 +1,10 @@
 """Everything around a run's epoch loop, as the two context managers train.py enters:
 
-- ``opened``: the checks before any work (preflight), the run's lock, the data (downloaded once,
-  by one process), the state (setup) resumed from its checkpoint, the loader, and the agreement of
-  all processes on where the run starts. It yields a ``Run``, or None when the run has already
-  trained its epochs; a run finished by its checkpoint is said before data and networks are built.
+- ``opened``: the checks before any work (preflight), the locks of the run's two folders, the
+  data (downloaded once, by one process), the state (setup) resumed from its checkpoint, the
+  loader, and the agreement of all processes on where the run starts. It yields a ``Run``, or
+  None when the run has already trained its epochs; a run finished by its checkpoint is said
+  before data and networks are built.
 - ``running``: Ctrl-C and SIGTERM stop after the current iteration with a checkpoint, and the
   background writer writes the epoch's files; on leaving, every file given to it is written,
   with the signals still caught.
@@ -55,13 +56,14 @@ class Run:
 def opened(
     cfg: Config, world: ddp.World, device: torch.device | None, open_log: Callable[[Path], None]
 ) -> Iterator[Run | None]:
-    """The run from its checks to its first iteration, holding its lock until the block ends.
-    `open_log(path)` names the file the run's log goes to (train.log)."""
+    """The run from its checks to its first iteration, holding the locks of its two folders until
+    the block ends. `open_log(path)` names the file the run's log goes to (train.log)."""
     preflight.check_run(cfg, world, device)  # every setting and path, before any work
     if cfg.val_fid:
         inception_weights_path()  # a missing optional package fails now, not after the first epoch
     dirs = RunDirs.of(cfg)
-    lock = run_control.run_lock(dirs.checkpoints) if world.is_main else contextlib.nullcontext()
+    # Both folders: no other process may write in either, under whatever name (rank 0 holds them).
+    lock = run_control.run_lock(dirs.checkpoints, dirs.results) if world.is_main else contextlib.nullcontext()
     with lock:
         if finished(cfg, dirs, world, open_log):
             yield None
@@ -72,7 +74,8 @@ def opened(
         train_set, val_set = build_data(cfg)  # first, so that bad data fails before any work
         state = setup(cfg, world, device)
         if world.is_main:
-            run_control.remove_stale_temporaries(dirs.checkpoints, dirs.results, dirs.results / "samples")
+            run_control.remove_stale_temporaries(dirs.checkpoints)
+            run_control.remove_stale_temporaries(dirs.results, "samples")
         ckpt.resume_or_start(state, dirs, architecture_defaults())
         if state.epoch >= cfg.epochs:  # --resume false from a snapshot that has its epochs already
             finished(cfg, dirs, world, open_log, state.epoch, cfg.resume_from)
@@ -81,9 +84,11 @@ def opened(
         loader = make_loader(train_set, cfg, state.device, world)
         ckpt.fit_epoch_to_loader(state, len(loader))
         ddp.check_same_start(world, state.device, state.epoch, state.progress.iteration)
-        yield Run(
-            state, train_set, val_set, loader, dirs, LatestSchedule(cfg.latest_every_s, dirs.latest.exists())
-        )
+        schedule = LatestSchedule(cfg.latest_every_s, dirs.latest.exists())
+        try:
+            yield Run(state, train_set, val_set, loader, dirs, schedule)
+        except TrainingError as err:  # a number became impossible: say what is left to go on from
+            raise TrainingError(f"{err}; {last_good_state(dirs.latest)}") from None
 
 
 def finished(
@@ -97,9 +102,9 @@ def finished(
     """Whether the checkpoint the run would continue from has trained cfg.epochs already, said
     in one line (also in train.log). Without `epoch`, only the checkpoint's epoch is read (a
     memory-mapped load): the full load and its checks come with the run."""
-    if epoch is None:
-        path = dirs.latest if dirs.latest.is_file() else (Path(cfg.resume_from) if cfg.resume_from else None)
-        if not cfg.resume or path is None:
+    if epoch is None:  # the run's own latest.pt (any other start moves the run's folders aside first)
+        path = dirs.latest
+        if not cfg.resume or not path.is_file():
             return False
         epoch = recorded_epoch(path)
         if epoch is None or epoch < cfg.epochs:
@@ -108,6 +113,14 @@ def finished(
         open_log(dirs.results / "train.log")
         print(f"{cfg.name} has finished {epoch}/{cfg.epochs} epochs ({path}); raise --epochs to continue it")
     return True
+
+
+def last_good_state(latest: Path) -> str:
+    """What a stopped run can continue from, as the files say (not as the run hoped)."""
+    epoch = recorded_epoch(latest) if latest.is_file() else None
+    if epoch is None:
+        return "no checkpoint was written before it, so the run starts over when run again"
+    return f"{latest} (epoch {epoch}) holds the last good state"
 
 
 def recorded_epoch(path: Path) -> int | None:

@@ -25,8 +25,11 @@ from conftest import (
 )
 
 import train
+from files.writing import temporary_name
 from training import checkpoint
 from training.checkpoint import CheckpointError
+from training.guards import TrainingError
+from training.setup import generator_kwargs, lr_factor
 from utils import OutputError
 
 
@@ -55,7 +58,7 @@ def test_kill_mid_epoch_then_resume_is_exact_with_dropout(tiny, tmp_path, precis
     """Killed right after the mid-epoch latest.pt of epoch 2, iteration 2: the resumed run ends
     bit-identical to a straight one (in bf16 too: the default precision on native-bf16 CPUs)."""
     cfg = dataclasses.replace(tiny, checkpoint_every=3, precision=precision)
-    assert train.generator_kwargs(cfg)["num_downs"] >= 6, "a U-Net with a dropout block"
+    assert generator_kwargs(cfg)["num_downs"] >= 6, "a U-Net with a dropout block"
     straight = dataclasses.replace(cfg, name="straight")
     assert run_script("train.py", *cli_args(straight), cwd=tmp_path).returncode == 0
     killed = train_killed_at(
@@ -177,11 +180,14 @@ def test_a_failed_background_write_stops_the_run_with_one_line(tiny, tmp_path, m
 
 
 def test_stale_temporary_files_are_removed_at_the_next_start(tiny, tmp_path):
-    leftover = Path(tiny.checkpoint_dir) / "run" / ".latest.pt.abc123.tmp.pt"
-    leftover.parent.mkdir(parents=True)
-    leftover.write_bytes(b"half a checkpoint")
+    """A killed write's temporary file (as files.writing.atomic_write names it) goes when the run
+    continues; the rules of what is removed where: tests/training/test_run_folders.py."""
     train.train(dataclasses.replace(tiny, epochs=1))
-    assert not leftover.exists()
+    folder = Path(tiny.checkpoint_dir) / "run"
+    leftover = folder / temporary_name(folder / "latest.pt")
+    leftover.write_bytes(b"half a checkpoint")
+    train.train(tiny)
+    assert not leftover.exists() and latest(tiny)["epoch"] == 2
 
 
 @pytest.mark.slow  # two training processes, one killed
@@ -322,7 +328,7 @@ def test_nan_loss_stops_naming_loss_and_iteration(tiny, monkeypatch):
         return losses * float("nan") if len(calls) == 3 else losses
 
     monkeypatch.setattr(train, "train_step", nan_on_third)
-    with pytest.raises(train.TrainingError, match=r"loss G_GAN became nan in epoch 2, iterations 3-4"):
+    with pytest.raises(TrainingError, match=r"loss G_GAN became nan in epoch 2, iterations 3-4"):
         train.train(tiny)
     assert_same_run(before, latest(tiny))
 
@@ -391,6 +397,6 @@ def test_extending_a_finished_run_follows_the_new_lr_schedule(synthetic_split, t
     train.train(cfg)
     train.train(dataclasses.replace(cfg, epochs=3))
     history = latest(cfg)["history"]["epochs"]
-    expected = [cfg.lr * train.lr_factor(e, 3, 1) for e in (1, 2)]  # epochs 2 and 3 of the new run
+    expected = [cfg.lr * lr_factor(e, 3, 1) for e in (1, 2)]  # epochs 2 and 3 of the new run
     assert [row["lr"] for row in history[1:]] == pytest.approx(expected)
     assert history[1]["lr"] > 0

@@ -131,9 +131,32 @@ def test_a_mid_epoch_checkpoint_that_no_longer_fits_restarts_its_epoch(tiny, cap
 def test_diverging_losses_stop_before_anything_is_saved(tiny):
     train.train(tiny)
     before = latest(tiny)
-    with pytest.raises(TrainingError, match=r"in epoch 2, iterations 1-2 \(training diverged"):
+    with pytest.raises(TrainingError, match=r"in epoch 2, iterations 1-2 \(training diverged") as stopped:
         train.train(dataclasses.replace(tiny, epochs=2, lr=1e10))
     assert latest(tiny)["epoch"] == 1 and latest(tiny)["history"] == before["history"]
+    # The line says what is left, as the files say it.
+    assert str(stopped.value).endswith(
+        f"{Path(tiny.checkpoint_dir) / 'run' / 'latest.pt'} (epoch 1) holds the last good state"
+    )
+
+
+def test_a_first_epoch_that_diverges_says_there_is_no_checkpoint(tiny):
+    with pytest.raises(TrainingError, match="training diverged") as stopped:
+        train.train(dataclasses.replace(tiny, lr=1e10))
+    assert "no checkpoint was written before it" in str(stopped.value)
+    assert "holds the last good state" not in str(stopped.value)
+    assert not (Path(tiny.checkpoint_dir) / "run" / "latest.pt").exists()
+
+
+def test_a_new_run_from_a_finished_snapshot_names_the_snapshot(tiny, capsys):
+    """--name new --resume_from a snapshot that has --epochs already: said with the file it read."""
+    train.train(dataclasses.replace(tiny, epochs=1, save_every=1))
+    snapshot = Path(tiny.checkpoint_dir) / "run" / "epoch_001.pt"
+    capsys.readouterr()
+    train.train(dataclasses.replace(tiny, name="new", epochs=1, resume_from=str(snapshot)))
+    out = capsys.readouterr().out
+    assert f"new has finished 1/1 epochs ({snapshot}); raise --epochs to continue it" in out
+    assert not (Path(tiny.checkpoint_dir) / "new" / "latest.pt").exists()
 
 
 def test_nan_validation_stops_the_run(tiny, monkeypatch):

@@ -15,9 +15,9 @@ from PIL import Image
 
 import predict
 import train
+from files.writing import atomic_write, write_text
 from training.checkpoint import full_checkpoint, save_checkpoint
 from training.setup import setup
-from utils import atomic_write, write_text
 
 PRECIOUS = "a file of the user's that the run must not touch\n"
 
