@@ -170,16 +170,18 @@ def tiny_config(**overrides):
     return Config(**{**settings, **overrides})
 
 
+def run_config(tmp_path: Path, data_root: Path, **overrides):
+    """tiny_config of run "run" on `data_root`, writing under tmp_path (ck/ and res/)."""
+    folders = dict(name="run", checkpoint_dir=str(tmp_path / "ck"), results_dir=str(tmp_path / "res"))
+    return tiny_config(**{"data_root": str(data_root), **folders, **overrides})
+
+
 def tiny_run(synthetic_split, tmp_path: Path, **overrides):
-    """tiny_config on 4 synthetic training pairs (4 iterations an epoch, a loss point every 2) and
-    2 val pairs, a snapshot every epoch, writing run "run" under tmp_path (ck/ and res/)."""
+    """run_config on 4 synthetic training pairs (4 iterations an epoch, a loss point every 2) and
+    2 val pairs, a snapshot every epoch."""
     root = synthetic_split(n=4, size=40).parent
     synthetic_split(n=2, size=40, name="val")
-    settings = dict(
-        data_root=str(root), epochs=2, log_every=2, save_every=1, name="run",
-        checkpoint_dir=str(tmp_path / "ck"), results_dir=str(tmp_path / "res"),
-    )  # fmt: skip
-    return tiny_config(**{**settings, **overrides})
+    return run_config(tmp_path, root, **{"epochs": 2, "log_every": 2, "save_every": 1, **overrides})
 
 
 def write_tiny_checkpoint(path: Path, epoch: int = 1, **overrides) -> Path:

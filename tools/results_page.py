@@ -82,6 +82,7 @@ def page(results: Path, stretches: list[dict[str, str]], test_dirs: list[str]) -
     best = min((r for r in history if "val_L1" in r), key=lambda r: r["val_L1"], default=None)
     last = history[-1] if history else {}
     resumes = max(len(stretches) - 1, 0)
+    stops = sum(1 for s in stretches if "stop" in s)
     lines = [
         "# The facades recipe, trained to the end with this project",
         "",
@@ -90,11 +91,12 @@ def page(results: Path, stretches: list[dict[str, str]], test_dirs: list[str]) -
         "below and resumed after every stop with the same command.",
         "",
         f"**Where it stands: {done}/{epochs} epochs**, {hours:.1f} h of training so far (the sum of the "
-        f"epochs' times; validation and checkpoints are extra), stopped and resumed {resumes} times. "
+        f"epochs' times; validation and checkpoints are extra), stopped {stops} times and resumed "
+        f"{resumes} times. "
         "The run is still going: the table of test figures fills in as epochs 10, 50, 100, 150 and "
         "200 are reached."
         if done < epochs
-        else f"**Finished: {epochs} epochs**, {hours:.1f} h of training, stopped and resumed "
+        else f"**Finished: {epochs} epochs**, {hours:.1f} h of training, stopped {stops} times and resumed "
         f"{resumes} times.",
         "",
         "## Stretches of training",

@@ -46,7 +46,7 @@ def test_the_page_says_where_the_run_stands(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     page = done.stdout
-    assert "**Where it stands: 3/200 epochs**" in page and "stopped and resumed 1 times" in page
+    assert "**Where it stands: 3/200 epochs**" in page and "stopped 1 times and resumed 1 times" in page
     # Stretch 1 trained epochs 1-2 (140 and 180 s of 400 iterations), stretch 2 epoch 3 (220 s).
     assert "| 1 | 2026-12-06T01:00:00Z | 1-2 | AMD EPYC, family 25 model 17, bfloat16 | 0.40 |" in page
     assert (

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_main, tiny_config
+from conftest import run_config, run_main, tiny_config
 from PIL import Image
 
 import config
@@ -186,14 +186,7 @@ def test_config_file_size_and_depth_are_bounded(tmp_path, content, message):
 def test_a_runs_own_config_json_is_within_the_bounds(tmp_path, synthetic_split):
     """results/<name>/config.json (nested sections of versions, git, ...) reads back as a --config."""
     root = synthetic_split(n=1).parent
-    cfg = tiny_config(
-        data_root=str(root),
-        epochs=1,
-        checkpoint_dir=str(tmp_path / "ck"),
-        results_dir=str(tmp_path / "res"),
-        name="run",
-        tensorboard="false",
-    )
+    cfg = run_config(tmp_path, root, epochs=1, tensorboard="false")
     train.train(cfg)
     assert cli.parse_args(["--config", str(tmp_path / "res" / "run" / "config.json")]) == cfg
 
@@ -311,15 +304,7 @@ def test_inputs_that_are_not_what_they_must_be_stop_before_any_work(
 def test_every_file_a_run_writes_is_one_preflight_checks(tmp_path, synthetic_split):
     """preflight's patterns of the run's files cover every file a run writes (so none is missed)."""
     root = synthetic_split(n=2).parent
-    cfg = tiny_config(
-        data_root=str(root),
-        epochs=2,
-        save_every=1,
-        checkpoint_dir=str(tmp_path / "ck"),
-        results_dir=str(tmp_path / "res"),
-        name="run",
-        tensorboard="false",
-    )
+    cfg = run_config(tmp_path, root, epochs=2, save_every=1, tensorboard="false")
     train.train(cfg)
     folders = preflight.run_folders(cfg)
     for kind, folder in folders.items():

@@ -15,10 +15,10 @@ from conftest import (
     cli_args,
     error_lines,
     latest,
+    run_config,
     run_main,
     run_script,
     start_script,
-    tiny_config,
     tiny_run,
     train_killed_at,
     wait_for,
@@ -208,18 +208,7 @@ def test_second_process_on_a_run_stops_and_the_hold_dies_with_the_first(tiny, tm
 
 def test_snapshots_are_lean_and_training_continues_from_one(tmp_path, synthetic_split, capsys):
     root = synthetic_split(n=2, size=40).parent
-    cfg = tiny_config(
-        data_root=str(root),
-        image_size=64,
-        load_size=64,
-        ngf=32,
-        ndf=32,
-        epochs=1,
-        save_every=1,
-        checkpoint_dir=str(tmp_path / "ck"),
-        results_dir=str(tmp_path / "res"),
-        name="run",
-    )
+    cfg = run_config(tmp_path, root, image_size=64, load_size=64, ngf=32, ndf=32, epochs=1, save_every=1)
     train.train(cfg)
     folder = tmp_path / "ck" / "run"
     full, lean = (folder / "latest.pt").stat().st_size, (folder / "epoch_001.pt").stat().st_size
@@ -386,14 +375,7 @@ def test_extending_a_finished_run_follows_the_new_lr_schedule(synthetic_split, t
     """1 epoch (lr decayed to 0 at its end), then continued to 3 epochs: the new schedule's lr."""
     folder = synthetic_split(n=2, size=40).parent
     synthetic_split(n=1, size=40, name="val")
-    cfg = tiny_config(
-        data_root=str(folder),
-        epochs=1,
-        lr_decay_epochs=1,
-        checkpoint_dir=str(tmp_path / "ck"),
-        results_dir=str(tmp_path / "res"),
-        name="run",
-    )
+    cfg = run_config(tmp_path, folder, epochs=1, lr_decay_epochs=1)
     train.train(cfg)
     train.train(dataclasses.replace(cfg, epochs=3))
     history = latest(cfg)["history"]["epochs"]
