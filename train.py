@@ -35,7 +35,7 @@ from training import session
 from training.background import BackgroundWriter
 from training.cli import parse_args
 from training.guards import check_losses, check_networks
-from training.snapshots import save_latest, save_latest_in_epoch, save_snapshots
+from training.snapshots import save_latest_after_epoch, save_latest_in_epoch, save_snapshots
 from training.state import LOSS_NAMES, Progress, RunDirs, RunState
 from training.step import train_step
 from training.validation import validate_epoch
@@ -148,7 +148,7 @@ def train(cfg: Config, world: ddp.World | None = None, device=None) -> None:
                 stop = ddp.any_rank(world, state.device, state.stop)
                 state.stop = state.stop or stop
                 if stop or state.epoch == cfg.epochs or ddp.any_rank(world, state.device, run.schedule.due()):
-                    save_latest(state, dirs, writer)  # after the epoch's other files
+                    save_latest_after_epoch(state, dirs, writer)  # after the epoch's other files
                     run.schedule.written()
                 if stop:
                     break

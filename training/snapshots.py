@@ -33,6 +33,6 @@ def save_snapshots(state: RunState, dirs: RunDirs, writer: BackgroundWriter) -> 
         writer.submit(functools.partial(ckpt.save_checkpoint, snapshot, path))
 
 
-def save_latest(state: RunState, dirs: RunDirs, writer: BackgroundWriter) -> None:
+def save_latest_after_epoch(state: RunState, dirs: RunDirs, writer: BackgroundWriter) -> None:
     """latest.pt after an epoch, given to the writer after the epoch's other files: the commit point."""
     ckpt.save_latest(state, dirs.latest, writer)
