@@ -19,6 +19,8 @@ import io
 import itertools
 import os
 import re
+import sys
+import time
 from typing import Callable, Iterator, Mapping
 
 import torch
@@ -119,6 +121,8 @@ def process_group(device_name: str, world: World) -> Iterator[torch.device | Non
     device = join_process_group(device_name, world)
     try:
         yield device
+        if device.type == "cpu":
+            settle_gloo(device)  # only after a run that ended together: a collective needs all
     except RuntimeError as err:
         if isinstance(err, DistributedError) or not lost_peer(err):
             raise
@@ -129,6 +133,39 @@ def process_group(device_name: str, world: World) -> Iterator[torch.device | Non
         ) from None
     finally:
         dist.destroy_process_group()
+
+
+SETTLE_TIMEOUT_S = 5.0  # the most a process waits for gloo to let go of the last collective
+
+
+def settle_gloo(device: torch.device, timeout_s: float = SETTLE_TIMEOUT_S) -> bool:
+    """One last all-reduce, then wait until gloo's worker thread has let go of its tensor.
+
+    DistributedDataParallel keeps the gloo process group alive in C++ after
+    destroy_process_group, so its worker threads outlive the run. A worker that is still
+    releasing a collective's tensor when the interpreter shuts down needs the GIL of an
+    interpreter that is going away, and the process aborts ("terminate called without an active
+    exception") after a run that succeeded. The worker lets go a moment after the collective
+    returns; waiting for that (while the GIL is free) leaves no such work behind.
+    True once let go, False after `timeout_s`.
+    """
+    return released_after(dist.all_reduce, torch.zeros(1, device=device), timeout_s)
+
+
+def released_after(use: Callable[[torch.Tensor], object], tensor: torch.Tensor, timeout_s: float) -> bool:
+    """Call `use(tensor)`, then wait until whatever it handed the tensor to has let go of it: the
+    tensor's C++ use count back to 1 and its Python reference count back to what it was (C++ keeps
+    one Python reference while it holds the tensor and returns it under the GIL, the last thing a
+    releasing thread needs the interpreter for). Sleeping frees the GIL for that thread.
+    False if something still holds it after `timeout_s`."""
+    alone = sys.getrefcount(tensor)
+    use(tensor)
+    deadline = time.monotonic() + timeout_s
+    while tensor._use_count() > 1 or sys.getrefcount(tensor) > alone:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 # What gloo and NCCL say when a collective finds that another process is gone or does not answer.
