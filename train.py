@@ -106,7 +106,8 @@ def log_point(state: RunState, n_batches: int, report: Reporter) -> None:
 
 def end_of_epoch(state: RunState, run: session.Run, report: Reporter, writer: BackgroundWriter) -> None:
     """Validate, then give the writer the report and the snapshots, as copies taken now; rank 0
-    alone (on_main). latest.pt, the commit point, is given to the writer after them (train)."""
+    alone (on_main). latest.pt, the commit point, is given to the writer after them, and the
+    epoch's line said after that (train)."""
     samples = validate_epoch(state, run.val_set)
     writer.wait()  # until the previous epoch's files are written; a failed write stops the run here
     report.epoch(state, run.val_set, samples, writer)
@@ -150,6 +151,7 @@ def train(cfg: Config, world: ddp.World | None = None, device=None) -> None:
                 if stop or state.epoch == cfg.epochs or ddp.any_rank(world, state.device, run.schedule.due()):
                     save_latest_after_epoch(state, dirs, writer)  # after the epoch's other files
                     run.schedule.written()
+                ddp.on_main(world, state.device, lambda: report.epoch_line(state, writer))
                 if stop:
                     break
             ddp.on_main(world, state.device, writer.wait)  # every file is written before the last line

@@ -6,7 +6,9 @@ rest (kernels chosen and compiled, caches and the allocator filling), so the spe
 measured only once they have settled, over a rolling window that forgets the warm-up. An epoch's
 end (validation, the report, handing checkpoints to the background writer, waiting for it) is
 measured as it happens, and the last epoch's end also scores the whole val split and waits for its
-files: both are added from what the earlier ends took.
+files: both are added from what the earlier ends took. A process's first end waits for its own
+files (train.py), so their writing time is known from the first epoch's line on; the files of
+later ends are written while the next epoch trains, and the steps they slow are in the speed.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ RECENT = 10  # epoch ends whose mean is the cost of the ends to come
 
 
 def duration(seconds: float) -> str:
-    """A time span as a person reads it: 45 s, 12 min, 3.4 h, 2.1 days."""
-    if seconds < 90:
+    """A time span as a person reads it: 45 s, 2.5 min, 12 min, 3.4 h, 2.1 days."""
+    if seconds < 89.5:
         return f"{seconds:.0f} s"
+    if seconds < 597:  # below ten minutes a whole minute is too coarse
+        return f"{seconds / 60:.1f} min"
     if seconds < 90 * 60:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h" if seconds < 48 * 3600 else f"{seconds / 86400:.1f} days"
@@ -51,7 +55,7 @@ class RunEstimate:
     """The time a run still takes, from what this process has measured so far.
 
     The caller says when things happen (`epoch_started`, `step`, `steps_ended`, `validated`,
-    `wrote`); the clock (time.perf_counter unless given, a fake one in tests) times them.
+    `wrote`, `waited_for_writes`); the clock (time.perf_counter unless given, a fake one in tests) times them.
 
     - Steps: the first `warm_up` steps are left out; the speed has settled once the medians of the
       last two blocks of `block` steps agree within `tolerance` (or after `settle_by` measured
@@ -84,6 +88,7 @@ class RunEstimate:
         self.validation_s: float | None = None  # the validation of the current end
         self.per_pair: list[float] = []  # validation seconds per pair, of each end that validated
         self.writes: list[float] = []  # background writing seconds of each epoch's files
+        self.end_waited = 0.0  # seconds the current end waited for its own files
 
     # --- What happens ---
 
@@ -91,8 +96,8 @@ class RunEstimate:
         """An epoch's steps begin; the end before it, if any, is over."""
         now = self.clock()
         if self.end_began is not None:
-            self.ends.append(now - self.end_began)
-            self.end_began = None
+            self.ends.append(now - self.end_began - self.end_waited)
+            self.end_began, self.end_waited = None, 0.0
         self.validation_s = None
         self.last = now
 
@@ -133,6 +138,11 @@ class RunEstimate:
     def wrote(self, seconds: float) -> None:
         """The background writer spent `seconds` on one epoch's files."""
         self.writes.append(seconds)
+
+    def waited_for_writes(self, seconds: float) -> None:
+        """The current end waited `seconds` for its own files (a process's first end does): time
+        counted in `writes`, so left out of the end's own."""
+        self.end_waited += seconds
 
     def _has_settled(self) -> bool:
         measured = list(self.durations)

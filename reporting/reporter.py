@@ -117,6 +117,7 @@ class Reporter:
         self.waited_mark: float | None = None
         self.busy_mark: float | None = None
         self.epochs_reported = 0  # epoch ends this process has reported
+        self.epoch_summary: str | None = None  # the last epoch's line, until epoch_line says it
         self.announced = False  # the line before the first step is said
         self.sizes_said = False  # the line of the checkpoints' sizes is said
         self.tensorboard_asked = False  # once per process: a run without it does not ask each epoch
@@ -306,12 +307,26 @@ class Reporter:
         write = functools.partial(self.write_epoch, cfg, state.epoch, *copies, self.step(state))
         write() if writer is None else writer.submit(write)
         summary = "  ".join(f"{name} {row[name]:.4f}" for name in self.loss_names + VAL_NAMES if name in row)
-        left = self.run_left(state)
-        self.print(
-            f"epoch {state.epoch}/{cfg.epochs}  {summary}  lr {row['lr']:.2e}  {row['seconds']:.1f}s{left}"
+        self.epoch_summary = (
+            f"epoch {state.epoch}/{cfg.epochs}  {summary}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
         )
-        if self.epochs_reported > 1:  # the files of this process's first epoch end are written
-            self.say_sizes(cfg)
+
+    def epoch_line(self, state, writer: BackgroundWriter | None = None) -> None:
+        """The epoch's line, once all its files are handed to `writer` (latest.pt last), with the
+        time the run still takes. A process's first epoch end waits for its files first: they are
+        the run's first checkpoints on disk, and how long they took to write is what the estimate
+        adds for the files of the last epoch (later ones are written while the next epoch trains)."""
+        if not self.active or self.epoch_summary is None:
+            return
+        if writer is not None and self.epochs_reported == 1 and self.busy_mark is not None:
+            waited = writer.waited_s
+            writer.wait()
+            self.estimate.waited_for_writes(writer.waited_s - waited)
+            self.estimate.wrote(writer.busy_s - self.busy_mark)
+            self.busy_mark = writer.busy_s
+        self.print(self.epoch_summary + self.run_left(state))
+        self.epoch_summary = None
+        self.say_sizes(state.cfg)  # once, from the first end whose checkpoints are on disk
 
     def measure_end(self, state, row: dict, writer: BackgroundWriter | None) -> None:
         """Give the estimate this epoch end's validation (its pairs, less the wait for the writer)
@@ -326,7 +341,8 @@ class Reporter:
             waited = writer.waited_s - self.waited_mark
         self.estimate.validated(pairs, waited)
         if writer is not None:
-            if self.busy_mark is not None:
+            # The previous end's files (none left to measure after a first end that waited for its own).
+            if self.busy_mark is not None and writer.busy_s > self.busy_mark:
                 self.estimate.wrote(writer.busy_s - self.busy_mark)
             self.busy_mark, self.writer = writer.busy_s, writer
 

@@ -81,7 +81,11 @@ def play(run: SimulatedRun, until_epoch: int) -> tuple[RunEstimate, FakeClock, l
         pairs = run.split_pairs if last else run.subset_pairs
         clock.advance(pairs * run.per_pair_s)
         est.validated(pairs)
-        if epoch > 1:
+        if epoch == 1:  # the first end waits for its own files before its line
+            clock.advance(run.writes_s)
+            est.waited_for_writes(run.writes_s)
+            est.wrote(run.writes_s)
+        elif epoch > 2:
             est.wrote(run.writes_s)  # the previous epoch's files, written meanwhile
         if epoch < until_epoch:
             clock.advance(run.rest_of_end_s)
@@ -92,6 +96,19 @@ def remaining_at_epoch_line(est: RunEstimate, run: SimulatedRun, epoch: int) -> 
     """What the reporter asks at the line of epoch `epoch`: the epochs to come, whole."""
     left = run.epochs - epoch
     return est.remaining(left * run.iterations, left, run.split_pairs - run.subset_pairs)
+
+
+def test_durations_read_as_a_person_says_them():
+    assert [estimate.duration(s) for s in (45, 89.6, 148, 599, 600, 5000, 5400, 200000)] == [
+        "45 s",
+        "1.5 min",
+        "2.5 min",
+        "10 min",
+        "10 min",
+        "83 min",
+        "1.5 h",
+        "2.3 days",
+    ]
 
 
 def test_the_warm_up_is_left_out_and_forgotten_once_the_speed_settles():
@@ -116,10 +133,12 @@ def test_the_remaining_time_at_each_epoch_line_is_the_true_one():
 
 def test_the_first_epoch_line_counts_its_validation_for_each_end_to_come():
     """Before any end is whole, an end is taken to cost its validation: the estimate is then
-    low by the rest of each end, and within 20 % of the truth here."""
+    low by the rest of each end, and within 20 % of the truth here. The first end's files are
+    written before its line, so the last end's writes are counted from the first line on."""
     run = SimulatedRun()
     est, _, _ = play(run, until_epoch=1)
     assert est.end_seconds == pytest.approx(run.subset_pairs * run.per_pair_s)
+    assert est.writes == [run.writes_s]
     estimated, true = remaining_at_epoch_line(est, run, 1), run.total_after(1) - run.rest_of_end_s
     assert estimated < true and estimated == pytest.approx(true, rel=0.2)
 
@@ -133,6 +152,22 @@ def test_a_slow_first_end_is_left_out_once_others_are_measured():
         clock.advance(end_s)
     est.epoch_started()
     assert est.ends == [10.0, 3.0, 4.0] and est.end_seconds == pytest.approx(3.5)
+
+
+def test_a_first_end_that_waits_for_its_own_files_is_measured_without_the_wait():
+    clock = FakeClock()
+    est = RunEstimate(clock=clock)
+    est.epoch_started()
+    clock.advance(0.5)
+    est.step()
+    est.steps_ended()
+    clock.advance(2.0)  # validation, report, copies for the writer
+    clock.advance(5.0)
+    est.waited_for_writes(5.0)
+    est.wrote(5.0)
+    est.epoch_started()
+    assert est.ends == [pytest.approx(2.0)] and est.writes == [5.0]
+    assert est.remaining(0, 1) == pytest.approx(2.0 + 5.0)  # a last end: its work and its files
 
 
 def test_the_wait_for_the_writer_is_not_validation():

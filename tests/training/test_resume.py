@@ -128,31 +128,32 @@ def test_latest_every_s_writes_latest_seldom_and_a_kill_loses_nothing(tiny, tmp_
 
 
 def test_files_are_copies_taken_at_the_end_of_their_epoch(tiny, monkeypatch):
-    """The writer thread writes epoch 1's snapshot only after epoch 2 has trained two iterations:
-    the file still holds epoch 1's weights and history, as the snapshot of a 1-epoch run does."""
-    cfg = dataclasses.replace(tiny, lr_decay_epochs=0)  # the same lr whether 1 or 2 epochs are asked for
-    train.train(dataclasses.replace(cfg, epochs=1, name="one"))
+    """The writer thread writes epoch 2's snapshot only after epoch 3 has trained two iterations:
+    the file still holds epoch 2's weights and history, as the snapshot of a 2-epoch run does.
+    (Epoch 2: a process's first epoch end waits for its own files.)"""
+    cfg = dataclasses.replace(tiny, lr_decay_epochs=0)  # the same lr whether 2 or 3 epochs are asked for
+    train.train(dataclasses.replace(cfg, epochs=2, name="two"))
     save, step, steps, trained = checkpoint.save_checkpoint, train.train_step, [], threading.Event()
 
     def late_save(saved: dict, path) -> None:
-        if Path(path).name == "epoch_001.pt":
-            assert trained.wait(timeout=600), "epoch 2 never trained"
+        if Path(path).name == "epoch_002.pt":
+            assert trained.wait(timeout=600), "epoch 3 never trained"
         save(saved, path)
 
     def counted_step(*args):
         losses = step(*args)
         steps.append(1)
-        if len(steps) == 6:  # epoch 2, iteration 2 (4 iterations an epoch)
+        if len(steps) == 10:  # epoch 3, iteration 2 (4 iterations an epoch)
             trained.set()
         return losses
 
     monkeypatch.setattr(checkpoint, "save_checkpoint", late_save)
     monkeypatch.setattr(train, "train_step", counted_step)
-    train.train(cfg)
+    train.train(dataclasses.replace(cfg, epochs=3))
     folder = Path(cfg.checkpoint_dir)
-    written, reference = (torch.load(folder / n / "epoch_001.pt", weights_only=True) for n in ("run", "one"))
+    written, reference = (torch.load(folder / n / "epoch_002.pt", weights_only=True) for n in ("run", "two"))
     assert_same_run(reference, written)
-    assert latest(cfg)["epoch"] == 2 and not torch.equal(
+    assert latest(cfg)["epoch"] == 3 and not torch.equal(
         latest(cfg)["generator"]["down.0.weight"], written["generator"]["down.0.weight"]
     )
 
