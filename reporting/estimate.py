@@ -55,7 +55,8 @@ class RunEstimate:
     """The time a run still takes, from what this process has measured so far.
 
     The caller says when things happen (`epoch_started`, `step`, `steps_ended`, `validated`,
-    `wrote`, `waited_for_writes`); the clock (time.perf_counter unless given, a fake one in tests) times them.
+    `wrote`, `waited_for_writes`); the clock (time.perf_counter unless given, a fake one in
+    tests) times them.
 
     - Steps: the first `warm_up` steps are left out; the speed has settled once the medians of the
       last two blocks of `block` steps agree within `tolerance` (or after `settle_by` measured

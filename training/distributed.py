@@ -160,6 +160,7 @@ def released_after(use: Callable[[torch.Tensor], object], tensor: torch.Tensor, 
     False if something still holds it after `timeout_s`."""
     alone = sys.getrefcount(tensor)
     use(tensor)
+    # Tensor._use_count is torch's own, not promised: tests/training/test_ddp.py checks it.
     deadline = time.monotonic() + timeout_s
     while tensor._use_count() > 1 or sys.getrefcount(tensor) > alone:
         if time.monotonic() > deadline:
