@@ -24,21 +24,24 @@ from __future__ import annotations
 import itertools
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from torch.utils.data import DataLoader
-
-from config import Config
 from reporting.reporter import Reporter, check_tensorboard
 from reporting.runlog import RunLog
 from training import distributed as ddp
 from training import session
-from training.background import BackgroundWriter
 from training.cli import parse_args
-from training.guards import check_losses, check_networks
+from training.guards import check_networks, loss_means
 from training.snapshots import save_latest_after_epoch, save_latest_in_epoch, save_snapshots
-from training.state import LOSS_NAMES, Progress, RunDirs, RunState
 from training.step import train_step
 from training.validation import validate_epoch
+
+if TYPE_CHECKING:  # names of the type hints only
+    from torch.utils.data import DataLoader
+
+    from config import Config
+    from training.background import BackgroundWriter
+    from training.state import RunDirs, RunState
 
 # --- One epoch ---
 
@@ -87,8 +90,7 @@ def train_one_epoch(
                     state.stop = True
                     return None
     ddp.mean_over_ranks(p.total, state.world)  # epoch means over all processes' batches
-    check_losses(LOSS_NAMES, p.total, n_batches, f"in epoch {state.epoch + 1}")
-    return dict(zip(LOSS_NAMES, (p.total / n_batches).tolist()))
+    return loss_means(p.total, n_batches, f"in epoch {state.epoch + 1}")
 
 
 def log_point(state: RunState, n_batches: int, report: Reporter) -> None:
@@ -96,8 +98,7 @@ def log_point(state: RunState, n_batches: int, report: Reporter) -> None:
     p = state.progress
     ddp.mean_over_ranks(p.window, state.world)  # the same in every process: all stop on a NaN together
     iterations = f"in epoch {state.epoch + 1}, iterations {p.iteration - p.in_window + 1}-{p.iteration}"
-    check_losses(LOSS_NAMES, p.window, p.in_window, iterations)
-    means = dict(zip(LOSS_NAMES, (p.window / p.in_window).tolist()))
+    means = loss_means(p.window, p.in_window, iterations)
     state.history.add_point(state.epoch + p.iteration / n_batches, means)
     report.losses(state, means)
     p.window.zero_()
@@ -137,8 +138,7 @@ def train(cfg: Config, world: ddp.World | None = None, device=None) -> None:
                     break
                 for sched in (state.sched_G, state.sched_D):
                     sched.step()
-                state.epoch += 1
-                state.progress = Progress.start(state.device)
+                state.next_epoch()
                 seconds = round(time.perf_counter() - started, 2)
                 state.history.epochs.append({"epoch": state.epoch, **means, "lr": lr, "seconds": seconds})
                 check_networks({"generator": state.G, "discriminator": state.D}, f"after epoch {state.epoch}")

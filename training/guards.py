@@ -11,6 +11,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from training.state import LOSS_NAMES
+
 # The recipe's losses stay far below this (BCE of a patch logit is ~0.7 at chance and a few units
 # when D is sure; L1 of images in [-1, 1] is at most 2): beyond it, training has diverged.
 LOSS_LIMIT = 1e4
@@ -30,6 +32,13 @@ def check_losses(names: Iterable[str], sums: torch.Tensor, count: int, where: st
                 f"loss {name} became {value:.4g} {where} (training diverged: try a smaller --lr); "
                 f"stopped before saving it"
             )
+
+
+def loss_means(sums: torch.Tensor, count: int, where: str) -> dict[str, float]:
+    """The mean of each of the four losses over `count` iterations, by name, once check_losses has
+    found them sound (`sums`: their (4,) sums, on the device; read back here)."""
+    check_losses(LOSS_NAMES, sums, count, where)
+    return dict(zip(LOSS_NAMES, (sums / count).tolist()))
 
 
 def check_networks(networks: dict[str, nn.Module], where: str) -> None:

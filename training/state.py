@@ -138,6 +138,11 @@ class RunState:
         None  # with --cuda_graphs: the training step as a replayed CUDA graph (speed/cuda_graphs.py)
     )
 
+    def next_epoch(self) -> None:
+        """The current epoch is done: count it, and start the next one's progress."""
+        self.epoch += 1
+        self.progress = Progress.start(self.device)
+
     def restart_epoch(self) -> None:
         """The current epoch starts again from its first iteration (a checkpoint saved within it
         whose iterations no longer line up); its logged points are forgotten."""
