@@ -32,7 +32,6 @@ from training import distributed as ddp
 from training import session
 from training.cli import parse_args
 from training.guards import check_networks, loss_means
-from training.snapshots import save_latest_after_epoch, save_latest_in_epoch, save_snapshots
 from training.step import train_step
 from training.validation import validate_epoch
 
@@ -85,7 +84,7 @@ def train_one_epoch(
             )
             done = state.epoch * n_batches + p.iteration
             if stop or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-                save_latest_in_epoch(state, dirs, f"in epoch {state.epoch + 1}", writer)
+                session.save_latest_in_epoch(state, dirs, f"in epoch {state.epoch + 1}", writer)
                 if stop:
                     state.stop = True
                     return None
@@ -112,7 +111,7 @@ def end_of_epoch(state: RunState, run: session.Run, report: Reporter, writer: Ba
     samples = validate_epoch(state, run.val_set)
     writer.wait()  # until the previous epoch's files are written; a failed write stops the run here
     report.epoch(state, run.val_set, samples, writer)
-    save_snapshots(state, run.dirs, writer)
+    session.save_snapshots(state, run.dirs, writer)
 
 
 # --- The run ---
@@ -149,7 +148,7 @@ def train(cfg: Config, world: ddp.World | None = None, device=None) -> None:
                 stop = ddp.any_rank(world, state.device, state.stop)
                 state.stop = state.stop or stop
                 if stop or state.epoch == cfg.epochs or ddp.any_rank(world, state.device, run.schedule.due()):
-                    save_latest_after_epoch(state, dirs, writer)  # after the epoch's other files
+                    session.save_latest_after_epoch(state, dirs, writer)  # after the epoch's other files
                     run.schedule.written()
                 ddp.on_main(world, state.device, lambda: report.epoch_line(state, writer))
                 if stop:

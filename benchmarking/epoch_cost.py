@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from training.snapshots import save_snapshots
+from training.session import save_snapshots
 from training.state import LOSS_NAMES
 from training.step import train_step
 

@@ -113,3 +113,35 @@ def test_no_module_is_too_long_to_read():
         name: n for name, p in project_modules().items() if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert not long, f"split by concern: {long}"
+
+
+def runtime_project_imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules a file needs to run: its imports outside `if TYPE_CHECKING:` blocks
+    (those name type hints only), each `from package import module` counted as that module."""
+    tree = ast.parse(path.read_text())
+    hints_only = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+        for node in ast.walk(block)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in hints_only:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            submodules = {f"{node.module}.{alias.name}" for alias in node.names} & modules.keys()
+            found |= submodules or ({node.module} & modules.keys())
+    return found
+
+
+def test_train_py_reads_in_one_sitting():
+    """The loop, the GAN step's call and the end of an epoch on a few screens, resting on a handful
+    of modules: at most 250 lines, and at most 8 project modules imported to run."""
+    train = ROOT / "train.py"
+    assert len(train.read_text().splitlines()) <= 250
+    needed = runtime_project_imports(train, project_modules())
+    assert len(needed) <= 8, sorted(needed)
+    assert "training.session" in needed and "training.step" in needed, sorted(needed)

@@ -22,23 +22,25 @@ class TrainingError(RuntimeError):
     """Training cannot go on (a number became impossible); the message says where."""
 
 
-def check_losses(names: Iterable[str], sums: torch.Tensor, count: int, where: str) -> None:
+def check_losses(names: Iterable[str], sums: torch.Tensor, count: int, where: str) -> list[float]:
     """Stop on the first loss whose mean over `count` iterations is NaN, infinite or beyond LOSS_LIMIT
-    (one bad step poisons the sum)."""
-    for name, total in zip(names, sums.tolist()):
+    (one bad step poisons the sum); else return the sums, read back to the host once."""
+    totals = sums.tolist()
+    for name, total in zip(names, totals):
         if not math.isfinite(total) or abs(total) > LOSS_LIMIT * max(count, 1):
             value = total / max(count, 1) if math.isfinite(total) else total
             raise TrainingError(
                 f"loss {name} became {value:.4g} {where} (training diverged: try a smaller --lr); "
                 f"stopped before saving it"
             )
+    return totals
 
 
 def loss_means(sums: torch.Tensor, count: int, where: str) -> dict[str, float]:
     """The mean of each of the four losses over `count` iterations, by name, once check_losses has
-    found them sound (`sums`: their (4,) sums, on the device; read back here)."""
-    check_losses(LOSS_NAMES, sums, count, where)
-    return dict(zip(LOSS_NAMES, (sums / count).tolist()))
+    found them sound (`sums`: their (4,) sums, on the device)."""
+    totals = check_losses(LOSS_NAMES, sums, count, where)
+    return {name: total / count for name, total in zip(LOSS_NAMES, totals)}
 
 
 def check_networks(networks: dict[str, nn.Module], where: str) -> None:

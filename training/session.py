@@ -9,6 +9,11 @@
   background writer writes the epoch's files; on leaving, every file given to it is written,
   with the signals still caught.
 
+The checkpoints the loop leaves: ``save_latest_in_epoch`` (after checking that every number in it
+is still usable), ``save_snapshots`` (epoch_NNN.pt every save_every epochs, best.pt at the lowest
+val_L1 so far) and ``save_latest_after_epoch``, all written by the background writer from copies
+taken when they are called.
+
 ``run_errors`` turns what can go wrong in a run into one line and an exit status (train.py's main).
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -29,14 +35,14 @@ from files.images import DatasetError
 from training import checkpoint as ckpt
 from training import distributed as ddp
 from training import preflight, run_control
-from training.background import BackgroundWriter, LatestSchedule
+from training.background import BackgroundWriter, LatestSchedule, cpu_copy
 from training.checkpoint import CheckpointError
 from training.checkpoint_format import FORMAT
-from training.guards import TrainingError
+from training.guards import TrainingError, check_losses, check_networks
 from training.loader import build_data, make_loader, prepare_data_root
 from training.settings import ConfigError
 from training.setup import setup
-from training.state import RunDirs, RunState
+from training.state import LOSS_NAMES, RunDirs, RunState
 from utils import OutputError, exit_on_errors
 
 
@@ -141,6 +147,30 @@ def running(state: RunState, say: Callable[[str], None]) -> Iterator[BackgroundW
     are released."""
     with run_control.stop_on_signals(state, say), BackgroundWriter() as writer:
         yield writer
+
+
+def save_latest_in_epoch(state: RunState, dirs: RunDirs, where: str, writer: BackgroundWriter) -> None:
+    """latest.pt within an epoch, unless a loss, a weight or a BatchNorm statistic is no longer a
+    usable number; once the writes given before are done (one copy of the state waits at most)."""
+    check_losses(LOSS_NAMES, state.progress.total, state.progress.iteration, where)
+    check_networks({"generator": state.G, "discriminator": state.D}, where)
+    ddp.on_main(state.world, state.device, writer.wait)
+    ckpt.save_latest(state, dirs.latest, writer)
+
+
+def save_snapshots(state: RunState, dirs: RunDirs, writer: BackgroundWriter) -> None:
+    """epoch_NNN.pt every save_every epochs and best.pt at the lowest val_L1 so far: one copy."""
+    paths = [dirs.checkpoints / "best.pt"] if state.history.is_best(state.history.epochs[-1]) else []
+    if state.cfg.save_every and state.epoch % state.cfg.save_every == 0:
+        paths.insert(0, dirs.checkpoints / f"epoch_{state.epoch:03d}.pt")
+    snapshot = cpu_copy(ckpt.snapshot(state)) if paths else None
+    for path in paths:
+        writer.submit(functools.partial(ckpt.save_checkpoint, snapshot, path))
+
+
+def save_latest_after_epoch(state: RunState, dirs: RunDirs, writer: BackgroundWriter) -> None:
+    """latest.pt after an epoch, given to the writer after the epoch's other files: the commit point."""
+    ckpt.save_latest(state, dirs.latest, writer)
 
 
 def run_errors() -> contextlib.AbstractContextManager:
