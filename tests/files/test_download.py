@@ -21,7 +21,7 @@ FACADES_COUNTS = DATASETS["facades"].splits  # 400/100/106 images in train/val/t
 
 
 def ensure_facades(root, url: str, sha256: str = "", **kwargs):
-    """What data.py asks of download.py for --dataset facades."""
+    """What training/loader.py asks of files/download.py for --dataset facades."""
     return ensure_dataset(root, "facades", url, FACADES_COUNTS, sha256, **kwargs)
 
 
