@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -77,11 +76,11 @@ from pathlib import Path
 import torch
 
 from benchmarking import step_floor
+from benchmarking.baseline import build_baseline
 from training.loader import build_data, make_loader
 from training.setup import setup
 from training.step import train_step
 
-BASELINE_WORKERS = 4  # the official code's default --num_threads
 DEFAULTS = {
     "cpu": {"iters": 15, "repeats": 3, "warmup": 3, "configs": "baseline,fast"},
     # A GPU step is short: longer blocks; the warm-up covers cuDNN autotuning and capture.
@@ -91,71 +90,18 @@ DEFAULTS = {
 }
 
 
-class PILAlignedDataset(torch.utils.data.Dataset):
-    """The official way: open, split, resize, crop and flip each pair with PIL on every access."""
-
-    def __init__(self, folder: Path, direction: str, load_size: int, image_size: int) -> None:
-        from files.images import list_images
-
-        self.files, self.direction = list_images(folder), direction
-        self.load_size, self.image_size = load_size, image_size
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int):
-        import random
-
-        from PIL import Image
-        from torchvision import transforms
-
-        pair = Image.open(self.files[index]).convert("RGB")
-        w, h = pair.size
-        A, B = pair.crop((0, 0, w // 2, h)), pair.crop((w // 2, 0, w, h))
-        size = (self.load_size, self.load_size)
-        top = random.randint(0, self.load_size - self.image_size)
-        left = random.randint(0, self.load_size - self.image_size)
-        flip = random.random() < 0.5
-        to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
-
-        def jitter(image):
-            image = image.resize(size, Image.BICUBIC)
-            image = image.crop((left, top, left + self.image_size, top + self.image_size))
-            return to_tensor(image.transpose(Image.FLIP_LEFT_RIGHT) if flip else image)
-
-        real_A, real_B = jitter(A), jitter(B)
-        return (real_A, real_B) if self.direction == "AtoB" else (real_B, real_A)
-
-
 def build(kind: str, data_root: str, device: str):
     """State, data iterator and validation set of one configuration; networks from the same seed."""
     from config import Config
 
     cfg = Config(data_root=data_root, device=device, cuda_graphs="true" if kind == "graphs" else "false")
-    if kind in ("fast", "graphs"):
-        train_set, val_set = build_data(cfg)
-        state = setup(cfg)
-        loader = make_loader(train_set, cfg, state.device, state.world)
-        return state, loader, val_set, len(train_set)
-    # The stock networks (speedups false: no speed.accelerate), in fp32, with torch.optim.Adam's
-    # default step.
-    state = setup(dataclasses.replace(cfg, precision="fp32", speedups=False))
-    torch.set_flush_denormal(False)
-    torch.backends.cudnn.benchmark = False
-    state.opt_G, state.opt_D = (
-        torch.optim.Adam(getattr(state, n).parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        for n in ("G", "D")
-    )
-    data = PILAlignedDataset(Path(data_root) / "train", cfg.direction, cfg.load_size, cfg.image_size)
-    loader = torch.utils.data.DataLoader(
-        data,
-        batch_size=1,
-        shuffle=True,
-        num_workers=BASELINE_WORKERS,
-        persistent_workers=True,
-        pin_memory=state.device.type == "cuda",
-    )
-    return state, loader, None, len(data)
+    if kind == "baseline":
+        state, loader = build_baseline(cfg)
+        return state, loader, None, len(loader.dataset)
+    train_set, val_set = build_data(cfg)
+    state = setup(cfg)
+    loader = make_loader(train_set, cfg, state.device, state.world)
+    return state, loader, val_set, len(train_set)
 
 
 def worker(kind: str, data_root: str, device: str, epoch_repeats: int, conn) -> None:

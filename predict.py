@@ -40,50 +40,41 @@ folder name; the default output folder stays inside <results_dir>/<name> and hol
 from __future__ import annotations
 
 import argparse
-import html
-import json
-import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterable
-from urllib.parse import quote
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-from dataset import PairedDataset, open_split
 from evaluation.export import export_generator, export_paths
-from evaluation.generate import translate_image, translate_pairs
-from evaluation.metrics import (
-    FID_MIN_IMAGES,
-    SSIM_SIZE,
-    MissingPackageError,
-    evaluate_pairs,
-    inception_weights_path,
-)
+from evaluation.generate import translate_image
+from evaluation.metrics import MissingPackageError, inception_weights_path
 from files.images import DatasetError, list_images, read_image
 from files.paths import (
     PathError,
     check_own_folder,
     check_targets,
     describe,
-    html_mark,
     made_by,
     output_path,
     plain_name,
-    save_png,
 )
-from files.writing import write_text
-from reporting.figures import PNG_COMPRESS_LEVEL, html_page, to_pixels
+from reporting.figures import save_image
+from reporting.split_report import (
+    SUBFOLDERS,
+    check_scorable,
+    evaluate_split,
+    metrics_line,
+    open_paired,
+    write_report,
+)
 from training.checkpoint import CheckpointError
 from training.settings import ConfigError
 from training.trained_generator import inference_precision, load_run
-from utils import ArgumentParser, OutputError, exit_on_errors, resolve_device
+from utils import ArgumentParser, OutputError, exit_on_errors, progress, resolve_device
 
 WRITER = "pix2pix predict.py"  # the mark in the files it writes: the only files it replaces
-SUBFOLDERS = ("real_A", "real_B")  # of a split's output folder
 
 
 def is_own(path: Path) -> bool:
@@ -217,11 +208,6 @@ def check_outputs(targets: list[Path], inputs: list[Path], data_roots: list[Path
     check_targets(targets, "--output", inputs=inputs, roots=data_roots, **own)
 
 
-def save_image(image: torch.Tensor, path: Path) -> None:
-    """reporting.figures.save_image's PNG with predict's mark, by which a later run knows it."""
-    save_png(Image.fromarray(to_pixels(image.expand(3, -1, -1))), path, WRITER, PNG_COMPRESS_LEVEL)
-
-
 def read_input(path: Path, settings: SimpleNamespace, whole: bool = False) -> torch.Tensor:
     """An input file as uint8 (C, H, W). A file twice as wide as high, given to a run on aligned
     data, is taken for an A|B pair file of its dataset: its input half (the half `direction`
@@ -252,109 +238,7 @@ def predict_files(
         real_A = read_input(path, settings, whole)  # (C, H, W) uint8
         resize_to = settings.image_size if resize else None
         fake_B = translate_image(G, real_A, settings.eval_mode, settings.seed, device, amp, resize_to)
-        save_image(fake_B, output / f"{path.stem}.png")
-
-
-def progress(items: Iterable, total: int | None = None, desc: str = "") -> Iterable:
-    """A progress bar over `items` on a terminal; without one (output to a file or a pipe) the
-    items alone: a bar's redrawn frames would fill a log with one long line."""
-    return tqdm(items, total=total, desc=desc, dynamic_ncols=True, disable=None)  # None: off without a TTY
-
-
-def metrics_line(report: dict) -> str:
-    """The console's line of a split's scores: the mean L1, PSNR and SSIM over its images, and FID
-    and KID with the number of images they compare."""
-    mean, images = report["mean"], report["images"]
-    line = (
-        f"L1 {mean['L1']:.4f}  PSNR {mean['PSNR']:.2f} dB  SSIM {mean['SSIM']:.4f} (means of {images} images)"
-    )
-    if "FID" in mean:
-        line += f"  FID {mean['FID']:.4g} over {mean.get('FID_images', images)} images"
-        line += f"  KID {mean['KID']:.4g}" + (f" ± {mean['KID_std']:.2g}" if "KID_std" in mean else "")
-    return line
-
-
-def check_scorable(data: PairedDataset, folder: Path, with_fid: bool) -> None:
-    """Before the first image is translated: every image of the split is big enough for SSIM's
-    window, and --fid has two images or more to compare."""
-    for (height, width), name in data.sizes().items():
-        if min(height, width) < SSIM_SIZE:
-            raise DatasetError(
-                f"{name}: {width}x{height} as the run's --preprocess {data.preprocess} reads it, but SSIM "
-                f"needs at least {SSIM_SIZE}x{SSIM_SIZE}; evaluate another split, or translate the files"
-            )
-    if with_fid and len(data) < FID_MIN_IMAGES:
-        raise DatasetError(f"{folder}: {len(data)} image, but --fid needs at least {FID_MIN_IMAGES}")
-
-
-def open_paired(G, settings: SimpleNamespace, folder: Path) -> PairedDataset:
-    """The split as validation reads it."""
-    return open_split(
-        folder,
-        settings.data_layout,
-        direction=settings.direction,
-        load_size=settings.load_size,
-        image_size=settings.image_size,
-        train=False,
-        preprocess=settings.preprocess,
-        input_nc=settings.input_nc,
-        output_nc=settings.output_nc,
-        multiple=G.size_multiple,
-    )
-
-
-def evaluate_split(
-    G, settings: SimpleNamespace, data: PairedDataset, folder: Path, output: Path, device, amp, with_fid: bool
-) -> dict:
-    """Translate a paired split as validation does, write the images, and return metrics.json's content."""
-    names = [path.stem for path in data.files]
-
-    def pairs():
-        items = progress(
-            (data[i] for i in range(len(data))), total=len(data), desc=f"translating {folder.name}"
-        )
-        for index, (real_A, fake_B, real_B) in enumerate(
-            translate_pairs(G, items, settings.eval_mode, settings.seed, amp, device)
-        ):
-            for image, where in ((fake_B, output), (real_A, output / "real_A"), (real_B, output / "real_B")):
-                save_image(image, where / f"{names[index]}.png")
-            yield fake_B, real_B
-
-    per_image, means = evaluate_pairs(pairs(), with_fid, device)
-    return {
-        "written_by": WRITER,
-        "split": str(folder),
-        "images": len(names),
-        "eval_mode": settings.eval_mode,
-        "mean": means,
-        "per_image": [
-            {"name": name, **{k: v[i] for k, v in per_image.items()}} for i, name in enumerate(names)
-        ],
-    }
-
-
-def gallery_page(report: dict, title: str) -> str:
-    """index.html of a split: the mean metrics, then one row per image: input | generated | target."""
-    means = ", ".join(f"{k} {v:.4g}" for k, v in report["mean"].items())
-    rows = [
-        "<tr><th>image</th><th>input</th><th>generated</th><th>target</th><th>L1</th><th>PSNR</th>"
-        "<th>SSIM</th></tr>"
-    ]
-    for item in report["per_image"]:
-        # The file name's bytes, %-escaped, so that spaces, '#', '&' and names that are not
-        # UTF-8 (surrogate-escaped by Python) all link to the file; shown with U+FFFD for bad bytes.
-        png = quote(os.fsencode(f"{item['name']}.png"))
-        shown = os.fsencode(item["name"]).decode("utf-8", "replace")
-        images = "".join(
-            f'<td><img src="{src}" alt="{src}" width="256"></td>'
-            for src in (f"real_A/{png}", png, f"real_B/{png}")
-        )
-        rows.append(
-            f"<tr><td>{html.escape(shown)}</td>{images}<td>{item['L1']:.4f}</td><td>{item['PSNR']:.2f}</td>"
-            f"<td>{item['SSIM']:.4f}</td></tr>"
-        )
-    body = [html_mark(WRITER), f"<p>{report['images']} images; means: {means}</p>", "<table>", *rows]
-    return html_page(title, [*body, "</table>"])
+        save_image(fake_B, output / f"{path.stem}.png", WRITER)
 
 
 def check_names(args: argparse.Namespace) -> None:
@@ -422,10 +306,9 @@ def predict_split(args, G, settings, epoch: int, output: Path, data_roots: list[
     report = {
         "checkpoint": str(args.checkpoint),
         "epoch": epoch,
-        **evaluate_split(G, settings, data, folder, output, device, amp, args.fid),
+        **evaluate_split(G, settings, data, folder, output, device, amp, args.fid, WRITER),
     }
-    write_text(output / "metrics.json", json.dumps(report, indent=2) + "\n")
-    write_text(output / "index.html", gallery_page(report, f"{settings.name}, epoch {epoch}: {args.split}"))
+    write_report(report, output, f"{settings.name}, epoch {epoch}: {args.split}")
     print(metrics_line(report))
 
 

@@ -26,7 +26,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from reporting.reporter import Reporter, check_tensorboard
+from reporting.reporter import Reporter
 from reporting.runlog import RunLog
 from training import distributed as ddp
 from training import session
@@ -120,7 +120,6 @@ def end_of_epoch(state: RunState, run: session.Run, report: Reporter, writer: Ba
 def train(cfg: Config, world: ddp.World | None = None, device=None) -> None:
     """The whole run; under torchrun, world and device come from process_group (main does it)."""
     world = world or ddp.World()
-    check_tensorboard(cfg)  # --tensorboard true without the package fails before any work
     # What is printed from here on also goes to train.log.
     with RunLog(world.is_main) as log, session.opened(cfg, world, device, log.open) as run:
         if run is None:  # it has trained its epochs already

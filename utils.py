@@ -1,7 +1,7 @@
 """Small helpers the project shares: seeding and RNG states, device and precision, opening a file
-the run keeps open without following a link (open_own_file), signals, and the one-line error exit
-(with a console that output which cannot be shown never stops). Writing whole files atomically
-is files/writing.py's.
+the run keeps open without following a link (open_own_file), signals, the one-line error exit
+(with a console that output which cannot be shown never stops) and a progress bar shown only on
+a terminal. Writing whole files atomically is files/writing.py's.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import IO, Callable, Iterator, NoReturn, TextIO
+from typing import IO, Callable, Iterable, Iterator, NoReturn, TextIO
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 # ---------------------------------------------------------------------------------------------
 # Seeding, devices and precision
@@ -328,6 +329,12 @@ def never_failing_console() -> None:
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, _Console):
             setattr(sys, name, _Console(stream))
+
+
+def progress(items: Iterable, total: int | None = None, desc: str = "") -> Iterable:
+    """A progress bar over `items` on a terminal; without one (output to a file or a pipe) the
+    items alone: a bar's redrawn frames would fill a log with one long line."""
+    return tqdm(items, total=total, desc=desc, dynamic_ncols=True, disable=None)  # None: off without a TTY
 
 
 def map_tensors(tree, fn: Callable[[torch.Tensor], torch.Tensor]):

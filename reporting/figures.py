@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.metrics import to_levels
+from files.paths import save_png
 from files.writing import atomic_write, write_text
 
 
@@ -134,13 +135,14 @@ def to_pixels(image: torch.Tensor) -> np.ndarray:
     return to_levels(image.cpu(), torch.uint8).permute(1, 2, 0).numpy()
 
 
-def save_image(image: torch.Tensor, path: str | Path) -> None:
+def save_image(image: torch.Tensor, path: str | Path, writer: str) -> None:
     """Save one (C, H, W) image in [-1, 1] as an 8-bit RGB PNG (C = 1: gray, as torchvision's
-    save_image writes it)."""
+    save_image writes it) that carries `writer`'s mark (files/paths.py), by which a later run
+    knows the file for its own."""
     from PIL import Image
 
     picture = Image.fromarray(to_pixels(image.expand(3, -1, -1)))
-    atomic_write(path, lambda tmp: picture.save(tmp, format="png", compress_level=PNG_COMPRESS_LEVEL))
+    save_png(picture, Path(path), writer, PNG_COMPRESS_LEVEL)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,19 +1,18 @@
 """What a training run reports as it goes: the console (progress bar or plain lines, the estimated
-time of the run), TensorBoard event files, and each epoch's pictures and pages (drawn by
-reporting/figures.py). What it records of itself, train.log and config.json, is reporting/runlog.py's."""
+time of the run), TensorBoard event files (written by reporting/tensorboard.py), and each epoch's
+pictures and pages (drawn by reporting/figures.py). What it records of itself, train.log and
+config.json, is reporting/runlog.py's."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Iterator, TextIO
 
-import numpy as np
 import torch
 
 from evaluation.generate import translate_pairs
@@ -22,65 +21,12 @@ from files.writing import write_text
 from reporting.estimate import RunEstimate, announce, duration
 from reporting.figures import plot_curves, save_sample_grid, write_csv, write_gallery
 from reporting.runlog import RunLog, run_record
+from reporting.tensorboard import TensorBoardLog
 from training.background import BackgroundWriter, cpu_copy
+from training.preflight import TENSORBOARD_HINT, check_tensorboard
 from training.run_control import size_text
 from training.state import RunDirs
 from training.validation import sample_indices, subset
-
-# ---------------------------------------------------------------------------------------------
-# TensorBoard
-# ---------------------------------------------------------------------------------------------
-
-TENSORBOARD_HINT = "pip install -r requirements-tensorboard.txt"
-
-
-def check_tensorboard(cfg) -> bool:
-    """Whether the run logs to TensorBoard: cfg.tensorboard "false" -> no, "auto" -> when the
-    tensorboard package is installed, "true" -> yes, and MissingPackageError when it cannot be."""
-    if cfg.tensorboard == "false":
-        return False
-    if cfg.tensorboard == "auto":
-        return importlib.util.find_spec("tensorboard") is not None
-    try:  # asked for explicitly: make sure it really works, before any work
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except ImportError as err:
-        raise MissingPackageError(
-            f"--tensorboard: true needs the tensorboard package ({err}): {TENSORBOARD_HINT}"
-        ) from None
-    return True
-
-
-class TensorBoardLog:
-    """results/<name>/tensorboard/: the run's curves for `tensorboard --logdir results`.
-
-    The global step of every event is the number of iterations done (epoch * iterations per epoch
-    + iteration). A process that starts from a checkpoint at step T writes only steps > T and
-    opens its event file with purge_step T + 1, so that TensorBoard drops what an earlier process
-    wrote after that checkpoint (a killed run): resumed curves go on without a repeated step.
-    """
-
-    def __init__(self, folder: Path, start_step: int, config_text: str) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(folder), purge_step=start_step + 1)
-        # Markdown: indented lines are shown as they are (the text plugin renders Markdown).
-        self.writer.add_text(
-            "config", "\n".join("    " + line for line in config_text.splitlines()), start_step + 1
-        )
-
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
-
-    def image(self, tag: str, pixels: np.ndarray, step: int) -> None:
-        self.writer.add_image(tag, pixels, step, dataformats="HWC")
-
-    def flush(self) -> None:
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
-
 
 # ---------------------------------------------------------------------------------------------
 # The run's reporter: console, files
@@ -162,7 +108,7 @@ class Reporter:
 
     def _open_tensorboard(self, state) -> None:
         """The event writer, once the steps per epoch are known (the first epoch's progress)."""
-        if not check_tensorboard(state.cfg):
+        if not check_tensorboard(state.cfg.tensorboard):
             if state.cfg.tensorboard == "auto":
                 self.print(
                     f"no TensorBoard logs: the tensorboard package is not installed ({TENSORBOARD_HINT})"

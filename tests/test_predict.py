@@ -15,7 +15,9 @@ from conftest import html_links, require, require_fid, run_main, run_script, wri
 from PIL import Image
 
 import predict
+import utils
 from evaluation.generate import translate
+from reporting.split_report import metrics_line
 from training import trained_generator
 
 
@@ -162,9 +164,9 @@ def test_inputs_and_split_together_are_refused(checkpoint, tmp_path):
 def test_the_console_line_of_a_split_says_over_how_many_images():
     report = {"images": 106, "mean": {"L1": 0.17684, "PSNR": 13.402, "SSIM": 0.23461}}
     line = "L1 0.1768  PSNR 13.40 dB  SSIM 0.2346 (means of 106 images)"
-    assert predict.metrics_line(report) == line
+    assert metrics_line(report) == line
     report["mean"].update(FID=123.456, KID=0.01234, KID_std=0.00211, FID_images=106)
-    assert predict.metrics_line(report) == line + "  FID 123.5 over 106 images  KID 0.01234 ± 0.0021"
+    assert metrics_line(report) == line + "  FID 123.5 over 106 images  KID 0.01234 ± 0.0021"
 
 
 class Terminal(io.StringIO):
@@ -180,5 +182,5 @@ def test_progress_bars_only_on_a_terminal(checkpoint, tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     assert "translating" not in err and "\r" not in err
     monkeypatch.setattr(sys, "stderr", Terminal())
-    assert list(predict.progress(range(3), desc="translating")) == [0, 1, 2]
+    assert list(utils.progress(range(3), desc="translating")) == [0, 1, 2]
     assert "translating" in sys.stderr.getvalue()

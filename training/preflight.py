@@ -1,5 +1,5 @@
 """What a training run points at, checked before any work: the device, the data folder, the checkpoint
-to resume from, and the folders and files the run writes.
+to resume from, the folders and files the run writes, and the optional packages it asks for.
 
 training/settings.py's validate checks every setting by itself, without looking at the machine; this
 module looks at the machine, so that a run that could not finish its first epoch (a checkpoint
@@ -12,6 +12,7 @@ check_run first.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import stat
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from config import Config
+from evaluation.metrics import MissingPackageError
 from files.images import DatasetError
 from training import distributed as ddp
 from training.checkpoint import CheckpointError
@@ -34,6 +36,7 @@ RUN_FILES = {
     "results": ("*.json", "*.log", "*.csv", "*.png", "*.html", "samples/*.png"),
 }
 RUN_FOLDERS = {"checkpoints": (), "results": ("samples", "tensorboard")}
+TENSORBOARD_HINT = "pip install -r requirements-tensorboard.txt"
 
 
 def run_folders(cfg: Config) -> dict[str, Path]:
@@ -63,6 +66,22 @@ def _check(cfg: Config, writes: bool, device: torch.device | None) -> None:
     if writes:
         check_outputs(cfg)
         check_own_folders(cfg)
+
+
+def check_tensorboard(setting: str) -> bool:
+    """Whether the run logs to TensorBoard: --tensorboard "false" -> no, "auto" -> when the
+    tensorboard package is installed, "true" -> yes, and MissingPackageError when it cannot be."""
+    if setting == "false":
+        return False
+    if setting == "auto":
+        return importlib.util.find_spec("tensorboard") is not None
+    try:  # asked for explicitly: make sure it really works, before any work
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError as err:
+        raise MissingPackageError(
+            f"--tensorboard: true needs the tensorboard package ({err}): {TENSORBOARD_HINT}"
+        ) from None
+    return True
 
 
 def check_device(cfg: Config, device: torch.device | None) -> None:

@@ -65,8 +65,10 @@ def opened(
     """The run from its checks to its first iteration, holding the locks of its two folders until
     the block ends. `open_log(path)` names the file the run's log goes to (train.log)."""
     preflight.check_run(cfg, world, device)  # every setting and path, before any work
+    # A missing optional package fails now, not after the first epoch.
+    preflight.check_tensorboard(cfg.tensorboard)
     if cfg.val_fid:
-        inception_weights_path()  # a missing optional package fails now, not after the first epoch
+        inception_weights_path()
     dirs = RunDirs.of(cfg)
     # Both folders: no other process may write in either, under whatever name (rank 0 holds them).
     lock = run_control.run_lock(dirs.checkpoints, dirs.results) if world.is_main else contextlib.nullcontext()

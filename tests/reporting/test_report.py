@@ -4,6 +4,7 @@ progress lines, config.json as the record of the run, captioned grids, plots and
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import subprocess
 import sys
@@ -117,12 +118,12 @@ def test_tensorboard_false_writes_no_events(tiny):
 
 
 def test_tensorboard_auto_without_the_package_trains_without_it_and_says_so_once(tiny, monkeypatch, capsys):
-    real_find_spec = report.importlib.util.find_spec
+    real_find_spec = importlib.util.find_spec
 
     def find_spec(name, *args, **kwargs):
         return None if name == "tensorboard" else real_find_spec(name, *args, **kwargs)
 
-    monkeypatch.setattr(report.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     train.train(tiny)  # two epochs: the line comes once
     assert not (results(tiny) / "tensorboard").exists()
     said = [line for line in capsys.readouterr().out.splitlines() if "TensorBoard" in line]
