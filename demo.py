@@ -244,8 +244,6 @@ def stop_on_sigterm(signum: int) -> None:
 
 def serve(app, args: argparse.Namespace, seconds: float) -> None:
     """Launch the app on host:port and serve until Ctrl-C or SIGTERM; `seconds`: one generation's."""
-    from utils import on_signals
-
     try:
         app.launch(
             server_name=args.host,
@@ -259,26 +257,27 @@ def serve(app, args: argparse.Namespace, seconds: float) -> None:
     except OSError as err:  # the port was taken between check_port and now
         raise DemoError(f"--port {args.port}: cannot listen on {args.host}:{args.port} ({err})") from None
     try:
-        with on_signals((signal.SIGTERM,), stop_on_sigterm, once=False):
-            print(
-                f"demo running at http://{args.host}:{args.port} (one generation: {seconds:.2f} s; "
-                "Ctrl-C stops it)",
-                flush=True,
-            )
-            if args.share:  # quiet=True keeps Gradio from printing it
-                print(f"public share link: {app.share_url or 'none (Gradio could not make one)'}", flush=True)
-            app.block_thread()  # returns on Ctrl-C (KeyboardInterrupt)
+        print(
+            f"demo running at http://{args.host}:{args.port} (one generation: {seconds:.2f} s; "
+            "Ctrl-C stops it)",
+            flush=True,
+        )
+        if args.share:  # quiet=True keeps Gradio from printing it
+            print(f"public share link: {app.share_url or 'none (Gradio could not make one)'}", flush=True)
+        app.block_thread()  # returns on Ctrl-C (KeyboardInterrupt)
     finally:
         app.close(verbose=False)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from utils import exit_on_errors
+    from utils import exit_on_errors, on_signals
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # An unexpected error's traceback goes to a pix2pix-error-*.log in the temporary folder, named
-    # in its one line (exit_on_errors).
-    with exit_on_errors((), (DemoError,)), own_temp_folder():
+    # in its one line (exit_on_errors). SIGTERM stops it as Ctrl-C does from the first moment its
+    # folder exists, also while the generator loads, so that the folder is always removed.
+    sigterm = on_signals((signal.SIGTERM,), stop_on_sigterm, once=False)
+    with exit_on_errors((), (DemoError,)), sigterm, own_temp_folder():
         app, seconds = prepare(args)
         serve(app, args, seconds)
 

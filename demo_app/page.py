@@ -158,8 +158,9 @@ def intro_text(model: Model, seconds: float, size: tuple[int, int], live: bool) 
         if cfg["eval_mode"]
         else "Dropout stays on as in the paper (eval_mode false): each seed gives another variant."
     )
+    epochs = "1 epoch" if model.epoch == 1 else f"{model.epoch} epochs"
     return (
-        f"**{cfg['name']}**: {cfg['dataset']}, {cfg['direction']}, trained {model.epoch} epochs at "
+        f"**{cfg['name']}**: {cfg['dataset']}, {cfg['direction']}, trained {epochs} at "
         f"{cfg['image_size']} px. {speed} {mode}"
     )
 

@@ -120,6 +120,22 @@ def require(module: str):
         pytest.skip(f"{module} not installed")
 
 
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")  # Debian's
+
+
+def require_browser():
+    """Selenium and Debian's Chromium + driver (selenium.webdriver returned): a failure in CI
+    (which installs them), locally a skip."""
+    require("gradio")
+    webdriver = require("selenium.webdriver")
+    for tool in (CHROMIUM, CHROMEDRIVER):
+        if not tool.exists():
+            if os.environ.get("CI"):
+                pytest.fail(f"{tool} is required in CI (apt-get install chromium chromium-driver)")
+            pytest.skip(f"{tool} not installed (apt-get install chromium chromium-driver)")
+    return webdriver
+
+
 def require_fid() -> None:
     """The optional FID package (requirements-eval.txt), required in CI like `require`."""
     from evaluation import metrics

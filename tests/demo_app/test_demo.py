@@ -7,19 +7,29 @@ import io
 import os
 import queue
 import re
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import types
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, require, start_script, write_tiny_checkpoint
+from conftest import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    ROOT,
+    require,
+    require_browser,
+    start_script,
+    write_tiny_checkpoint,
+)
 from PIL import Image
 
 import demo
@@ -29,8 +39,6 @@ from demo_app import palette as facades_palette
 from evaluation.generate import translate_image
 from files.images import read_image
 from training import trained_generator
-
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 def tiny_checkpoint(path: Path, **config) -> Path:
@@ -396,6 +404,39 @@ def test_a_bug_before_the_demo_starts_is_one_line(checkpoint, tmp_path, monkeypa
     )
 
 
+def test_sigterm_while_the_generator_loads_removes_the_demos_folder(
+    checkpoint, tmp_path, monkeypatch, capsys
+):
+    """A service manager may stop the demo before it serves: its folder goes as after Ctrl-C."""
+    seen = []
+
+    def loading(args):
+        seen.extend(tmp_path.iterdir())  # the demo's folder exists while the generator loads
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+
+    monkeypatch.setattr(demo, "prepare", loading)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    code, err = run_main(["--checkpoint", checkpoint], capsys)
+    assert code == 130 and err.startswith("error: interrupted"), err
+    assert [p.name.startswith("pix2pix-demo-") for p in seen] == [True]
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # given back
+
+
+def test_the_intro_counts_epochs_as_a_person_says_them():
+    config = {
+        "name": "facades",
+        "dataset": "facades",
+        "direction": "BtoA",
+        "image_size": 256,
+        "eval_mode": False,
+    }
+    for epoch, said in ((1, "trained 1 epoch at 256 px"), (200, "trained 200 epochs at 256 px")):
+        model = types.SimpleNamespace(config=config, epoch=epoch)
+        assert said in demo_app.intro_text(model, 0.05, (256, 256), live=True)
+
+
 def test_the_demo_serves_errors_quietly_and_removes_its_files(checkpoint, tmp_path):
     """Through the running server: an upload too large is the page's message with no traceback in
     the console, and everything Gradio stored (uploads included) is removed when the demo stops
@@ -425,18 +466,6 @@ def test_the_demo_serves_errors_quietly_and_removes_its_files(checkpoint, tmp_pa
 # ---------------------------------------------------------------------------------------------
 # The app in a real browser
 # ---------------------------------------------------------------------------------------------
-
-
-def require_browser():
-    """Selenium and Debian's Chromium + driver: a failure in CI (which installs them), locally a skip."""
-    require("gradio")
-    webdriver = require("selenium.webdriver")
-    for tool in (CHROMIUM, CHROMEDRIVER):
-        if not tool.exists():
-            if os.environ.get("CI"):
-                pytest.fail(f"{tool} is required in CI (apt-get install chromium chromium-driver)")
-            pytest.skip(f"{tool} not installed (apt-get install chromium chromium-driver)")
-    return webdriver
 
 
 @pytest.fixture(scope="module")
