@@ -9,6 +9,13 @@ from PIL import Image
 TILE, GAP = 256, 4  # the test examples' tiles and the white gap between them
 
 
+def results_page(results, stretches, *options):
+    """tools/results_page.py on a run's results folder and its record of starts and stops."""
+    return run_script(
+        "tools/results_page.py", "--results", results, "--stretches", stretches, *options, cwd=ROOT
+    )
+
+
 def make_run(tmp_path, epochs_done: int):
     results = tmp_path / "results" / "facades"
     results.mkdir(parents=True)
@@ -37,16 +44,7 @@ def test_the_page_says_where_the_run_stands(tmp_path):
     (test / "metrics.json").write_text(
         json.dumps({"mean": {"FID": 130.25, "KID": 0.05, "L1": 0.19, "PSNR": 13.1, "SSIM": 0.25}})
     )
-    done = run_script(
-        "tools/results_page.py",
-        "--results",
-        results,
-        "--stretches",
-        stretches,
-        "--test_dir",
-        f"10={test}",
-        cwd=ROOT,
-    )
+    done = results_page(results, stretches, "--test_dir", f"10={test}")
     assert done.returncode == 0, done.stderr
     page = done.stdout
     assert "**Where it stands: 3/200 epochs**" in page and "stopped 1 times and resumed 1 times" in page
@@ -63,9 +61,7 @@ def test_the_page_says_where_the_run_stands(tmp_path):
 
 def test_a_missing_history_is_one_line(tmp_path):
     _, stretches = make_run(tmp_path, 1)
-    done = run_script(
-        "tools/results_page.py", "--results", tmp_path / "nowhere", "--stretches", stretches, cwd=ROOT
-    )
+    done = results_page(tmp_path / "nowhere", stretches)
     assert done.returncode == 1 and done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1
 
 
@@ -78,7 +74,7 @@ def test_the_wall_time_of_each_stretch_and_their_sum(tmp_path):
         "stop 2026-12-06T04:06:00Z epoch 2\n"
         "start 2026-12-06T05:00:00Z epoch 2 cpu AMD EPYC | family 25 model 17 | torch.bfloat16\n"
     )
-    done = run_script("tools/results_page.py", "--results", results, "--stretches", stretches, cwd=ROOT)
+    done = results_page(results, stretches)
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "AMD EPYC" in line]
     assert [row.rsplit("|", 2)[1].strip() for row in rows] == ["2.0 h", "0.1 h", "-"]
@@ -118,18 +114,7 @@ def figures_run(tmp_path, *tests, link=()):
     make_pictures(results, (1, 50))
     test_args = [arg for item in tests for arg in ("--test_dir", item)]
     figures = tmp_path / "docs" / "results"
-    done = run_script(
-        "tools/results_page.py",
-        "--results",
-        results,
-        "--stretches",
-        stretches,
-        "--figures",
-        figures,
-        *link,
-        *test_args,
-        cwd=ROOT,
-    )
+    done = results_page(results, stretches, "--figures", figures, *link, *test_args)
     return done, results, figures
 
 
@@ -214,11 +199,10 @@ def test_the_page_written_with_output_links_its_figures_from_its_folder_and_surv
     assert "](results/test_examples.jpg)" in text and "| 50 | paper (eval_mode false) |" in text
     assert sorted(p.name for p in page.parent.iterdir()) == ["results", "results.md"]  # no temporary file
     (e50 / "real_B" / "2.png").unlink()  # the next regeneration fails
-    failed = run_script(
-        "tools/results_page.py",
-        *("--results", tmp_path / "results" / "facades", "--stretches", tmp_path / "stretches.log"),
+    failed = results_page(
+        tmp_path / "results" / "facades",
+        tmp_path / "stretches.log",
         *("--test_dir", f"50={e50}", "--figures", figures, "--output", page),
-        cwd=ROOT,
     )
     assert failed.returncode != 0 and str(e50 / "real_B" / "2.png") in failed.stderr
     assert page.read_text() == text  # the committed page is left whole, not emptied
