@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
 # The default recipe as a long run kept outside the checkout, started and resumed with the same
 # command at the lowest priority (other work on the machine goes first), every start and stop
-# recorded in RUN_DIR/stretches.log (the input of tools/results_page.py).
+# recorded in RUN_DIR/stretches.log (the input of tools/results_page.py); its snapshots scored on
+# the test split, and the run written up as docs/results.md.
 #
 #   bash tools/long_run.sh start [RUN_DIR] [train.py options...]   # starts, or resumes exactly
 #   bash tools/long_run.sh stop [RUN_DIR]                          # Ctrl-C: latest.pt, then exit
 #   bash tools/long_run.sh status [RUN_DIR]
+#   bash tools/long_run.sh evaluate RUN_DIR EPOCH [predict.py options...]   # e.g. --data_root DIR
+#   bash tools/long_run.sh page [RUN_DIR] [results_page.py options...]
 #
 # RUN_DIR defaults to ~/pix2pix-runs; the run's folders are RUN_DIR/checkpoints/facades and
-# RUN_DIR/results/facades, its console output RUN_DIR/console.log.
+# RUN_DIR/results/facades, its console output RUN_DIR/console.log. evaluate scores
+# epoch_NNN.pt with predict.py --split test --fid in the paper's mode (--eval_mode false) and with
+# --eval_mode true, into RUN_DIR/eval/epoch_NNN_eval_false and _eval_true (console output in
+# each one's .log beside it); a mode already scored is skipped. page gives tools/results_page.py
+# every scored folder, with --figures docs/results --output docs/results.md unless the options
+# given say otherwise. Relative paths are taken from the checkout's root, where it runs.
 set -u
 cd "$(dirname "$0")/.."
-action=${1:?usage: tools/long_run.sh start|stop|status [RUN_DIR] [train.py options...]}
+usage="usage: tools/long_run.sh start [RUN_DIR] [train.py options...] | stop|status [RUN_DIR]
+       | evaluate RUN_DIR EPOCH [predict.py options...] | page [RUN_DIR] [results_page.py options...]"
+action=${1:?$usage}
 run=${2:-$HOME/pix2pix-runs}
 shift $(( $# >= 2 ? 2 : 1 ))
 latest="$run/checkpoints/facades/latest.pt"
@@ -20,7 +30,10 @@ epoch() {  # the epoch latest.pt records (0 before the first one)
     python -c "import sys, torch; print(torch.load(sys.argv[1], mmap=True, weights_only=True)['epoch'])" \
         "$latest" 2> /dev/null || echo 0
 }
-running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2> /dev/null; }
+running() {  # the recorded process is alive and is still this run's train.py (pids are reused)
+    [ -f "$pidfile" ] && ps -ww -o args= -p "$(cat "$pidfile")" 2> /dev/null \
+        | grep -qF -- "train.py --checkpoint_dir $run/checkpoints"
+}
 case "$action" in
 start)
     if running; then echo "already running (pid $(cat "$pidfile"))"; exit 1; fi
@@ -49,8 +62,46 @@ status)
     running && echo "running (pid $(cat "$pidfile"))" || echo "not running"
     echo "latest.pt: epoch $(epoch)"
     ;;
+evaluate)
+    case ${1:-} in '' | *[!0-9]*) echo "$usage"; exit 2 ;; esac
+    nnn=$(printf %03d $((10#$1)))  # 10#: 010 is ten, not octal
+    shift
+    snapshot="$run/checkpoints/facades/epoch_$nnn.pt"
+    if [ ! -f "$snapshot" ]; then echo "error: $snapshot: no such checkpoint file" >&2; exit 1; fi
+    mkdir -p "$run/eval"
+    for mode in false true; do
+        out="$run/eval/epoch_${nnn}_eval_$mode"
+        # metrics.json comes after every image: a mode stopped halfway has none and is done again
+        # (predict.py replaces the files it wrote).
+        if [ -f "$out/metrics.json" ]; then
+            echo "eval_mode $mode: $out/metrics.json exists, skipped"
+            continue
+        fi
+        if ! nice -n 10 python predict.py --checkpoint "$snapshot" --split test --fid --eval_mode "$mode" \
+            --output "$out" "$@" > "$out.log" 2>&1; then
+            echo "eval_mode $mode: $(tail -n 1 "$out.log") (all of it in $out.log)" >&2
+            exit 1
+        fi
+        echo "eval_mode $mode: $(tail -n 2 "$out.log" | head -n 1)"  # the metrics line, before "wrote DIR"
+    done
+    ;;
+page)
+    tests=()
+    # The glob's order is the epochs' (NNN zero-padded), eval_false before eval_true of each.
+    for metrics in "$run"/eval/epoch_*_eval_*/metrics.json; do
+        [ -f "$metrics" ] || continue  # nothing scored yet: the pattern itself
+        dir=${metrics%/metrics.json}
+        name=${dir##*/epoch_}  # NNN_eval_false or NNN_eval_true
+        label=$((10#${name%%_*}))
+        [ "${name##*_}" = true ] && label+=:eval
+        tests+=(--test_dir "$label=$dir")
+    done
+    # The defaults come first: argparse keeps the last --figures or --output given.
+    python tools/results_page.py --results "$run/results/facades" --stretches "$run/stretches.log" \
+        --figures docs/results --output docs/results.md "${tests[@]}" "$@"
+    ;;
 *)
-    echo "usage: tools/long_run.sh start|stop|status [RUN_DIR] [train.py options...]"
+    echo "$usage"
     exit 2
     ;;
 esac

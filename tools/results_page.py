@@ -434,6 +434,8 @@ def main() -> None:
             write_figures(args.figures, figures)
         if args.output:
             write_text(args.output, text)  # whole or not at all: the committed page is never emptied
+            shown = f", {len(figures)} figures in {args.figures}" if args.figures else ""
+            print(f"wrote {args.output}{shown}")
         else:
             sys.stdout.write(text)
     except (OSError, KeyError, ValueError, OutputError) as err:

@@ -194,7 +194,7 @@ def test_the_page_written_with_output_links_its_figures_from_its_folder_and_surv
     page = tmp_path / "docs" / "results.md"
     done, _, figures = figures_run(tmp_path, f"50={e50}", link=("--output", page))
     assert done.returncode == 0, done.stderr
-    assert done.stdout == ""  # the page went to its file
+    assert done.stdout == f"wrote {page}, 6 figures in {figures}\n"  # the page went to its file
     text = page.read_text()
     assert "](results/test_examples.jpg)" in text and "| 50 | paper (eval_mode false) |" in text
     assert sorted(p.name for p in page.parent.iterdir()) == ["results", "results.md"]  # no temporary file
