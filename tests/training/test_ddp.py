@@ -303,8 +303,11 @@ def test_launch_settings_are_checked(monkeypatch):
 def test_a_lost_process_is_one_error_line_per_rank(facades, tmp_path):
     """kill -9 of rank 1 in the middle of a run: rank 0 stops with one line saying it lost the other
     process, not a traceback of gloo (each rank's stderr as torchrun --redirects keeps it)."""
+    # torchrun's agent stops the other workers 0.1 s after one dies (its --monitor-interval); a
+    # longer interval lets rank 0 reach its next collective (steps of 0.1 s) and say what it found.
+    options = ("--log-dir", str(tmp_path / "logs"), "--redirects", "3", "--monitor-interval", "5")
     command = [
-        *torchrun(2, "--log-dir", str(tmp_path / "logs"), "--redirects", "3"),
+        *torchrun(2, *options),
         *("--data_root", str(facades), *TINY, "--epochs", "500", "--name", "lost"),
     ]
     lost = signal_rank_1(
