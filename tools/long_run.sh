@@ -14,7 +14,8 @@
 # RUN_DIR/results/facades, its console output RUN_DIR/console.log. evaluate scores
 # epoch_NNN.pt with predict.py --split test --fid in the paper's mode (--eval_mode false) and with
 # --eval_mode true, into RUN_DIR/eval/epoch_NNN_eval_false and _eval_true (console output in
-# each one's .log beside it); a mode already scored is skipped. page gives tools/results_page.py
+# each one's .log beside it); a mode already scored is skipped, and while the run trains it says
+# first that stopping the run makes the scoring several times faster. page gives tools/results_page.py
 # every scored folder, with --figures docs/results --output docs/results.md unless the options
 # given say otherwise. Relative paths are taken from the checkout's root, where it runs.
 set -u
@@ -68,6 +69,10 @@ evaluate)
     shift
     snapshot="$run/checkpoints/facades/epoch_$nnn.pt"
     if [ ! -f "$snapshot" ]; then echo "error: $snapshot: no such checkpoint file" >&2; exit 1; fi
+    if running; then  # both compete for the same cores: each runs at a fraction of its speed
+        echo "note: the run is training (pid $(cat "$pidfile")): scoring beside it takes several times" \
+            "longer; for the quickest score, tools/long_run.sh stop $run first and start it again after" >&2
+    fi
     mkdir -p "$run/eval"
     for mode in false true; do
         out="$run/eval/epoch_${nnn}_eval_$mode"

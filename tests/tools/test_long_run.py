@@ -251,3 +251,26 @@ def test_a_pid_file_naming_another_process_is_not_the_run(run_dir):
     assert status.stdout.splitlines()[0] == "not running"
     stopped = long_run("stop", run_dir)
     assert stopped.returncode == 1 and stopped.stdout == "not running\n"  # and this process lives on
+
+
+def test_evaluate_beside_the_training_says_to_stop_it_first(run_dir):
+    """While the run trains, evaluate says first that stopping it scores faster, then scores as
+    usual (here: an unreadable snapshot, predict.py's error line)."""
+    snapshots = run_dir / "checkpoints" / "facades"
+    snapshots.mkdir(parents=True)
+    (snapshots / "epoch_001.pt").write_bytes(b"not a checkpoint")
+    # A stand-in whose command line reads like the run's train.py.
+    run_args = ["train.py", "--checkpoint_dir", f"{run_dir}/checkpoints"]
+    stand_in = subprocess.Popen(["python", "-c", "import time; time.sleep(120)", *run_args])
+    try:
+        (run_dir / "train.pid").write_text(f"{stand_in.pid}\n")
+        done = long_run("evaluate", run_dir, 1)
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    note, error = done.stderr.splitlines()
+    assert note == (
+        f"note: the run is training (pid {stand_in.pid}): scoring beside it takes several times longer; "
+        f"for the quickest score, tools/long_run.sh stop {run_dir} first and start it again after"
+    )
+    assert done.returncode == 1 and error.startswith("eval_mode false: error: ") and "epoch_001.pt" in error
