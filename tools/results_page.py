@@ -129,9 +129,12 @@ def stretch_rows(
 
 
 def wall_sentence(stretches: list[dict[str, str]]) -> str:
-    """The summed wall time of the stretches that have both a start and a stop."""
+    """The summed wall time of the stretches that have both a start and a stop (the one still going
+    has no wall time yet, so the others are called finished)."""
     hours = [h for h in map(wall_hours, stretches) if h is not None]
     noun = "stretch" if len(hours) == 1 else "stretches"
+    if len(hours) < len(stretches):
+        noun = f"finished {noun}"
     return (
         f"{sum(hours):.1f} h of wall time over {len(hours)} {noun} (each from its start to its stop; "
         "validation, checkpoints and evaluation are inside it)"
