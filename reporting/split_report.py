@@ -136,6 +136,7 @@ def metrics_line(report: dict) -> str:
         f"L1 {mean['L1']:.4f}  PSNR {mean['PSNR']:.2f} dB  SSIM {mean['SSIM']:.4f} (means of {images} images)"
     )
     if "FID" in mean:
-        line += f"  FID {mean['FID']:.4g} over {mean.get('FID_images', images)} images"
+        # One decimal whatever the size, so that 132.98 reads "133.0" beside "141.6".
+        line += f"  FID {mean['FID']:.1f} over {mean.get('FID_images', images)} images"
         line += f"  KID {mean['KID']:.4g}" + (f" ± {mean['KID_std']:.2g}" if "KID_std" in mean else "")
     return line

@@ -100,7 +100,7 @@ def test_split_writes_images_metrics_and_gallery(checkpoint, test_split, tmp_pat
     assert [item["name"] for item in report["per_image"]] == ["1", "2", "a b&c"]
     assert report["mean"]["FID_images"] == 3 and report["mean"]["FID"] > 0
     (line,) = [line for line in capsys.readouterr().out.splitlines() if "FID" in line]
-    assert f"FID {report['mean']['FID']:.4g} over 3 images" in line and "(means of 3 images)" in line
+    assert f"FID {report['mean']['FID']:.1f} over 3 images" in line and "(means of 3 images)" in line
     # The numbers describe the PNG files as written.
     for item in report["per_image"]:
         fake = np.array(Image.open(out / f"{item['name']}.png").convert("RGB"))
@@ -167,6 +167,8 @@ def test_the_console_line_of_a_split_says_over_how_many_images():
     assert metrics_line(report) == line
     report["mean"].update(FID=123.456, KID=0.01234, KID_std=0.00211, FID_images=106)
     assert metrics_line(report) == line + "  FID 123.5 over 106 images  KID 0.01234 ± 0.0021"
+    report["mean"].update(FID=132.98)
+    assert "  FID 133.0 over 106 images" in metrics_line(report)
 
 
 class Terminal(io.StringIO):

@@ -155,7 +155,7 @@ def test_evaluate_scores_both_modes_then_skips_them(evaluated_run):
         assert report["epoch"] == 2 and report["images"] == 3 and report["eval_mode"] is (mode == "true")
         assert report["mean"]["FID"] > 0 and report["mean"]["FID_images"] == 3
         # The printed line is predict.py's metrics line, the same numbers as metrics.json.
-        assert f"FID {report['mean']['FID']:.4g} over 3 images" in line and "(means of 3 images)" in line
+        assert f"FID {report['mean']['FID']:.1f} over 3 images" in line and "(means of 3 images)" in line
         assert {"1.png", "2.png", "3.png", "index.html"} <= {p.name for p in out.iterdir()}
         assert line.split(": ", 1)[1] in (run_dir / "eval" / f"epoch_002_eval_{mode}.log").read_text()
     # Once scored, a mode is not scored again.
