@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The default recipe as a long run kept outside the checkout, started and resumed with the same
 # command at the lowest priority (other work on the machine goes first), every start and stop
-# recorded in RUN_DIR/stretches.log (the input of tools/results_page.py); its snapshots scored on
+# recorded in RUN_DIR/stretches.log (the input of tools/results_page.py), and so is its end when it
+# finishes (or dies) by itself: an "end" line at latest.pt's time, written by the next start, stop,
+# status or page; its snapshots scored on
 # the test split, and the run written up as docs/results.md.
 #
 #   bash tools/long_run.sh start [RUN_DIR] [train.py options...]   # starts, or resumes exactly
@@ -35,6 +37,15 @@ running() {  # the recorded process is alive and is still this run's train.py (p
     [ -f "$pidfile" ] && ps -ww -o args= -p "$(cat "$pidfile")" 2> /dev/null \
         | grep -qF -- "train.py --checkpoint_dir $run/checkpoints"
 }
+record_end() {  # a stretch that ended by itself gets its end: the time latest.pt was last saved
+    if ! running && [ -f "$run/stretches.log" ] && tail -n 1 "$run/stretches.log" | grep -q '^start '; then
+        echo "end $(date -u -r "$latest" +%FT%TZ) epoch $(epoch)" >> "$run/stretches.log"
+        rm -f "$pidfile"
+    fi
+}
+case "$action" in
+start | stop | status | page) record_end ;;
+esac
 case "$action" in
 start)
     if running; then echo "already running (pid $(cat "$pidfile"))"; exit 1; fi

@@ -10,7 +10,8 @@ shows, written next to it.
 metrics.png and samples/epoch_NNN.png). --stretches is the record of every start and stop of the
 run, one line each, as written by tools/long_run.sh:
 ``start <UTC time> epoch <N> cpu <lscpu model name> | family <F> model <M> | <precision>`` and
-``stop <UTC time> epoch <N>``. Each --test_dir names the output folder of
+``stop <UTC time> epoch <N>``, or ``end <UTC time> epoch <N>`` for a stretch that ended by itself
+(the run finished, or its process died). Each --test_dir names the output folder of
 ``predict.py --checkpoint epoch_NNN.pt --split test [--fid] [--eval_mode true]`` for one epoch
 (its metrics.json; with --figures also N.png, real_A/N.png and real_B/N.png); EPOCH is a number,
 with the suffix :eval for a folder written with --eval_mode true, e.g. 50 or 50:eval.
@@ -72,7 +73,8 @@ def read_history(results: Path) -> list[dict[str, float]]:
 
 
 def read_stretches(path: Path) -> list[dict[str, str]]:
-    """One dict per start: its time, epoch, machine and precision, and its stop (if recorded)."""
+    """One dict per start: its time, epoch, machine and precision, and its stop or end (if recorded:
+    "how" says which)."""
     stretches: list[dict[str, str]] = []
     for line in path.read_text().splitlines():
         words = line.split(maxsplit=4)
@@ -80,8 +82,8 @@ def read_stretches(path: Path) -> list[dict[str, str]]:
             stretches.append(
                 {"start": words[1], "from": words[3], "machine": words[4] if len(words) > 4 else ""}
             )
-        elif len(words) >= 4 and words[0] == "stop" and stretches:
-            stretches[-1].update(stop=words[1], to=words[3])
+        elif len(words) >= 4 and words[0] in ("stop", "end") and stretches:
+            stretches[-1].update(stop=words[1], to=words[3], how=words[0])
     return stretches
 
 
@@ -136,7 +138,7 @@ def wall_sentence(stretches: list[dict[str, str]]) -> str:
     if len(hours) < len(stretches):
         noun = f"finished {noun}"
     return (
-        f"{sum(hours):.1f} h of wall time over {len(hours)} {noun} (each from its start to its stop; "
+        f"{sum(hours):.1f} h of wall time over {len(hours)} {noun} (each from its start to its stop or end; "
         "validation, checkpoints and evaluation are inside it)"
     )
 
@@ -318,7 +320,8 @@ def test_figures(figures: dict[str, bytes], link: str, tests: list[TestDir]) -> 
 
 def summary(done: int, epochs: int, hours: float, stretches: list[dict[str, str]]) -> str:
     resumes = max(len(stretches) - 1, 0)
-    stops = sum(1 for s in stretches if "stop" in s)
+    # A stretch that ended by itself (the last one of a finished run) was not stopped.
+    stops = sum(1 for s in stretches if s.get("how") == "stop")
     if done >= epochs:
         return (
             f"**Finished: {epochs} epochs**, {hours:.1f} h of training and {wall_sentence(stretches)}, "

@@ -134,12 +134,17 @@ def test_start_records_the_stretch_and_status_says_the_epoch(finished_run):
     cpu = re.search(
         r"^Model name: *(.*)$", subprocess.run(["lscpu"], capture_output=True, text=True).stdout, re.M
     )
-    (line,) = (run_dir / "stretches.log").read_text().splitlines()
+    line, end = (run_dir / "stretches.log").read_text().splitlines()
     found = re.fullmatch(
         r"start \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ epoch 0 cpu (.*) \| family \S* model \S* \| torch\.\w+", line
     )
     assert found, line
     assert found[1] == (cpu[1] if cpu else "")
+    # It finished by itself: status recorded its end, at the time latest.pt was last saved.
+    saved = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((checkpoints / "latest.pt").stat().st_mtime))
+    assert end == f"end {saved} epoch 2"
+    assert long_run("status", run_dir).returncode == 0
+    assert len((run_dir / "stretches.log").read_text().splitlines()) == 2  # recorded once
 
 
 @pytest.mark.slow  # FID: the Inception network on the CPU, twice

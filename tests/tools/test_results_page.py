@@ -82,6 +82,23 @@ def test_the_wall_time_of_each_stretch_and_their_sum(tmp_path):
     assert "2.1 h of wall time over 2 finished stretches" in done.stdout  # the third still goes
 
 
+def test_a_run_that_ended_by_itself_counts_its_last_stretch_but_no_stop(tmp_path):
+    results, stretches = make_run(tmp_path, 200)
+    stretches.write_text(
+        "start 2026-12-06T01:00:00Z epoch 0 cpu AMD EPYC | family 25 model 17 | torch.bfloat16\n"
+        "stop 2026-12-06T03:00:00Z epoch 120\n"
+        "start 2026-12-06T04:00:00Z epoch 120 cpu AMD EPYC | family 25 model 17 | torch.bfloat16\n"
+        "end 2026-12-06T07:30:00Z epoch 200\n"
+    )
+    done = results_page(results, stretches)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "AMD EPYC" in line]
+    assert [row.rsplit("|", 2)[1].strip() for row in rows] == ["2.0 h", "3.5 h"]
+    assert "**Finished: 200 epochs**" in done.stdout
+    assert "5.5 h of wall time over 2 stretches" in done.stdout
+    assert "stopped 1 times and resumed 1 times" in done.stdout
+
+
 def colour(kind: int, number: int, salt: int) -> tuple[int, int, int]:
     """A flat colour for one picture of a fake predict folder, apart from every other one's."""
     return (40 + 60 * kind, 10 * number, 40 + 100 * salt)
