@@ -65,38 +65,50 @@ def test_a_missing_history_is_one_line(tmp_path):
     assert done.returncode == 1 and done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1
 
 
-def test_the_wall_time_of_each_stretch_and_their_sum(tmp_path):
-    results, stretches = make_run(tmp_path, 3)
-    stretches.write_text(
-        "start 2026-12-06T01:00:00Z epoch 0 cpu AMD EPYC | family 25 model 17 | torch.bfloat16\n"
-        "stop 2026-12-06T03:00:00Z epoch 1\n"
-        "start 2026-12-06T04:00:00Z epoch 1 cpu AMD EPYC | family 25 model 17 | torch.bfloat16\n"
-        "stop 2026-12-06T04:06:00Z epoch 2\n"
-        "start 2026-12-06T05:00:00Z epoch 2 cpu AMD EPYC | family 25 model 17 | torch.bfloat16\n"
-    )
+EPYC = "cpu AMD EPYC | family 25 model 17 | torch.bfloat16"
+
+
+def page_of_stretches(tmp_path, epochs_done: int, record: list[str]) -> tuple[str, list[str]]:
+    """The page of a run with EPOCHS_DONE epochs and the given stretches.log lines: (the page, the
+    wall-time column of its stretches' table)."""
+    results, stretches = make_run(tmp_path, epochs_done)
+    stretches.write_text("".join(line + "\n" for line in record))
     done = results_page(results, stretches)
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "AMD EPYC" in line]
-    assert [row.rsplit("|", 2)[1].strip() for row in rows] == ["2.0 h", "0.1 h", "-"]
-    assert "| wall time |" in done.stdout
-    assert "2.1 h of wall time over 2 finished stretches" in done.stdout  # the third still goes
+    return done.stdout, [row.rsplit("|", 2)[1].strip() for row in rows]
+
+
+def test_the_wall_time_of_each_stretch_and_their_sum(tmp_path):
+    page, walls = page_of_stretches(
+        tmp_path,
+        3,
+        [
+            f"start 2026-12-06T01:00:00Z epoch 0 {EPYC}",
+            "stop 2026-12-06T03:00:00Z epoch 1",
+            f"start 2026-12-06T04:00:00Z epoch 1 {EPYC}",
+            "stop 2026-12-06T04:06:00Z epoch 2",
+            f"start 2026-12-06T05:00:00Z epoch 2 {EPYC}",
+        ],
+    )
+    assert walls == ["2.0 h", "0.1 h", "-"] and "| wall time |" in page
+    assert "2.1 h of wall time over 2 finished stretches" in page  # the third still goes
 
 
 def test_a_run_that_ended_by_itself_counts_its_last_stretch_but_no_stop(tmp_path):
-    results, stretches = make_run(tmp_path, 200)
-    stretches.write_text(
-        "start 2026-12-06T01:00:00Z epoch 0 cpu AMD EPYC | family 25 model 17 | torch.bfloat16\n"
-        "stop 2026-12-06T03:00:00Z epoch 120\n"
-        "start 2026-12-06T04:00:00Z epoch 120 cpu AMD EPYC | family 25 model 17 | torch.bfloat16\n"
-        "end 2026-12-06T07:30:00Z epoch 200\n"
+    page, walls = page_of_stretches(
+        tmp_path,
+        200,
+        [
+            f"start 2026-12-06T01:00:00Z epoch 0 {EPYC}",
+            "stop 2026-12-06T03:00:00Z epoch 120",
+            f"start 2026-12-06T04:00:00Z epoch 120 {EPYC}",
+            "end 2026-12-06T07:30:00Z epoch 200",
+        ],
     )
-    done = results_page(results, stretches)
-    assert done.returncode == 0, done.stderr
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "AMD EPYC" in line]
-    assert [row.rsplit("|", 2)[1].strip() for row in rows] == ["2.0 h", "3.5 h"]
-    assert "**Finished: 200 epochs**" in done.stdout
-    assert "5.5 h of wall time over 2 stretches" in done.stdout
-    assert "stopped 1 times and resumed 1 times" in done.stdout
+    assert walls == ["2.0 h", "3.5 h"] and "**Finished: 200 epochs**" in page
+    assert "5.5 h of wall time over 2 stretches" in page
+    assert "stopped 1 times and resumed 1 times" in page
 
 
 def colour(kind: int, number: int, salt: int) -> tuple[int, int, int]:
