@@ -3,8 +3,7 @@
 # command at the lowest priority (other work on the machine goes first), every start and stop
 # recorded in RUN_DIR/stretches.log (the input of tools/results_page.py), and so is its end when it
 # finishes (or dies) by itself: an "end" line at latest.pt's time, written by the next start, stop,
-# status or page; its snapshots scored on
-# the test split, and the run written up as docs/results.md.
+# status or page; its snapshots scored on the test split, and the run written up as docs/results.md.
 #
 #   bash tools/long_run.sh start [RUN_DIR] [train.py options...]   # starts, or resumes exactly
 #   bash tools/long_run.sh stop [RUN_DIR]                          # Ctrl-C: latest.pt, then exit
