@@ -273,8 +273,8 @@ def figure_sections(figures: dict[str, bytes], link: str) -> list[str]:
         "## Sample grids",
         "",
         "The grid the run draws of its validation pairs after each epoch (samples/epoch_NNN.png in its "
-        f"results folder), at epochs {', '.join(map(str, GRID_EPOCHS[:-1]))} and {GRID_EPOCHS[-1]} as "
-        "they are reached.",
+        f"results folder), at epochs {', '.join(map(str, GRID_EPOCHS[:-1]))} and {GRID_EPOCHS[-1]} "
+        "(those the run has reached).",
         "",
     ]
     for name in grids:
@@ -289,7 +289,7 @@ def figure_sections(figures: dict[str, bytes], link: str) -> list[str]:
     return lines + [
         "## Curves",
         "",
-        "The run's own plots of every epoch so far: the losses (per iteration and per epoch) and the "
+        "The run's own plots of every epoch it has trained: the losses (per iteration and per epoch) and the "
         "validation figures.",
         "",
         f"![Losses by epoch]({link}/loss.png)",
@@ -346,7 +346,7 @@ def validation_lines(history: list[dict[str, float]]) -> list[str]:
             f"PSNR {last.get('val_PSNR', nan):.2f} dB, SSIM {last.get('val_SSIM', nan):.4f}."
         )
     if best:
-        lines.append(f"Lowest val L1 so far: {best['val_L1']:.4f} at epoch {int(best['epoch'])} (best.pt).")
+        lines.append(f"Lowest val L1: {best['val_L1']:.4f} at epoch {int(best['epoch'])} (best.pt).")
     return lines
 
 

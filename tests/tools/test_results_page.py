@@ -55,7 +55,7 @@ def test_the_page_says_where_the_run_stands(tmp_path):
         in page
     )
     assert "| 10 | paper (eval_mode false) | 130.2 | 0.0500 | 0.1900 | 13.10 | 0.2500 |" in page
-    assert "Lowest val L1 so far: 0.1700 at epoch 3" in page
+    assert "Lowest val L1: 0.1700 at epoch 3" in page
     assert "## Sample grids" not in page and "![" not in page  # no --figures: no pictures
 
 
