@@ -37,7 +37,9 @@ running() {  # the recorded process is alive and is still this run's train.py (p
         | grep -qF -- "train.py --checkpoint_dir $run/checkpoints"
 }
 record_end() {  # a stretch that ended by itself gets its end: the time latest.pt was last saved
-    if ! running && [ -f "$run/stretches.log" ] && tail -n 1 "$run/stretches.log" | grep -q '^start '; then
+    # No latest.pt: the stretch saved nothing, so it has no time to end at; it stays open.
+    if ! running && [ -f "$latest" ] && [ -f "$run/stretches.log" ] \
+        && tail -n 1 "$run/stretches.log" | grep -q '^start '; then
         echo "end $(date -u -r "$latest" +%FT%TZ) epoch $(epoch)" >> "$run/stretches.log"
         rm -f "$pidfile"
     fi

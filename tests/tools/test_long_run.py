@@ -279,3 +279,13 @@ def test_evaluate_beside_the_training_says_to_stop_it_first(run_dir):
         f"for the quickest score, tools/long_run.sh stop {run_dir} first and start it again after"
     )
     assert done.returncode == 1 and error.startswith("eval_mode false: error: ") and "epoch_001.pt" in error
+
+
+def test_a_stretch_that_saved_nothing_gets_no_end(run_dir):
+    # Its process gone before latest.pt was first written: no time to end at, so the stretch stays open.
+    run_dir.mkdir()
+    record = "start 2026-12-06T01:00:00Z epoch 0 cpu AMD EPYC | family 25 model 17 | torch.bfloat16\n"
+    (run_dir / "stretches.log").write_text(record)
+    status = long_run("status", run_dir)
+    assert status.returncode == 0 and status.stdout == "not running\nlatest.pt: epoch 0\n"
+    assert (run_dir / "stretches.log").read_text() == record
